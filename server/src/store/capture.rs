@@ -1,0 +1,140 @@
+//! Records the net effect of a local transaction on replicated tables, through SQLite's
+//! preupdate hook: for every row touched, its state when first touched ("before") and whether
+//! it exists at the end ("after"). Comparing the two at commit time gives exact no-op filtering
+//! — an `UPDATE` that sets the same values, an `INSERT OR REPLACE` of an identical row, or a
+//! delete followed by a re-insert of the same values produce no change at all.
+//!
+//! The hook only reads values; the store writes clocks after the statements ran. Capture is
+//! off while the store itself writes (clocks, remote merges).
+
+use super::catalog::Catalog;
+use crate::crdt::pack;
+use rusqlite::hooks::{Action, PreUpdateCase};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One row's net effect within the transaction.
+#[derive(Debug)]
+pub struct RowEffect {
+    pub table: u32,
+    pub pk: Vec<u8>,
+    /// All column values when the transaction first touched the row (`None`: did not exist).
+    pub before: Option<Vec<Value>>,
+    /// Whether the row exists at the end.
+    pub after: bool,
+    /// Final values, kept only when `before` is known (needed to compare).
+    pub after_values: Option<Vec<Value>>,
+}
+
+#[derive(Debug)]
+struct CapturedTable {
+    id: u32,
+    pk_positions: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub enabled: bool,
+    tables: HashMap<String, CapturedTable>,
+    index: HashMap<(u32, Vec<u8>), usize>,
+    effects: Vec<RowEffect>,
+}
+
+impl Capture {
+    pub fn new(catalog: &Catalog) -> Capture {
+        let mut c = Capture::default();
+        c.set_tables(catalog);
+        c
+    }
+
+    pub fn set_tables(&mut self, catalog: &Catalog) {
+        self.tables = catalog
+            .tables()
+            .iter()
+            .map(|t| (t.name.clone(), CapturedTable { id: t.id, pk_positions: t.pk_cols.clone() }))
+            .collect();
+    }
+
+    /// Takes the recorded effects (in first-touch order) and resets.
+    pub fn take(&mut self) -> Vec<RowEffect> {
+        self.index.clear();
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.effects.clear();
+    }
+
+    fn entry(&mut self, table: u32, pk: Vec<u8>, before: impl FnOnce() -> Option<Vec<Value>>) -> &mut RowEffect {
+        let next = self.effects.len();
+        let i = *self.index.entry((table, pk.clone())).or_insert(next);
+        if i == next {
+            self.effects.push(RowEffect { table, pk, before: before(), after: false, after_values: None });
+        }
+        &mut self.effects[i]
+    }
+
+    fn on_change(&mut self, table: &str, case: &PreUpdateCase) {
+        let Some(t) = self.tables.get(table) else { return };
+        let id = t.id;
+        match case {
+            PreUpdateCase::Insert(new) => {
+                let n = new.get_column_count();
+                let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
+                let e = self.entry(id, pk, || None);
+                e.after = true;
+                if e.before.is_some() {
+                    e.after_values = Some((0..n).map(|i| get(i).into()).collect());
+                }
+            }
+            PreUpdateCase::Delete(old) => {
+                let n = old.get_column_count();
+                let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
+                let e = self.entry(id, pk, || Some((0..n).map(|i| get(i).into()).collect()));
+                e.after = false;
+                e.after_values = None;
+            }
+            PreUpdateCase::Update { old_value_accessor: old, new_value_accessor: new } => {
+                let n = old.get_column_count();
+                let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
+                let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
+                let moved = old_pk != new_pk;
+                let e = self.entry(id, old_pk, || Some((0..n).map(|i| get_old(i).into()).collect()));
+                if moved {
+                    // A key change is a delete of the old key and an insert of the new one.
+                    e.after = false;
+                    e.after_values = None;
+                    let e = self.entry(id, new_pk, || None);
+                    e.after = true;
+                    if e.before.is_some() {
+                        e.after_values = Some((0..n).map(|i| get_new(i).into()).collect());
+                    }
+                } else {
+                    e.after = true;
+                    e.after_values = Some((0..n).map(|i| get_new(i).into()).collect());
+                }
+            }
+            PreUpdateCase::Unknown => {}
+        }
+    }
+}
+
+/// Installs the hook on the writer connection.
+pub fn install(conn: &Connection, capture: Arc<Mutex<Capture>>) -> rusqlite::Result<()> {
+    conn.preupdate_hook(Some(move |_action: Action, db: &str, table: &str, case: &PreUpdateCase| {
+        if db != "main" {
+            return;
+        }
+        let mut c = capture.lock().expect("capture lock");
+        if c.enabled {
+            c.on_change(table, case);
+        }
+    }))
+}

@@ -1,0 +1,186 @@
+//! The registry of replicated tables: their columns, primary key and the SQL the store runs
+//! against them, prepared once per schema version.
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+use std::collections::HashMap;
+
+/// Quotes an identifier for SQL.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Name of the clock table of a replicated table.
+pub fn clock_table(table: &str) -> String {
+    format!("{table}__vd_clock")
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    /// Declared type, as written.
+    pub decl_type: String,
+    pub not_null: bool,
+    pub default: Option<String>,
+    /// 1-based position in the primary key, 0 if not part of it.
+    pub pk: u32,
+}
+
+#[derive(Debug)]
+pub struct TableInfo {
+    pub id: u32,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns`, in primary-key order.
+    pub pk_cols: Vec<usize>,
+    /// Indexes into `columns` of the replicated (non-key) columns.
+    pub value_cols: Vec<usize>,
+    by_name: HashMap<String, usize>,
+    pub sql: TableSql,
+}
+
+/// SQL text for the statements the store runs on one table (used with `prepare_cached`).
+#[derive(Debug)]
+pub struct TableSql {
+    /// `WHERE` clause matching the key, parameters ?1..?n.
+    pub pk_where: String,
+    pub clock_get: String,
+    pub clock_put: String,
+    pub clock_insert_new: String,
+    pub row_get: String,
+    pub row_delete: String,
+    pub row_insert_key: String,
+}
+
+impl TableInfo {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    fn build(id: u32, name: String, columns: Vec<Column>) -> TableInfo {
+        let mut pk_cols: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].pk > 0).collect();
+        pk_cols.sort_by_key(|i| columns[*i].pk);
+        let value_cols = (0..columns.len()).filter(|i| columns[*i].pk == 0).collect();
+        let by_name = columns.iter().enumerate().map(|(i, c)| (c.name.to_ascii_lowercase(), i)).collect();
+        let pk_names: Vec<String> = pk_cols.iter().map(|i| quote(&columns[*i].name)).collect();
+        let placeholders: Vec<String> = (1..=pk_cols.len()).map(|i| format!("?{i}")).collect();
+        let pk_where = pk_names.iter().zip(&placeholders).map(|(n, p)| format!("{n} = {p}")).collect::<Vec<_>>().join(" AND ");
+        let t = quote(&name);
+        let ct = quote(&clock_table(&name));
+        let all_cols = columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let key_list = pk_names.join(", ");
+        let key_params = placeholders.join(", ");
+        let n = pk_cols.len();
+        let sql = TableSql {
+            clock_get: format!("SELECT clock FROM {ct} WHERE {pk_where}"),
+            clock_put: format!("INSERT OR REPLACE INTO {ct} ({key_list}, clock) VALUES ({key_params}, ?{})", n + 1),
+            clock_insert_new: format!(
+                "INSERT INTO {ct} ({key_list}, clock) VALUES ({key_params}, ?{}) ON CONFLICT DO NOTHING",
+                n + 1
+            ),
+            row_get: format!("SELECT {all_cols} FROM {t} WHERE {pk_where}"),
+            row_delete: format!("DELETE FROM {t} WHERE {pk_where}"),
+            row_insert_key: format!("INSERT OR IGNORE INTO {t} ({key_list}) VALUES ({key_params})"),
+            pk_where,
+        };
+        TableInfo { id, name, columns, pk_cols, value_cols, by_name, sql }
+    }
+
+    /// `INSERT … ON CONFLICT DO UPDATE` writing the key plus the given columns.
+    pub fn upsert_sql(&self, cols: &[usize]) -> String {
+        let names: Vec<String> =
+            self.pk_cols.iter().chain(cols).map(|i| quote(&self.columns[*i].name)).collect();
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let keys: Vec<String> = self.pk_cols.iter().map(|i| quote(&self.columns[*i].name)).collect();
+        let sets: Vec<String> = cols
+            .iter()
+            .map(|i| {
+                let c = quote(&self.columns[*i].name);
+                format!("{c} = excluded.{c}")
+            })
+            .collect();
+        let action = if sets.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", sets.join(", ")) };
+        format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
+            quote(&self.name),
+            names.join(", "),
+            params.join(", "),
+            keys.join(", ")
+        )
+    }
+
+    /// `INSERT OR REPLACE` of the key plus the given columns: resets every other column to its default.
+    pub fn replace_sql(&self, cols: &[usize]) -> String {
+        let names: Vec<String> =
+            self.pk_cols.iter().chain(cols).map(|i| quote(&self.columns[*i].name)).collect();
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quote(&self.name), names.join(", "), params.join(", "))
+    }
+}
+
+/// Reads the columns of a table from SQLite.
+pub fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
+    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let rows = stmt.query_map([table], |r| {
+        Ok((
+            Column {
+                name: r.get(0)?,
+                decl_type: r.get(1)?,
+                not_null: r.get::<_, i64>(2)? != 0,
+                default: r.get(3)?,
+                pk: r.get(4)?,
+            },
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (col, hidden) = row?;
+        if hidden == 0 {
+            out.push(col);
+        }
+    }
+    Ok(out)
+}
+
+/// All replicated tables.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tables: Vec<TableInfo>,
+    by_name: HashMap<String, usize>,
+    by_id: HashMap<u32, usize>,
+}
+
+impl Catalog {
+    pub fn load(conn: &Connection) -> Result<Catalog> {
+        let mut stmt = conn.prepare("SELECT id, name FROM __vd_tables ORDER BY id")?;
+        let names = stmt
+            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut cat = Catalog::default();
+        for (id, name) in names {
+            let columns = read_columns(conn, &name).with_context(|| format!("reading columns of {name}"))?;
+            cat.by_name.insert(name.to_ascii_lowercase(), cat.tables.len());
+            cat.by_id.insert(id, cat.tables.len());
+            cat.tables.push(TableInfo::build(id, name, columns));
+        }
+        Ok(cat)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TableInfo> {
+        self.by_name.get(&name.to_ascii_lowercase()).map(|i| &self.tables[*i])
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&TableInfo> {
+        self.by_id.get(&id).map(|i| &self.tables[*i])
+    }
+
+    pub fn tables(&self) -> &[TableInfo] {
+        &self.tables
+    }
+
+    pub fn is_internal(name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        lower.starts_with("__vd_") || lower.ends_with("__vd_clock") || lower.starts_with("sqlite_")
+    }
+}

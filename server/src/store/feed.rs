@@ -1,0 +1,144 @@
+//! The changes feed: committed versions read back per origin actor and version range, in seq
+//! order, with the current values. This is what gossip broadcasts and what sync serves.
+//!
+//! Changes are state-based: a cell overwritten by a later version is served by that later
+//! version only. A version none of whose changes survive is "cleared" (served as empty).
+
+use super::catalog::quote;
+use super::rows::{load_clock, load_row};
+use super::{Shared, Store};
+use crate::crdt::{pack, ActorId};
+use anyhow::{Context, Result};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use std::ops::RangeInclusive;
+
+/// One replicated change (a cell, or the row sentinel `cid = "-1"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub table: String,
+    /// Packed primary key ([`crate::crdt::pack`]).
+    pub pk: Vec<u8>,
+    pub cid: String,
+    pub val: Value,
+    pub col_version: i64,
+    pub db_version: u64,
+    pub seq: u64,
+    pub site_id: ActorId,
+    pub cl: i64,
+}
+
+/// Name of the row sentinel column.
+pub const SENTINEL: &str = "-1";
+
+/// All surviving changes of one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionChanges {
+    pub actor: ActorId,
+    pub version: u64,
+    /// Seq of the version's last change when it was committed (changes may be missing since).
+    pub last_seq: u64,
+    pub ts: u64,
+    /// Sorted by seq; empty when the version was cleared.
+    pub changes: Vec<Change>,
+}
+
+/// Reads versions `range` of `actor`. Versions this node does not have are omitted.
+pub fn read_versions(
+    conn: &Connection,
+    shared: &Shared,
+    actor: ActorId,
+    range: RangeInclusive<u64>,
+) -> Result<Vec<VersionChanges>> {
+    let Some(site) = shared.sites.read().expect("sites lock").ordinal(&actor) else {
+        return Ok(vec![]);
+    };
+    let catalog = shared.catalog();
+    let mut out: Vec<VersionChanges> = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT db_version, last_seq, ts FROM __vd_versions WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![site, range.start(), range.end()])?;
+    while let Some(r) = rows.next()? {
+        out.push(VersionChanges {
+            actor,
+            version: r.get(0)?,
+            last_seq: r.get(1)?,
+            ts: r.get::<_, i64>(2)? as u64,
+            changes: vec![],
+        });
+    }
+    drop(rows);
+    let mut stmt = conn.prepare_cached(
+        "SELECT db_version, tbl, pk FROM __vd_log WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
+    )?;
+    let entries = stmt
+        .query_map(rusqlite::params![site, range.start(), range.end()], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, u32>(1)?, r.get::<_, Vec<u8>>(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (version, tbl, pk_blob) in entries {
+        let Some(t) = catalog.by_id(tbl) else { continue };
+        let Ok(slot) = out.binary_search_by_key(&version, |v| v.version) else { continue };
+        let pk = pack::unpack(&pk_blob).context("corrupt key in __vd_log")?;
+        let Some(clock) = load_clock(conn, t, &pk)? else { continue };
+        let values = if clock.cl % 2 == 1 { load_row(conn, t, &pk)? } else { None };
+        let changes = &mut out[slot].changes;
+        if let Some(s) = clock.row_stamp.filter(|s| s.site == site && s.db_version == version) {
+            changes.push(Change {
+                table: t.name.clone(),
+                pk: pk_blob.clone(),
+                cid: SENTINEL.to_string(),
+                val: Value::Null,
+                col_version: clock.cl,
+                db_version: version,
+                seq: s.seq,
+                site_id: actor,
+                cl: clock.cl,
+            });
+        }
+        for cell in clock.cells.iter().filter(|c| c.stamp.site == site && c.stamp.db_version == version) {
+            let col = cell.col as usize;
+            let Some(column) = t.columns.get(col) else { continue };
+            changes.push(Change {
+                table: t.name.clone(),
+                pk: pk_blob.clone(),
+                cid: column.name.clone(),
+                val: values.as_ref().and_then(|v| v.get(col).cloned()).unwrap_or(Value::Null),
+                col_version: cell.col_version,
+                db_version: version,
+                seq: cell.stamp.seq,
+                site_id: actor,
+                cl: clock.cl,
+            });
+        }
+    }
+    for v in &mut out {
+        v.changes.sort_by_key(|c| c.seq);
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Reads versions of `actor` on the writer connection.
+    pub fn changes(&self, actor: ActorId, range: RangeInclusive<u64>) -> Result<Vec<VersionChanges>> {
+        read_versions(&self.conn, &self.shared, actor, range)
+    }
+
+    /// Every row of every replicated table, sorted, for convergence checks: (table, rows).
+    pub fn dump_tables(&self) -> Result<Vec<(String, Vec<Vec<Value>>)>> {
+        let catalog = self.shared.catalog();
+        let mut out = Vec::new();
+        for t in catalog.tables() {
+            let order: Vec<String> = t.pk_cols.iter().map(|i| quote(&t.columns[*i].name)).collect();
+            let sql = format!("SELECT * FROM {} ORDER BY {}", quote(&t.name), order.join(", "));
+            let mut stmt = self.conn.prepare(&sql)?;
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>())?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push((t.name.clone(), rows));
+        }
+        Ok(out)
+    }
+}

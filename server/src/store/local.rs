@@ -1,0 +1,225 @@
+//! Client transactions: run the statements in one `BEGIN IMMEDIATE` transaction with capture
+//! on, then turn the captured net effect into clock updates stamped with a new local version.
+//! A transaction whose net effect on replicated tables is empty gets no version.
+
+use super::catalog::Catalog;
+use super::exec::{bind, Statement};
+use super::rows::{insert_new_clock, load_clock, next_even, next_odd, put_clock, record_version, update_log};
+use super::Store;
+use crate::crdt::clock::{CellClock, RowClock, Stamp};
+use crate::crdt::{pack, value};
+use anyhow::{anyhow, Context, Result};
+use rusqlite::ErrorCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementResult {
+    pub rows_affected: usize,
+    /// Seconds.
+    pub time: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxOutcome {
+    pub results: Vec<StatementResult>,
+    /// The new local version, or `None` if nothing replicated changed.
+    pub version: Option<u64>,
+    /// Seconds from start to commit.
+    pub time: f64,
+}
+
+/// Why a transaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The client's statement is at fault (bad SQL, constraint, denied): a 4xx.
+    #[error("{message}")]
+    Client { index: usize, message: String },
+    #[error("transaction timed out after {0:?}; split it into smaller transactions or raise ?timeout=")]
+    Timeout(Duration),
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+fn is_client_error(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::Unknown // SQLITE_ERROR: syntax, no such table/column…
+                | ErrorCode::ConstraintViolation
+                | ErrorCode::TypeMismatch
+                | ErrorCode::ParameterOutOfRange
+                | ErrorCode::TooBig
+                | ErrorCode::AuthorizationForStatementDenied
+                | ErrorCode::ReadOnly
+        ),
+        rusqlite::Error::SqlInputError { .. }
+        | rusqlite::Error::MultipleStatement
+        | rusqlite::Error::InvalidParameterName(_)
+        | rusqlite::Error::InvalidParameterCount(..)
+        | rusqlite::Error::Utf8Error(_)
+        | rusqlite::Error::NulError(_) => true,
+        _ => false,
+    }
+}
+
+fn is_interrupt(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::OperationInterrupted)
+}
+
+impl Store {
+    /// Runs client statements as one atomic transaction.
+    pub fn transact(&mut self, stmts: &[Statement], timeout: Option<Duration>) -> Result<TxOutcome, TxError> {
+        let start = Instant::now();
+        self.conn.execute_batch("BEGIN IMMEDIATE").context("beginning transaction")?;
+        self.capture.lock().expect("capture lock").clear();
+        self.capture.lock().expect("capture lock").enabled = true;
+        self.guard.begin(timeout);
+        let ran = self.run_statements(stmts, timeout);
+        self.guard.end();
+        self.capture.lock().expect("capture lock").enabled = false;
+        let effects = self.capture.lock().expect("capture lock").take();
+        let result = ran.and_then(|results| {
+            let version = self.record_local(effects).map_err(TxError::Internal)?;
+            Ok((results, version))
+        });
+        match result {
+            Ok((results, version)) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(TxError::Internal(anyhow!(e).context("committing")));
+                }
+                if let Some(v) = version {
+                    self.local_max = v;
+                    self.notify_commit(self.actor, v);
+                }
+                Ok(TxOutcome { results, version, time: start.elapsed().as_secs_f64() })
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn run_statements(&mut self, stmts: &[Statement], timeout: Option<Duration>) -> Result<Vec<StatementResult>, TxError> {
+        let mut results = Vec::with_capacity(stmts.len());
+        for (index, s) in stmts.iter().enumerate() {
+            let t0 = Instant::now();
+            let fail = |store: &Store, e: rusqlite::Error| -> TxError {
+                if is_interrupt(&e) {
+                    return TxError::Timeout(timeout.unwrap_or_default());
+                }
+                let denial = store.guard.take_denial();
+                if let Some(reason) = denial {
+                    return TxError::Client { index, message: reason };
+                }
+                if is_client_error(&e) {
+                    TxError::Client { index, message: e.to_string() }
+                } else {
+                    TxError::Internal(anyhow!(e))
+                }
+            };
+            let mut stmt = match self.conn.prepare(&s.sql) {
+                Ok(stmt) => stmt,
+                Err(e) => return Err(fail(self, e)),
+            };
+            bind(&mut stmt, &s.params).map_err(|message| TxError::Client { index, message })?;
+            // Statements that return rows (RETURNING, SELECT) are stepped to completion.
+            let mut rows = stmt.raw_query();
+            loop {
+                match rows.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        drop(rows);
+                        drop(stmt);
+                        return Err(fail(self, e));
+                    }
+                }
+            }
+            drop(rows);
+            drop(stmt);
+            results.push(StatementResult { rows_affected: self.conn.changes() as usize, time: t0.elapsed().as_secs_f64() });
+        }
+        Ok(results)
+    }
+
+    /// Writes clocks for the captured effects; returns the new version if anything changed.
+    fn record_local(&mut self, effects: Vec<super::capture::RowEffect>) -> Result<Option<u64>> {
+        if effects.is_empty() {
+            return Ok(None);
+        }
+        let catalog = self.shared.catalog();
+        let version = self.local_max + 1;
+        let site = self.local_site;
+        let mut seq = 0u64;
+        let mut next = || {
+            let s = Stamp { site, db_version: version, seq };
+            seq += 1;
+            s
+        };
+        for e in effects {
+            let t = catalog.by_id(e.table).context("captured a change for an unknown table")?;
+            let pk = pack::unpack(&e.pk).context("captured key")?;
+            let row_event_needed = t.value_cols.is_empty();
+            match (e.before, e.after) {
+                (None, false) => {}
+                (None, true) => {
+                    // Insert. Try the common case (never seen) first: one write.
+                    let mut clock = RowClock { cl: 1, row_stamp: None, cells: Vec::with_capacity(t.value_cols.len()) };
+                    if row_event_needed {
+                        clock.row_stamp = Some(next());
+                    }
+                    for c in &t.value_cols {
+                        clock.cells.push(CellClock { col: *c as u32, col_version: 1, stamp: next() });
+                    }
+                    if insert_new_clock(&self.conn, t, &pk, &clock)? {
+                        update_log(&self.conn, t.id, &e.pk, &[], &clock.versions())?;
+                    } else {
+                        // Re-insert after a delete: a new life.
+                        let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();
+                        clock.cl = next_odd(old.cl);
+                        put_clock(&self.conn, t, &pk, &clock)?;
+                        update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
+                    }
+                }
+                (Some(_), false) => {
+                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock { cl: 1, ..Default::default() });
+                    let clock = RowClock { cl: next_even(old.cl), row_stamp: Some(next()), cells: vec![] };
+                    put_clock(&self.conn, t, &pk, &clock)?;
+                    update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
+                }
+                (Some(before), true) => {
+                    let after = e.after_values.context("update without final values")?;
+                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock { cl: 1, ..Default::default() });
+                    let mut clock = old.clone();
+                    for &c in &t.value_cols {
+                        let (b, a) = (before.get(c), after.get(c));
+                        if let (Some(b), Some(a)) = (b, a) {
+                            if value::same(b, a) {
+                                continue;
+                            }
+                        }
+                        let cv = old.cell(c as u32).map(|x| x.col_version).unwrap_or(0) + 1;
+                        clock.set_cell(CellClock { col: c as u32, col_version: cv, stamp: next() });
+                    }
+                    if clock != old {
+                        put_clock(&self.conn, t, &pk, &clock)?;
+                        update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
+                    }
+                }
+            }
+        }
+        if seq == 0 {
+            return Ok(None);
+        }
+        let ts = self.hlc.now();
+        record_version(&self.conn, site, version, seq - 1, ts)?;
+        Ok(Some(version))
+    }
+
+    /// Keeps the client-SQL guard in step with the catalog.
+    pub(super) fn refresh_guard(&self, catalog: &Catalog) {
+        self.guard.set_tables(catalog);
+    }
+}

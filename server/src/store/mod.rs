@@ -1,0 +1,261 @@
+//! The CRDT store: one SQLite database file holding the user's tables, their clocks and the
+//! version bookkeeping, driven through a single writer connection.
+//!
+//! - [`catalog`]: which tables are replicated, their columns and cached SQL.
+//! - [`capture`]: the preupdate hook that records the net effect of a local transaction.
+//! - [`local`]: executing client transactions and turning their net effect into clocks.
+//! - [`apply`]: merging remote changes (the store side of [`crate::crdt::merge`]).
+//! - [`feed`]: reading committed versions back as changes.
+//! - [`schema`]: schema files → validated, additive DDL.
+//! - [`exec`]: statements and parameter binding shared by reads and writes.
+//! - [`reader`]: the pool of read-only connections.
+//!
+//! Internal tables (all prefixed `__vd_`): `__vd_state` (key/value: actor id…), `__vd_sites`
+//! (actor id ↔ small ordinal), `__vd_tables` (replicated tables), `__vd_versions` (one row per
+//! applied version: origin site, version, last seq, timestamp), `__vd_log` (which rows still
+//! hold changes of a version) and one `"<table>__vd_clock"` per replicated table.
+
+pub mod apply;
+pub mod capture;
+pub mod catalog;
+pub mod exec;
+pub mod feed;
+pub mod guard;
+pub mod local;
+pub mod reader;
+mod rows;
+pub mod schema;
+
+use crate::crdt::hlc::Hlc;
+use crate::crdt::ActorId;
+use anyhow::{bail, Context, Result};
+use catalog::Catalog;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use apply::{ApplyReport, ChangeSet};
+pub use exec::{Params, Statement};
+pub use feed::{Change, VersionChanges};
+pub use local::{StatementResult, TxOutcome};
+
+/// Bumped when the internal table layout changes; a newer file is refused.
+const INTERNAL_SCHEMA_VERSION: i64 = 1;
+
+const BOOTSTRAP: &str = "
+CREATE TABLE IF NOT EXISTS __vd_state (key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __vd_sites (ord INTEGER PRIMARY KEY, actor BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS __vd_tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS __vd_versions (
+    site INTEGER NOT NULL, db_version INTEGER NOT NULL, last_seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (site, db_version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __vd_log (
+    site INTEGER NOT NULL, db_version INTEGER NOT NULL, tbl INTEGER NOT NULL, pk BLOB NOT NULL,
+    PRIMARY KEY (site, db_version, tbl, pk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __vd_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL);
+";
+
+/// Actor id ↔ ordinal interning, shared with readers.
+#[derive(Debug, Default)]
+pub struct Sites {
+    by_actor: HashMap<ActorId, u32>,
+    by_ord: HashMap<u32, ActorId>,
+}
+
+impl Sites {
+    pub fn ordinal(&self, a: &ActorId) -> Option<u32> {
+        self.by_actor.get(a).copied()
+    }
+    pub fn actor(&self, ord: u32) -> Option<ActorId> {
+        self.by_ord.get(&ord).copied()
+    }
+    pub fn all(&self) -> impl Iterator<Item = (u32, ActorId)> + '_ {
+        self.by_ord.iter().map(|(o, a)| (*o, *a))
+    }
+    fn insert(&mut self, ord: u32, a: ActorId) {
+        self.by_actor.insert(a, ord);
+        self.by_ord.insert(ord, a);
+    }
+}
+
+/// State shared between the writer and the read pool.
+#[derive(Debug)]
+pub struct Shared {
+    pub catalog: RwLock<Arc<Catalog>>,
+    pub sites: RwLock<Sites>,
+}
+
+impl Shared {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+}
+
+/// Applies the PRAGMAs every connection needs.
+pub fn configure_connection(conn: &Connection, writer: bool) -> Result<()> {
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    if writer {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.pragma_update(None, "recursive_triggers", "ON")?;
+    }
+    conn.set_prepared_statement_cache_capacity(512);
+    Ok(())
+}
+
+/// The writer side of the store.
+pub struct Store {
+    conn: Connection,
+    shared: Arc<Shared>,
+    capture: Arc<Mutex<capture::Capture>>,
+    actor: ActorId,
+    local_site: u32,
+    /// Highest local version committed.
+    local_max: u64,
+    hlc: Hlc,
+    guard: guard::Guard,
+    commit_listeners: Vec<Box<dyn FnMut(ActorId, u64) + Send>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening database {}", path.display()))?;
+        Self::from_connection(conn)
+    }
+
+    /// An in-memory store (tests and simulations).
+    pub fn open_in_memory() -> Result<Store> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(conn: Connection) -> Result<Store> {
+        configure_connection(&conn, true)?;
+        conn.execute_batch(BOOTSTRAP).context("creating internal tables")?;
+        let version: Option<i64> = conn
+            .query_row("SELECT value FROM __vd_state WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
+        match version {
+            Some(v) if v > INTERNAL_SCHEMA_VERSION => {
+                bail!("database was written by a newer Verdigris (internal schema {v}); upgrade this binary")
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO __vd_state(key, value) VALUES ('schema_version', ?1)",
+                    [INTERNAL_SCHEMA_VERSION],
+                )?;
+            }
+        }
+        let actor = match conn
+            .query_row("SELECT value FROM __vd_state WHERE key = 'actor_id'", [], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+        {
+            Some(bytes) => ActorId::from_slice(&bytes).context("corrupt actor id in __vd_state")?,
+            None => {
+                let a = ActorId::random();
+                conn.execute("INSERT INTO __vd_state(key, value) VALUES ('actor_id', ?1)", [&a.0[..]])?;
+                a
+            }
+        };
+        let mut sites = Sites::default();
+        {
+            let mut stmt = conn.prepare("SELECT ord, actor FROM __vd_sites")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            for row in rows {
+                let (ord, bytes) = row?;
+                sites.insert(ord, ActorId::from_slice(&bytes).context("corrupt actor id in __vd_sites")?);
+            }
+        }
+        let catalog = Catalog::load(&conn)?;
+        let capture = Arc::new(Mutex::new(capture::Capture::new(&catalog)));
+        capture::install(&conn, capture.clone())?;
+        let guard = guard::Guard::install(&conn, &catalog)?;
+        let shared = Arc::new(Shared { catalog: RwLock::new(Arc::new(catalog)), sites: RwLock::new(sites) });
+        let mut store = Store { conn, shared, capture, actor, local_site: 0, local_max: 0, hlc: Hlc::default(), guard, commit_listeners: Vec::new() };
+        store.local_site = store.site_ordinal(&actor)?;
+        store.local_max = store.max_version(store.local_site)?;
+        Ok(store)
+    }
+
+    pub fn actor_id(&self) -> ActorId {
+        self.actor
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// The raw connection (tests, backups and maintenance).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Highest version of `site` recorded in `__vd_versions`.
+    fn max_version(&self, site: u32) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(db_version) FROM __vd_versions WHERE site = ?1", [site], |r| {
+                r.get::<_, Option<u64>>(0)
+            })?
+            .unwrap_or(0))
+    }
+
+    /// Highest version known for `actor` (0 if none).
+    pub fn head(&self, actor: &ActorId) -> Result<u64> {
+        match self.shared.sites.read().expect("sites lock").ordinal(actor) {
+            Some(ord) => self.max_version(ord),
+            None => Ok(0),
+        }
+    }
+
+    /// The ordinal of `actor`, interning it if new.
+    pub fn site_ordinal(&mut self, actor: &ActorId) -> Result<u32> {
+        if let Some(ord) = self.shared.sites.read().expect("sites lock").ordinal(actor) {
+            return Ok(ord);
+        }
+        self.conn.execute("INSERT OR IGNORE INTO __vd_sites(actor) VALUES (?1)", [&actor.0[..]])?;
+        let ord: u32 =
+            self.conn.query_row("SELECT ord FROM __vd_sites WHERE actor = ?1", [&actor.0[..]], |r| r.get(0))?;
+        self.shared.sites.write().expect("sites lock").insert(ord, *actor);
+        Ok(ord)
+    }
+
+    /// Re-reads the catalog after DDL and points the capture hook at it.
+    fn reload_catalog(&mut self) -> Result<()> {
+        let catalog = Catalog::load(&self.conn)?;
+        self.capture.lock().expect("capture lock").set_tables(&catalog);
+        self.refresh_guard(&catalog);
+        *self.shared.catalog.write().expect("catalog lock") = Arc::new(catalog);
+        Ok(())
+    }
+
+    /// Registers a callback run after every commit that created a version (actor, version).
+    pub fn on_commit(&mut self, f: Box<dyn FnMut(ActorId, u64) + Send>) {
+        self.commit_listeners.push(f);
+    }
+
+    fn notify_commit(&mut self, actor: ActorId, version: u64) {
+        for f in &mut self.commit_listeners {
+            f(actor, version);
+        }
+    }
+
+    /// Number of versions recorded for every actor (for tests and stats).
+    pub fn version_count(&self) -> Result<u64> {
+        Ok(self.conn.query_row("SELECT count(*) FROM __vd_versions", params![], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

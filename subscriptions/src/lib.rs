@@ -1,0 +1,1 @@
+//! Incremental query engine for Verdigris subscriptions. Filled by the subscriptions issue.
