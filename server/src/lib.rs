@@ -2,5 +2,11 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the bird's-eye view.
 
+pub mod admin;
+pub mod api;
+pub mod backup;
+pub mod cli;
+pub mod config;
 pub mod crdt;
+pub mod node;
 pub mod store;

@@ -37,7 +37,10 @@ pub struct RowClock {
 
 impl RowClock {
     pub fn cell(&self, col: u32) -> Option<&CellClock> {
-        self.cells.binary_search_by_key(&col, |c| c.col).ok().map(|i| &self.cells[i])
+        self.cells
+            .binary_search_by_key(&col, |c| c.col)
+            .ok()
+            .map(|i| &self.cells[i])
     }
 
     /// Inserts or replaces the clock of one column, keeping `cells` sorted.
@@ -100,9 +103,17 @@ impl RowClock {
         for _ in 0..n {
             let col = u32::try_from(get_varint(b)?).ok()?;
             let col_version = i64::try_from(get_varint(b)?).ok()?;
-            cells.push(CellClock { col, col_version, stamp: get_stamp(b)? });
+            cells.push(CellClock {
+                col,
+                col_version,
+                stamp: get_stamp(b)?,
+            });
         }
-        b.is_empty().then_some(RowClock { cl, row_stamp, cells })
+        b.is_empty().then_some(RowClock {
+            cl,
+            row_stamp,
+            cells,
+        })
     }
 }
 
@@ -153,7 +164,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn stamp() -> impl Strategy<Value = Stamp> {
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(site, db_version, seq)| Stamp { site, db_version, seq })
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(site, db_version, seq)| Stamp {
+            site,
+            db_version,
+            seq,
+        })
     }
 
     proptest! {
@@ -176,12 +191,35 @@ mod tests {
 
     #[test]
     fn set_cell_keeps_order_and_versions_dedup() {
-        let s = |v| Stamp { site: 0, db_version: v, seq: 0 };
-        let mut c = RowClock { cl: 1, row_stamp: None, cells: vec![] };
-        c.set_cell(CellClock { col: 3, col_version: 1, stamp: s(2) });
-        c.set_cell(CellClock { col: 1, col_version: 1, stamp: s(2) });
-        c.set_cell(CellClock { col: 3, col_version: 2, stamp: s(5) });
-        assert_eq!(c.cells.iter().map(|c| c.col).collect::<Vec<_>>(), vec![1, 3]);
+        let s = |v| Stamp {
+            site: 0,
+            db_version: v,
+            seq: 0,
+        };
+        let mut c = RowClock {
+            cl: 1,
+            row_stamp: None,
+            cells: vec![],
+        };
+        c.set_cell(CellClock {
+            col: 3,
+            col_version: 1,
+            stamp: s(2),
+        });
+        c.set_cell(CellClock {
+            col: 1,
+            col_version: 1,
+            stamp: s(2),
+        });
+        c.set_cell(CellClock {
+            col: 3,
+            col_version: 2,
+            stamp: s(5),
+        });
+        assert_eq!(
+            c.cells.iter().map(|c| c.col).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(c.versions(), vec![(0, 2), (0, 5)]);
     }
 }

@@ -11,7 +11,9 @@ pub struct Hlc {
 
 /// The current wall clock as NTP64.
 pub fn wall_ntp64() -> u64 {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() << 32) | (((d.subsec_nanos() as u64) << 32) / 1_000_000_000)
 }
 

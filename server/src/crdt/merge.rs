@@ -72,7 +72,9 @@ pub fn decide(
         };
     };
     if newer {
-        return Outcome::SetCell { new_life: Some(inc.cl) };
+        return Outcome::SetCell {
+            new_life: Some(inc.cl),
+        };
     }
     let Some((local_cv, local_actor)) = local_cell else {
         return Outcome::SetCell { new_life: None };
@@ -121,7 +123,11 @@ impl RowState {
         if let Some(c) = inc.cell.as_ref().filter(|_| inc.cl % 2 == 1) {
             cells.insert(
                 c.col,
-                CellState { col_version: c.col_version, value: c.value.clone(), actor: inc.actor },
+                CellState {
+                    col_version: c.col_version,
+                    value: c.value.clone(),
+                    actor: inc.actor,
+                },
             );
         }
         RowState { cl: inc.cl, cells }
@@ -175,7 +181,11 @@ impl RowState {
                 let c = inc.cell.as_ref().expect("SetCell only for cell changes");
                 self.cells.insert(
                     c.col,
-                    CellState { col_version: c.col_version, value: c.value.clone(), actor: inc.actor },
+                    CellState {
+                        col_version: c.col_version,
+                        value: c.value.clone(),
+                        actor: inc.actor,
+                    },
                 );
             }
         }

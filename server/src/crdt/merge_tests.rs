@@ -17,17 +17,24 @@ impl Change {
         Incoming {
             cl: self.cl,
             actor: ActorId([self.actor; 16]),
-            cell: self.cell.as_ref().map(|(col, col_version, value)| IncomingCell {
-                col: *col,
-                col_version: *col_version,
-                value,
-            }),
+            cell: self
+                .cell
+                .as_ref()
+                .map(|(col, col_version, value)| IncomingCell {
+                    col: *col,
+                    col_version: *col_version,
+                    value,
+                }),
         }
     }
 }
 
 fn change() -> impl Strategy<Value = Change> {
-    (1i64..6, 0u8..3, proptest::option::weighted(0.8, (0u32..3, 1i64..4, any_value())))
+    (
+        1i64..6,
+        0u8..3,
+        proptest::option::weighted(0.8, (0u32..3, 1i64..4, any_value())),
+    )
         .prop_map(|(cl, actor, cell)| Change { cl, actor, cell })
 }
 
@@ -94,18 +101,54 @@ fn delete_then_reinsert_hides_old_life_values() {
     let a = ActorId([1; 16]);
     let v = Value::Text("old".into());
     let mut s = RowState::default();
-    s.apply(&Incoming { cl: 1, actor: a, cell: Some(IncomingCell { col: 0, col_version: 5, value: &v }) });
-    s.apply(&Incoming { cl: 1, actor: a, cell: Some(IncomingCell { col: 1, col_version: 1, value: &v }) });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: a,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 5,
+            value: &v,
+        }),
+    });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: a,
+        cell: Some(IncomingCell {
+            col: 1,
+            col_version: 1,
+            value: &v,
+        }),
+    });
     // Re-created (cl 3) with only column 1 written: column 0 must not keep the old value.
     let n = Value::Integer(7);
-    s.apply(&Incoming { cl: 3, actor: a, cell: Some(IncomingCell { col: 1, col_version: 1, value: &n }) });
+    s.apply(&Incoming {
+        cl: 3,
+        actor: a,
+        cell: Some(IncomingCell {
+            col: 1,
+            col_version: 1,
+            value: &n,
+        }),
+    });
     assert_eq!(s.cl, 3);
     assert_eq!(s.cells.len(), 1);
     // A late change from the first life loses.
-    s.apply(&Incoming { cl: 1, actor: a, cell: Some(IncomingCell { col: 0, col_version: 9, value: &v }) });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: a,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 9,
+            value: &v,
+        }),
+    });
     assert_eq!(s.cells.len(), 1);
     // A delete of the old life (cl 2) loses too.
-    s.apply(&Incoming { cl: 2, actor: a, cell: None });
+    s.apply(&Incoming {
+        cl: 2,
+        actor: a,
+        cell: None,
+    });
     assert!(s.alive());
 }
 
@@ -115,16 +158,48 @@ fn tie_breaks_follow_version_then_value_then_actor() {
     let hi = ActorId([2; 16]);
     let one = Value::Integer(1);
     let text = Value::Text("z".into());
-    let base = Incoming { cl: 1, actor: lo, cell: Some(IncomingCell { col: 0, col_version: 2, value: &one }) };
+    let base = Incoming {
+        cl: 1,
+        actor: lo,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 2,
+            value: &one,
+        }),
+    };
     let mut s = RowState::default();
     s.apply(&base);
     // Same version, TEXT < INTEGER: loses.
-    s.apply(&Incoming { cl: 1, actor: hi, cell: Some(IncomingCell { col: 0, col_version: 2, value: &text }) });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: hi,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 2,
+            value: &text,
+        }),
+    });
     assert_eq!(s.cells[&0].value, one);
     // Same version and value, larger actor: wins (metadata only).
-    s.apply(&Incoming { cl: 1, actor: hi, cell: Some(IncomingCell { col: 0, col_version: 2, value: &one }) });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: hi,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 2,
+            value: &one,
+        }),
+    });
     assert_eq!(s.cells[&0].actor, hi);
     // Higher version wins regardless of value.
-    s.apply(&Incoming { cl: 1, actor: lo, cell: Some(IncomingCell { col: 0, col_version: 3, value: &text }) });
+    s.apply(&Incoming {
+        cl: 1,
+        actor: lo,
+        cell: Some(IncomingCell {
+            col: 0,
+            col_version: 3,
+            value: &text,
+        }),
+    });
     assert_eq!(s.cells[&0].value, text);
 }

@@ -49,7 +49,14 @@ impl ActorId {
     /// Hyphenated lowercase UUID form (used by admin commands and JSON).
     pub fn hyphenated(&self) -> String {
         let s = self.to_string();
-        format!("{}-{}-{}-{}-{}", &s[0..8], &s[8..12], &s[12..16], &s[16..20], &s[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &s[0..8],
+            &s[8..12],
+            &s[12..16],
+            &s[16..20],
+            &s[20..32]
+        )
     }
 }
 

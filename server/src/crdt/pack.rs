@@ -96,7 +96,9 @@ pub fn unpack(mut buf: &[u8]) -> Result<Vec<Value>, UnpackError> {
                 // Negative numbers always use 8 bytes, so no sign extension is needed.
                 Value::Integer(read_be(take(&mut buf, len)?) as i64)
             }
-            2 => Value::Real(f64::from_be_bytes(take(&mut buf, 8)?.try_into().expect("8 bytes"))),
+            2 => Value::Real(f64::from_be_bytes(
+                take(&mut buf, 8)?.try_into().expect("8 bytes"),
+            )),
             ty @ (3 | 4) => {
                 if len > 8 {
                     return Err(UnpackError::BadLength);
@@ -105,7 +107,9 @@ pub fn unpack(mut buf: &[u8]) -> Result<Vec<Value>, UnpackError> {
                 let size = usize::try_from(size).map_err(|_| UnpackError::BadLength)?;
                 let bytes = take(&mut buf, size)?;
                 if ty == 3 {
-                    Value::Text(String::from_utf8(bytes.to_vec()).map_err(|_| UnpackError::BadUtf8)?)
+                    Value::Text(
+                        String::from_utf8(bytes.to_vec()).map_err(|_| UnpackError::BadUtf8)?,
+                    )
                 } else {
                     Value::Blob(bytes.to_vec())
                 }
@@ -130,9 +134,18 @@ mod tests {
     fn known_encodings() {
         assert_eq!(pack_owned(&[Value::Integer(1)]), vec![1, 0x09, 1]);
         assert_eq!(pack_owned(&[Value::Integer(0)]), vec![1, 0x01]);
-        assert_eq!(pack_owned(&[Value::Integer(-1)]), vec![1, 0x41, 255, 255, 255, 255, 255, 255, 255, 255]);
-        assert_eq!(pack_owned(&[Value::Text("ab".into())]), vec![1, 0x0b, 2, b'a', b'b']);
-        assert_eq!(pack_owned(&[Value::Null, Value::Blob(vec![])]), vec![2, 5, 0x04]);
+        assert_eq!(
+            pack_owned(&[Value::Integer(-1)]),
+            vec![1, 0x41, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        assert_eq!(
+            pack_owned(&[Value::Text("ab".into())]),
+            vec![1, 0x0b, 2, b'a', b'b']
+        );
+        assert_eq!(
+            pack_owned(&[Value::Null, Value::Blob(vec![])]),
+            vec![2, 5, 0x04]
+        );
     }
 
     #[test]

@@ -67,7 +67,13 @@ mod tests {
             Value::Integer(i64::MIN),
         ];
         for w in order.windows(2) {
-            assert_eq!(compare(&w[0], &w[1]), Ordering::Less, "{:?} < {:?}", w[0], w[1]);
+            assert_eq!(
+                compare(&w[0], &w[1]),
+                Ordering::Less,
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
         }
         assert!(!same(&Value::Integer(1), &Value::Real(1.0)));
     }

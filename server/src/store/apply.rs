@@ -56,8 +56,11 @@ impl Store {
                         report.impacted.extend(impacted);
                     }
                     Err(e) => {
-                        self.conn.execute_batch("ROLLBACK TO vd_apply; RELEASE vd_apply")?;
-                        report.failed.push((set.actor, set.version, format!("{e:#}")));
+                        self.conn
+                            .execute_batch("ROLLBACK TO vd_apply; RELEASE vd_apply")?;
+                        report
+                            .failed
+                            .push((set.actor, set.version, format!("{e:#}")));
                     }
                 }
             }
@@ -95,7 +98,10 @@ impl Store {
         while start < set.changes.len() {
             let first = &set.changes[start];
             let end = start
-                + set.changes[start..].iter().take_while(|c| c.table == first.table && c.pk == first.pk).count();
+                + set.changes[start..]
+                    .iter()
+                    .take_while(|c| c.table == first.table && c.pk == first.pk)
+                    .count();
             let t = catalog
                 .get(&first.table)
                 .ok_or_else(|| anyhow!("table {} is not in this node's schema", first.table))?;
@@ -114,7 +120,12 @@ impl Store {
         let pk_blob = &changes[0].pk;
         let pk = pack::unpack(pk_blob).context("bad primary key in change")?;
         if pk.len() != t.pk_cols.len() {
-            bail!("change for {} has a {}-column key, expected {}", t.name, pk.len(), t.pk_cols.len());
+            bail!(
+                "change for {} has a {}-column key, expected {}",
+                t.name,
+                pk.len(),
+                t.pk_cols.len()
+            );
         }
         let old = load_clock(&self.conn, t, &pk)?;
         let mut clock = old.clone().unwrap_or_default();
@@ -125,16 +136,25 @@ impl Store {
             let col = if ch.cid == SENTINEL {
                 None
             } else {
-                let c = t
-                    .column_index(&ch.cid)
-                    .ok_or_else(|| anyhow!("column {}.{} is not in this node's schema", t.name, ch.cid))?;
+                let c = t.column_index(&ch.cid).ok_or_else(|| {
+                    anyhow!("column {}.{} is not in this node's schema", t.name, ch.cid)
+                })?;
                 if t.columns[c].pk > 0 {
                     bail!("change writes key column {}.{}", t.name, ch.cid);
                 }
                 Some(c as u32)
             };
-            let local_actor = |s: u32| self.shared.sites.read().expect("sites lock").actor(s).unwrap_or_default();
-            let local_cell = col.and_then(|c| clock.cell(c)).map(|cc| (cc.col_version, local_actor(cc.stamp.site)));
+            let local_actor = |s: u32| {
+                self.shared
+                    .sites
+                    .read()
+                    .expect("sites lock")
+                    .actor(s)
+                    .unwrap_or_default()
+            };
+            let local_cell = col
+                .and_then(|c| clock.cell(c))
+                .map(|cc| (cc.col_version, local_actor(cc.stamp.site)));
             let tie = matches!(local_cell, Some((cv, _)) if cv == ch.col_version);
             let local_value = match col {
                 Some(c) if tie => match pending.get(&c) {
@@ -143,7 +163,10 @@ impl Store {
                         if base.is_none() {
                             base = Some(load_row(&self.conn, t, &pk)?);
                         }
-                        base.as_ref().and_then(|r| r.as_ref()).and_then(|r| r.get(c as usize).cloned()).unwrap_or(Value::Null)
+                        base.as_ref()
+                            .and_then(|r| r.as_ref())
+                            .and_then(|r| r.get(c as usize).cloned())
+                            .unwrap_or(Value::Null)
                     }
                 },
                 _ => Value::Null,
@@ -151,28 +174,48 @@ impl Store {
             let inc = Incoming {
                 cl: ch.cl,
                 actor: ch.site_id,
-                cell: col.map(|c| IncomingCell { col: c, col_version: ch.col_version, value: &ch.val }),
+                cell: col.map(|c| IncomingCell {
+                    col: c,
+                    col_version: ch.col_version,
+                    value: &ch.val,
+                }),
             };
             let outcome = decide(clock.cl, local_cell, || local_value, &inc);
             if outcome == Outcome::Ignore {
                 continue;
             }
-            let stamp = Stamp { site: self.site_ordinal(&ch.site_id)?, db_version: ch.db_version, seq: ch.seq };
+            let stamp = Stamp {
+                site: self.site_ordinal(&ch.site_id)?,
+                db_version: ch.db_version,
+                seq: ch.seq,
+            };
             match outcome {
                 Outcome::Ignore => {}
                 Outcome::Delete { cl } | Outcome::Resurrect { cl } => {
-                    clock = RowClock { cl, row_stamp: Some(stamp), cells: vec![] };
+                    clock = RowClock {
+                        cl,
+                        row_stamp: Some(stamp),
+                        cells: vec![],
+                    };
                     pending.clear();
                     reset = true;
                 }
                 Outcome::SetCell { new_life } => {
                     if let Some(cl) = new_life {
-                        clock = RowClock { cl, row_stamp: None, cells: vec![] };
+                        clock = RowClock {
+                            cl,
+                            row_stamp: None,
+                            cells: vec![],
+                        };
                         pending.clear();
                         reset = true;
                     }
                     let c = col.expect("SetCell has a column");
-                    clock.set_cell(CellClock { col: c, col_version: ch.col_version, stamp });
+                    clock.set_cell(CellClock {
+                        col: c,
+                        col_version: ch.col_version,
+                        stamp,
+                    });
                     pending.insert(c, ch.val.clone());
                 }
             }
@@ -182,16 +225,33 @@ impl Store {
             return Ok(false);
         }
         let cols: Vec<usize> = pending.keys().map(|c| *c as usize).collect();
-        let params = || pk.iter().cloned().chain(pending.values().cloned()).collect::<Vec<Value>>();
+        let params = || {
+            pk.iter()
+                .cloned()
+                .chain(pending.values().cloned())
+                .collect::<Vec<Value>>()
+        };
         if clock.cl % 2 == 0 {
-            self.conn.prepare_cached(&t.sql.row_delete)?.execute(params_from_iter(&pk))?;
+            self.conn
+                .prepare_cached(&t.sql.row_delete)?
+                .execute(params_from_iter(&pk))?;
         } else if reset {
-            self.conn.prepare_cached(&t.replace_sql(&cols))?.execute(params_from_iter(params()))?;
+            self.conn
+                .prepare_cached(&t.replace_sql(&cols))?
+                .execute(params_from_iter(params()))?;
         } else if !cols.is_empty() {
-            self.conn.prepare_cached(&t.upsert_sql(&cols))?.execute(params_from_iter(params()))?;
+            self.conn
+                .prepare_cached(&t.upsert_sql(&cols))?
+                .execute(params_from_iter(params()))?;
         }
         put_clock(&self.conn, t, &pk, &clock)?;
-        update_log(&self.conn, t.id, pk_blob, &old_clock.versions(), &clock.versions())?;
+        update_log(
+            &self.conn,
+            t.id,
+            pk_blob,
+            &old_clock.versions(),
+            &clock.versions(),
+        )?;
         Ok(true)
     }
 }

@@ -53,7 +53,15 @@ impl Capture {
         self.tables = catalog
             .tables()
             .iter()
-            .map(|t| (t.name.clone(), CapturedTable { id: t.id, pk_positions: t.pk_cols.clone() }))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    CapturedTable {
+                        id: t.id,
+                        pk_positions: t.pk_cols.clone(),
+                    },
+                )
+            })
             .collect();
     }
 
@@ -68,17 +76,30 @@ impl Capture {
         self.effects.clear();
     }
 
-    fn entry(&mut self, table: u32, pk: Vec<u8>, before: impl FnOnce() -> Option<Vec<Value>>) -> &mut RowEffect {
+    fn entry(
+        &mut self,
+        table: u32,
+        pk: Vec<u8>,
+        before: impl FnOnce() -> Option<Vec<Value>>,
+    ) -> &mut RowEffect {
         let next = self.effects.len();
         let i = *self.index.entry((table, pk.clone())).or_insert(next);
         if i == next {
-            self.effects.push(RowEffect { table, pk, before: before(), after: false, after_values: None });
+            self.effects.push(RowEffect {
+                table,
+                pk,
+                before: before(),
+                after: false,
+                after_values: None,
+            });
         }
         &mut self.effects[i]
     }
 
     fn on_change(&mut self, table: &str, case: &PreUpdateCase) {
-        let Some(t) = self.tables.get(table) else { return };
+        let Some(t) = self.tables.get(table) else {
+            return;
+        };
         let id = t.id;
         match case {
             PreUpdateCase::Insert(new) => {
@@ -99,14 +120,19 @@ impl Capture {
                 e.after = false;
                 e.after_values = None;
             }
-            PreUpdateCase::Update { old_value_accessor: old, new_value_accessor: new } => {
+            PreUpdateCase::Update {
+                old_value_accessor: old,
+                new_value_accessor: new,
+            } => {
                 let n = old.get_column_count();
                 let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
                 let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
                 let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
                 let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
                 let moved = old_pk != new_pk;
-                let e = self.entry(id, old_pk, || Some((0..n).map(|i| get_old(i).into()).collect()));
+                let e = self.entry(id, old_pk, || {
+                    Some((0..n).map(|i| get_old(i).into()).collect())
+                });
                 if moved {
                     // A key change is a delete of the old key and an insert of the new one.
                     e.after = false;
@@ -128,13 +154,15 @@ impl Capture {
 
 /// Installs the hook on the writer connection.
 pub fn install(conn: &Connection, capture: Arc<Mutex<Capture>>) -> rusqlite::Result<()> {
-    conn.preupdate_hook(Some(move |_action: Action, db: &str, table: &str, case: &PreUpdateCase| {
-        if db != "main" {
-            return;
-        }
-        let mut c = capture.lock().expect("capture lock");
-        if c.enabled {
-            c.on_change(table, case);
-        }
-    }))
+    conn.preupdate_hook(Some(
+        move |_action: Action, db: &str, table: &str, case: &PreUpdateCase| {
+            if db != "main" {
+                return;
+            }
+            let mut c = capture.lock().expect("capture lock");
+            if c.enabled {
+                c.on_change(table, case);
+            }
+        },
+    ))
 }

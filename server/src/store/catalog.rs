@@ -61,13 +61,26 @@ impl TableInfo {
         let mut pk_cols: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].pk > 0).collect();
         pk_cols.sort_by_key(|i| columns[*i].pk);
         let value_cols = (0..columns.len()).filter(|i| columns[*i].pk == 0).collect();
-        let by_name = columns.iter().enumerate().map(|(i, c)| (c.name.to_ascii_lowercase(), i)).collect();
+        let by_name = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.to_ascii_lowercase(), i))
+            .collect();
         let pk_names: Vec<String> = pk_cols.iter().map(|i| quote(&columns[*i].name)).collect();
         let placeholders: Vec<String> = (1..=pk_cols.len()).map(|i| format!("?{i}")).collect();
-        let pk_where = pk_names.iter().zip(&placeholders).map(|(n, p)| format!("{n} = {p}")).collect::<Vec<_>>().join(" AND ");
+        let pk_where = pk_names
+            .iter()
+            .zip(&placeholders)
+            .map(|(n, p)| format!("{n} = {p}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let t = quote(&name);
         let ct = quote(&clock_table(&name));
-        let all_cols = columns.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let all_cols = columns
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         let key_list = pk_names.join(", ");
         let key_params = placeholders.join(", ");
         let n = pk_cols.len();
@@ -83,15 +96,31 @@ impl TableInfo {
             row_insert_key: format!("INSERT OR IGNORE INTO {t} ({key_list}) VALUES ({key_params})"),
             pk_where,
         };
-        TableInfo { id, name, columns, pk_cols, value_cols, by_name, sql }
+        TableInfo {
+            id,
+            name,
+            columns,
+            pk_cols,
+            value_cols,
+            by_name,
+            sql,
+        }
     }
 
     /// `INSERT … ON CONFLICT DO UPDATE` writing the key plus the given columns.
     pub fn upsert_sql(&self, cols: &[usize]) -> String {
-        let names: Vec<String> =
-            self.pk_cols.iter().chain(cols).map(|i| quote(&self.columns[*i].name)).collect();
+        let names: Vec<String> = self
+            .pk_cols
+            .iter()
+            .chain(cols)
+            .map(|i| quote(&self.columns[*i].name))
+            .collect();
         let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-        let keys: Vec<String> = self.pk_cols.iter().map(|i| quote(&self.columns[*i].name)).collect();
+        let keys: Vec<String> = self
+            .pk_cols
+            .iter()
+            .map(|i| quote(&self.columns[*i].name))
+            .collect();
         let sets: Vec<String> = cols
             .iter()
             .map(|i| {
@@ -99,7 +128,11 @@ impl TableInfo {
                 format!("{c} = excluded.{c}")
             })
             .collect();
-        let action = if sets.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", sets.join(", ")) };
+        let action = if sets.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!("UPDATE SET {}", sets.join(", "))
+        };
         format!(
             "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
             quote(&self.name),
@@ -111,16 +144,27 @@ impl TableInfo {
 
     /// `INSERT OR REPLACE` of the key plus the given columns: resets every other column to its default.
     pub fn replace_sql(&self, cols: &[usize]) -> String {
-        let names: Vec<String> =
-            self.pk_cols.iter().chain(cols).map(|i| quote(&self.columns[*i].name)).collect();
+        let names: Vec<String> = self
+            .pk_cols
+            .iter()
+            .chain(cols)
+            .map(|i| quote(&self.columns[*i].name))
+            .collect();
         let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-        format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quote(&self.name), names.join(", "), params.join(", "))
+        format!(
+            "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+            quote(&self.name),
+            names.join(", "),
+            params.join(", ")
+        )
     }
 }
 
 /// Reads the columns of a table from SQLite.
 pub fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
-    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let mut stmt = conn.prepare(
+        "SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM pragma_table_xinfo(?1)",
+    )?;
     let rows = stmt.query_map([table], |r| {
         Ok((
             Column {
@@ -159,8 +203,10 @@ impl Catalog {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut cat = Catalog::default();
         for (id, name) in names {
-            let columns = read_columns(conn, &name).with_context(|| format!("reading columns of {name}"))?;
-            cat.by_name.insert(name.to_ascii_lowercase(), cat.tables.len());
+            let columns =
+                read_columns(conn, &name).with_context(|| format!("reading columns of {name}"))?;
+            cat.by_name
+                .insert(name.to_ascii_lowercase(), cat.tables.len());
             cat.by_id.insert(id, cat.tables.len());
             cat.tables.push(TableInfo::build(id, name, columns));
         }
@@ -168,7 +214,9 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Option<&TableInfo> {
-        self.by_name.get(&name.to_ascii_lowercase()).map(|i| &self.tables[*i])
+        self.by_name
+            .get(&name.to_ascii_lowercase())
+            .map(|i| &self.tables[*i])
     }
 
     pub fn by_id(&self, id: u32) -> Option<&TableInfo> {

@@ -20,11 +20,17 @@ pub struct Statement {
 
 impl Statement {
     pub fn new(sql: impl Into<String>) -> Statement {
-        Statement { sql: sql.into(), params: Params::None }
+        Statement {
+            sql: sql.into(),
+            params: Params::None,
+        }
     }
 
     pub fn with_params(sql: impl Into<String>, params: Vec<Value>) -> Statement {
-        Statement { sql: sql.into(), params: Params::Positional(params) }
+        Statement {
+            sql: sql.into(),
+            params: Params::Positional(params),
+        }
     }
 }
 
@@ -34,7 +40,9 @@ pub fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), String> {
     match params {
         Params::None => {
             if expected > 0 {
-                return Err(format!("statement has {expected} parameter(s) but none were given"));
+                return Err(format!(
+                    "statement has {expected} parameter(s) but none were given"
+                ));
             }
         }
         Params::Positional(values) => {
@@ -45,7 +53,8 @@ pub fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), String> {
                 ));
             }
             for (i, v) in values.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, v).map_err(|e| format!("binding parameter {}: {e}", i + 1))?;
+                stmt.raw_bind_parameter(i + 1, v)
+                    .map_err(|e| format!("binding parameter {}: {e}", i + 1))?;
             }
         }
         Params::Named(pairs) => {
@@ -54,7 +63,8 @@ pub fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), String> {
                     .parameter_index(name)
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("statement has no parameter named {name} (names include the :, @ or $ prefix)"))?;
-                stmt.raw_bind_parameter(idx, v).map_err(|e| format!("binding parameter {name}: {e}"))?;
+                stmt.raw_bind_parameter(idx, v)
+                    .map_err(|e| format!("binding parameter {name}: {e}"))?;
             }
         }
     }

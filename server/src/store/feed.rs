@@ -74,17 +74,34 @@ pub fn read_versions(
     )?;
     let entries = stmt
         .query_map(rusqlite::params![site, range.start(), range.end()], |r| {
-            Ok((r.get::<_, u64>(0)?, r.get::<_, u32>(1)?, r.get::<_, Vec<u8>>(2)?))
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (version, tbl, pk_blob) in entries {
-        let Some(t) = catalog.by_id(tbl) else { continue };
-        let Ok(slot) = out.binary_search_by_key(&version, |v| v.version) else { continue };
+        let Some(t) = catalog.by_id(tbl) else {
+            continue;
+        };
+        let Ok(slot) = out.binary_search_by_key(&version, |v| v.version) else {
+            continue;
+        };
         let pk = pack::unpack(&pk_blob).context("corrupt key in __vd_log")?;
-        let Some(clock) = load_clock(conn, t, &pk)? else { continue };
-        let values = if clock.cl % 2 == 1 { load_row(conn, t, &pk)? } else { None };
+        let Some(clock) = load_clock(conn, t, &pk)? else {
+            continue;
+        };
+        let values = if clock.cl % 2 == 1 {
+            load_row(conn, t, &pk)?
+        } else {
+            None
+        };
         let changes = &mut out[slot].changes;
-        if let Some(s) = clock.row_stamp.filter(|s| s.site == site && s.db_version == version) {
+        if let Some(s) = clock
+            .row_stamp
+            .filter(|s| s.site == site && s.db_version == version)
+        {
             changes.push(Change {
                 table: t.name.clone(),
                 pk: pk_blob.clone(),
@@ -97,14 +114,23 @@ pub fn read_versions(
                 cl: clock.cl,
             });
         }
-        for cell in clock.cells.iter().filter(|c| c.stamp.site == site && c.stamp.db_version == version) {
+        for cell in clock
+            .cells
+            .iter()
+            .filter(|c| c.stamp.site == site && c.stamp.db_version == version)
+        {
             let col = cell.col as usize;
-            let Some(column) = t.columns.get(col) else { continue };
+            let Some(column) = t.columns.get(col) else {
+                continue;
+            };
             changes.push(Change {
                 table: t.name.clone(),
                 pk: pk_blob.clone(),
                 cid: column.name.clone(),
-                val: values.as_ref().and_then(|v| v.get(col).cloned()).unwrap_or(Value::Null),
+                val: values
+                    .as_ref()
+                    .and_then(|v| v.get(col).cloned())
+                    .unwrap_or(Value::Null),
                 col_version: cell.col_version,
                 db_version: version,
                 seq: cell.stamp.seq,
@@ -121,7 +147,11 @@ pub fn read_versions(
 
 impl Store {
     /// Reads versions of `actor` on the writer connection.
-    pub fn changes(&self, actor: ActorId, range: RangeInclusive<u64>) -> Result<Vec<VersionChanges>> {
+    pub fn changes(
+        &self,
+        actor: ActorId,
+        range: RangeInclusive<u64>,
+    ) -> Result<Vec<VersionChanges>> {
         read_versions(&self.conn, &self.shared, actor, range)
     }
 
@@ -130,12 +160,24 @@ impl Store {
         let catalog = self.shared.catalog();
         let mut out = Vec::new();
         for t in catalog.tables() {
-            let order: Vec<String> = t.pk_cols.iter().map(|i| quote(&t.columns[*i].name)).collect();
-            let sql = format!("SELECT * FROM {} ORDER BY {}", quote(&t.name), order.join(", "));
+            let order: Vec<String> = t
+                .pk_cols
+                .iter()
+                .map(|i| quote(&t.columns[*i].name))
+                .collect();
+            let sql = format!(
+                "SELECT * FROM {} ORDER BY {}",
+                quote(&t.name),
+                order.join(", ")
+            );
             let mut stmt = self.conn.prepare(&sql)?;
             let n = stmt.column_count();
             let rows = stmt
-                .query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>())?
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, Value>(i))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             out.push((t.name.clone(), rows));
         }

@@ -37,15 +37,25 @@ impl Guard {
     }
 
     pub fn set_tables(&self, catalog: &Catalog) {
-        *self.0.replicated.lock().expect("guard") =
-            catalog.tables().iter().map(|t| t.name.to_ascii_lowercase()).collect();
+        *self.0.replicated.lock().expect("guard") = catalog
+            .tables()
+            .iter()
+            .map(|t| t.name.to_ascii_lowercase())
+            .collect();
     }
 
     /// Starts guarding client SQL, with an optional time limit.
     pub fn begin(&self, timeout: Option<Duration>) {
         *self.0.denial.lock().expect("guard") = None;
-        let epoch = self.0.epoch.lock().expect("guard").unwrap_or_else(Instant::now);
-        let deadline = timeout.map(|t| (epoch.elapsed() + t).as_nanos() as u64).unwrap_or(0);
+        let epoch = self
+            .0
+            .epoch
+            .lock()
+            .expect("guard")
+            .unwrap_or_else(Instant::now);
+        let deadline = timeout
+            .map(|t| (epoch.elapsed() + t).as_nanos() as u64)
+            .unwrap_or(0);
         self.0.deadline.store(deadline, Ordering::Relaxed);
         self.0.active.store(true, Ordering::Relaxed);
     }
@@ -77,7 +87,12 @@ fn authorize(st: &GuardState, ctx: AuthContext<'_>) -> Authorization {
     if !st.active.load(Ordering::Relaxed) {
         return Authorization::Allow;
     }
-    let replicated = |t: &str| st.replicated.lock().expect("guard").contains(&t.to_ascii_lowercase());
+    let replicated = |t: &str| {
+        st.replicated
+            .lock()
+            .expect("guard")
+            .contains(&t.to_ascii_lowercase())
+    };
     let internal = |t: &str| {
         let l = t.to_ascii_lowercase();
         l.starts_with("__vd_") || l.ends_with("__vd_clock")

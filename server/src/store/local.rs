@@ -4,7 +4,9 @@
 
 use super::catalog::Catalog;
 use super::exec::{bind, Statement};
-use super::rows::{insert_new_clock, load_clock, next_even, next_odd, put_clock, record_version, update_log};
+use super::rows::{
+    insert_new_clock, load_clock, next_even, next_odd, put_clock, record_version, update_log,
+};
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::{pack, value};
@@ -34,7 +36,9 @@ pub enum TxError {
     /// The client's statement is at fault (bad SQL, constraint, denied): a 4xx.
     #[error("{message}")]
     Client { index: usize, message: String },
-    #[error("transaction timed out after {0:?}; split it into smaller transactions or raise ?timeout=")]
+    #[error(
+        "transaction timed out after {0:?}; split it into smaller transactions or raise ?timeout="
+    )]
     Timeout(Duration),
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -68,9 +72,15 @@ fn is_interrupt(e: &rusqlite::Error) -> bool {
 
 impl Store {
     /// Runs client statements as one atomic transaction.
-    pub fn transact(&mut self, stmts: &[Statement], timeout: Option<Duration>) -> Result<TxOutcome, TxError> {
+    pub fn transact(
+        &mut self,
+        stmts: &[Statement],
+        timeout: Option<Duration>,
+    ) -> Result<TxOutcome, TxError> {
         let start = Instant::now();
-        self.conn.execute_batch("BEGIN IMMEDIATE").context("beginning transaction")?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .context("beginning transaction")?;
         self.capture.lock().expect("capture lock").clear();
         self.capture.lock().expect("capture lock").enabled = true;
         self.guard.begin(timeout);
@@ -92,7 +102,11 @@ impl Store {
                     self.local_max = v;
                     self.notify_commit(self.actor, v);
                 }
-                Ok(TxOutcome { results, version, time: start.elapsed().as_secs_f64() })
+                Ok(TxOutcome {
+                    results,
+                    version,
+                    time: start.elapsed().as_secs_f64(),
+                })
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -101,7 +115,11 @@ impl Store {
         }
     }
 
-    fn run_statements(&mut self, stmts: &[Statement], timeout: Option<Duration>) -> Result<Vec<StatementResult>, TxError> {
+    fn run_statements(
+        &mut self,
+        stmts: &[Statement],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<StatementResult>, TxError> {
         let mut results = Vec::with_capacity(stmts.len());
         for (index, s) in stmts.iter().enumerate() {
             let t0 = Instant::now();
@@ -111,10 +129,16 @@ impl Store {
                 }
                 let denial = store.guard.take_denial();
                 if let Some(reason) = denial {
-                    return TxError::Client { index, message: reason };
+                    return TxError::Client {
+                        index,
+                        message: reason,
+                    };
                 }
                 if is_client_error(&e) {
-                    TxError::Client { index, message: e.to_string() }
+                    TxError::Client {
+                        index,
+                        message: e.to_string(),
+                    }
                 } else {
                     TxError::Internal(anyhow!(e))
                 }
@@ -139,7 +163,10 @@ impl Store {
             }
             drop(rows);
             drop(stmt);
-            results.push(StatementResult { rows_affected: self.conn.changes() as usize, time: t0.elapsed().as_secs_f64() });
+            results.push(StatementResult {
+                rows_affected: self.conn.changes() as usize,
+                time: t0.elapsed().as_secs_f64(),
+            });
         }
         Ok(results)
     }
@@ -154,24 +181,38 @@ impl Store {
         let site = self.local_site;
         let mut seq = 0u64;
         let mut next = || {
-            let s = Stamp { site, db_version: version, seq };
+            let s = Stamp {
+                site,
+                db_version: version,
+                seq,
+            };
             seq += 1;
             s
         };
         for e in effects {
-            let t = catalog.by_id(e.table).context("captured a change for an unknown table")?;
+            let t = catalog
+                .by_id(e.table)
+                .context("captured a change for an unknown table")?;
             let pk = pack::unpack(&e.pk).context("captured key")?;
             let row_event_needed = t.value_cols.is_empty();
             match (e.before, e.after) {
                 (None, false) => {}
                 (None, true) => {
                     // Insert. Try the common case (never seen) first: one write.
-                    let mut clock = RowClock { cl: 1, row_stamp: None, cells: Vec::with_capacity(t.value_cols.len()) };
+                    let mut clock = RowClock {
+                        cl: 1,
+                        row_stamp: None,
+                        cells: Vec::with_capacity(t.value_cols.len()),
+                    };
                     if row_event_needed {
                         clock.row_stamp = Some(next());
                     }
                     for c in &t.value_cols {
-                        clock.cells.push(CellClock { col: *c as u32, col_version: 1, stamp: next() });
+                        clock.cells.push(CellClock {
+                            col: *c as u32,
+                            col_version: 1,
+                            stamp: next(),
+                        });
                     }
                     if insert_new_clock(&self.conn, t, &pk, &clock)? {
                         update_log(&self.conn, t.id, &e.pk, &[], &clock.versions())?;
@@ -184,14 +225,24 @@ impl Store {
                     }
                 }
                 (Some(_), false) => {
-                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock { cl: 1, ..Default::default() });
-                    let clock = RowClock { cl: next_even(old.cl), row_stamp: Some(next()), cells: vec![] };
+                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock {
+                        cl: 1,
+                        ..Default::default()
+                    });
+                    let clock = RowClock {
+                        cl: next_even(old.cl),
+                        row_stamp: Some(next()),
+                        cells: vec![],
+                    };
                     put_clock(&self.conn, t, &pk, &clock)?;
                     update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
                 }
                 (Some(before), true) => {
                     let after = e.after_values.context("update without final values")?;
-                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock { cl: 1, ..Default::default() });
+                    let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock {
+                        cl: 1,
+                        ..Default::default()
+                    });
                     let mut clock = old.clone();
                     for &c in &t.value_cols {
                         let (b, a) = (before.get(c), after.get(c));
@@ -201,7 +252,11 @@ impl Store {
                             }
                         }
                         let cv = old.cell(c as u32).map(|x| x.col_version).unwrap_or(0) + 1;
-                        clock.set_cell(CellClock { col: c as u32, col_version: cv, stamp: next() });
+                        clock.set_cell(CellClock {
+                            col: c as u32,
+                            col_version: cv,
+                            stamp: next(),
+                        });
                     }
                     if clock != old {
                         put_clock(&self.conn, t, &pk, &clock)?;

@@ -128,7 +128,9 @@ impl Store {
         }
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("opening database {}", path.display()))?;
         Self::from_connection(conn)
@@ -141,9 +143,14 @@ impl Store {
 
     fn from_connection(conn: Connection) -> Result<Store> {
         configure_connection(&conn, true)?;
-        conn.execute_batch(BOOTSTRAP).context("creating internal tables")?;
+        conn.execute_batch(BOOTSTRAP)
+            .context("creating internal tables")?;
         let version: Option<i64> = conn
-            .query_row("SELECT value FROM __vd_state WHERE key = 'schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM __vd_state WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         match version {
             Some(v) if v > INTERNAL_SCHEMA_VERSION => {
@@ -158,31 +165,55 @@ impl Store {
             }
         }
         let actor = match conn
-            .query_row("SELECT value FROM __vd_state WHERE key = 'actor_id'", [], |r| r.get::<_, Vec<u8>>(0))
+            .query_row(
+                "SELECT value FROM __vd_state WHERE key = 'actor_id'",
+                [],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
             .optional()?
         {
             Some(bytes) => ActorId::from_slice(&bytes).context("corrupt actor id in __vd_state")?,
             None => {
                 let a = ActorId::random();
-                conn.execute("INSERT INTO __vd_state(key, value) VALUES ('actor_id', ?1)", [&a.0[..]])?;
+                conn.execute(
+                    "INSERT INTO __vd_state(key, value) VALUES ('actor_id', ?1)",
+                    [&a.0[..]],
+                )?;
                 a
             }
         };
         let mut sites = Sites::default();
         {
             let mut stmt = conn.prepare("SELECT ord, actor FROM __vd_sites")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
             for row in rows {
                 let (ord, bytes) = row?;
-                sites.insert(ord, ActorId::from_slice(&bytes).context("corrupt actor id in __vd_sites")?);
+                sites.insert(
+                    ord,
+                    ActorId::from_slice(&bytes).context("corrupt actor id in __vd_sites")?,
+                );
             }
         }
         let catalog = Catalog::load(&conn)?;
         let capture = Arc::new(Mutex::new(capture::Capture::new(&catalog)));
         capture::install(&conn, capture.clone())?;
         let guard = guard::Guard::install(&conn, &catalog)?;
-        let shared = Arc::new(Shared { catalog: RwLock::new(Arc::new(catalog)), sites: RwLock::new(sites) });
-        let mut store = Store { conn, shared, capture, actor, local_site: 0, local_max: 0, hlc: Hlc::default(), guard, commit_listeners: Vec::new() };
+        let shared = Arc::new(Shared {
+            catalog: RwLock::new(Arc::new(catalog)),
+            sites: RwLock::new(sites),
+        });
+        let mut store = Store {
+            conn,
+            shared,
+            capture,
+            actor,
+            local_site: 0,
+            local_max: 0,
+            hlc: Hlc::default(),
+            guard,
+            commit_listeners: Vec::new(),
+        };
         store.local_site = store.site_ordinal(&actor)?;
         store.local_max = store.max_version(store.local_site)?;
         Ok(store)
@@ -205,9 +236,11 @@ impl Store {
     fn max_version(&self, site: u32) -> Result<u64> {
         Ok(self
             .conn
-            .query_row("SELECT max(db_version) FROM __vd_versions WHERE site = ?1", [site], |r| {
-                r.get::<_, Option<u64>>(0)
-            })?
+            .query_row(
+                "SELECT max(db_version) FROM __vd_versions WHERE site = ?1",
+                [site],
+                |r| r.get::<_, Option<u64>>(0),
+            )?
             .unwrap_or(0))
     }
 
@@ -224,17 +257,30 @@ impl Store {
         if let Some(ord) = self.shared.sites.read().expect("sites lock").ordinal(actor) {
             return Ok(ord);
         }
-        self.conn.execute("INSERT OR IGNORE INTO __vd_sites(actor) VALUES (?1)", [&actor.0[..]])?;
-        let ord: u32 =
-            self.conn.query_row("SELECT ord FROM __vd_sites WHERE actor = ?1", [&actor.0[..]], |r| r.get(0))?;
-        self.shared.sites.write().expect("sites lock").insert(ord, *actor);
+        self.conn.execute(
+            "INSERT OR IGNORE INTO __vd_sites(actor) VALUES (?1)",
+            [&actor.0[..]],
+        )?;
+        let ord: u32 = self.conn.query_row(
+            "SELECT ord FROM __vd_sites WHERE actor = ?1",
+            [&actor.0[..]],
+            |r| r.get(0),
+        )?;
+        self.shared
+            .sites
+            .write()
+            .expect("sites lock")
+            .insert(ord, *actor);
         Ok(ord)
     }
 
     /// Re-reads the catalog after DDL and points the capture hook at it.
     fn reload_catalog(&mut self) -> Result<()> {
         let catalog = Catalog::load(&self.conn)?;
-        self.capture.lock().expect("capture lock").set_tables(&catalog);
+        self.capture
+            .lock()
+            .expect("capture lock")
+            .set_tables(&catalog);
         self.refresh_guard(&catalog);
         *self.shared.catalog.write().expect("catalog lock") = Arc::new(catalog);
         Ok(())
@@ -253,7 +299,11 @@ impl Store {
 
     /// Number of versions recorded for every actor (for tests and stats).
     pub fn version_count(&self) -> Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM __vd_versions", params![], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM __vd_versions", params![], |r| {
+                r.get(0)
+            })?)
     }
 }
 

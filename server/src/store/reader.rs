@@ -57,7 +57,10 @@ impl PooledConn {
 
 impl ReadPool {
     pub fn new(path: PathBuf) -> Arc<ReadPool> {
-        Arc::new(ReadPool { path, idle: Mutex::new(Vec::new()) })
+        Arc::new(ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn get(self: &Arc<Self>) -> Result<PooledConn> {
@@ -67,7 +70,9 @@ impl ReadPool {
             None => {
                 let conn = Connection::open_with_flags(
                     &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
                 )
                 .with_context(|| format!("opening {} read-only", self.path.display()))?;
                 super::configure_connection(&conn, false)?;
@@ -75,7 +80,10 @@ impl ReadPool {
                 (conn, guard)
             }
         };
-        Ok(PooledConn { conn: Some(conn), pool: self.clone() })
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+        })
     }
 }
 
@@ -99,8 +107,13 @@ pub enum QueryError {
 }
 
 /// Prepares a read-only statement; refuses writes with a message that says where they go.
-pub fn prepare<'c>(conn: &'c Connection, s: &Statement) -> Result<rusqlite::Statement<'c>, QueryError> {
-    let mut stmt = conn.prepare(&s.sql).map_err(|e| QueryError::Client(e.to_string()))?;
+pub fn prepare<'c>(
+    conn: &'c Connection,
+    s: &Statement,
+) -> Result<rusqlite::Statement<'c>, QueryError> {
+    let mut stmt = conn
+        .prepare(&s.sql)
+        .map_err(|e| QueryError::Client(e.to_string()))?;
     if !stmt.readonly() {
         return Err(QueryError::Client(
             "statement is not read-only: /v1/queries only runs reads; send writes to /v1/transactions".into(),
@@ -131,7 +144,8 @@ pub fn run_query(
         match rows.next() {
             Ok(Some(r)) => {
                 row_id += 1;
-                let cells: rusqlite::Result<Vec<Value>> = (0..n).map(|i| r.get::<_, Value>(i)).collect();
+                let cells: rusqlite::Result<Vec<Value>> =
+                    (0..n).map(|i| r.get::<_, Value>(i)).collect();
                 match cells {
                     Ok(cells) => {
                         if !sink(QueryEvent::Row(row_id, cells)) {
@@ -142,7 +156,9 @@ pub fn run_query(
                 }
             }
             Ok(None) => break Some(QueryEvent::End(start.elapsed().as_secs_f64())),
-            Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+            {
                 break Some(QueryEvent::Error(format!(
                     "query timed out after {:?}; add a LIMIT, an index, or raise ?timeout=",
                     timeout.unwrap_or_default()

@@ -50,10 +50,14 @@ pub fn read_schema_files(paths: &[PathBuf]) -> Result<String> {
         } else if p.exists() {
             vec![p.clone()]
         } else {
-            bail!("schema path {} does not exist (check db.schema_paths)", p.display());
+            bail!(
+                "schema path {} does not exist (check db.schema_paths)",
+                p.display()
+            );
         };
         for f in files {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("reading schema file {}", f.display()))?;
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("reading schema file {}", f.display()))?;
             sql.push_str(&text);
             sql.push_str(";\n");
         }
@@ -71,20 +75,31 @@ struct TableDef {
 
 /// Splits and classifies the statements; returns table defs, index SQL and dropped index names.
 fn parse(sql: &str) -> Result<(Vec<TableDef>, Vec<(String, String, String)>, Vec<String>)> {
-    let stmts = Parser::parse_sql(&SQLiteDialect {}, sql).map_err(|e| anyhow!("schema does not parse: {e}"))?;
+    let stmts = Parser::parse_sql(&SQLiteDialect {}, sql)
+        .map_err(|e| anyhow!("schema does not parse: {e}"))?;
     let mut tables = Vec::new();
     let mut indexes = Vec::new();
     let mut drops = Vec::new();
     for s in stmts {
         match &s {
-            Ast::CreateTable(CreateTable { name, temporary, query, columns, .. }) => {
+            Ast::CreateTable(CreateTable {
+                name,
+                temporary,
+                query,
+                columns,
+                ..
+            }) => {
                 let name = name.0.last().map(|p| p.to_string()).unwrap_or_default();
-                let name = name.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']').to_string();
+                let name = name
+                    .trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+                    .to_string();
                 if *temporary {
                     bail!("table {name}: TEMP tables cannot be part of the schema");
                 }
                 if query.is_some() {
-                    bail!("table {name}: CREATE TABLE … AS SELECT is not supported; list the columns");
+                    bail!(
+                        "table {name}: CREATE TABLE … AS SELECT is not supported; list the columns"
+                    );
                 }
                 if Catalog::is_internal(&name) {
                     bail!("table {name}: names starting with __vd_ or sqlite_, or ending with __vd_clock, are reserved");
@@ -93,19 +108,42 @@ fn parse(sql: &str) -> Result<(Vec<TableDef>, Vec<(String, String, String)>, Vec
                 if upper.contains("AUTOINCREMENT") {
                     bail!("table {name}: AUTOINCREMENT is not supported (ids must not collide across nodes); use random or node-scoped keys");
                 }
-                let column_sql =
-                    columns.iter().map(|c| (c.name.value.to_ascii_lowercase(), c.to_string())).collect();
-                tables.push(TableDef { name, create_sql: s.to_string(), column_sql });
+                let column_sql = columns
+                    .iter()
+                    .map(|c| (c.name.value.to_ascii_lowercase(), c.to_string()))
+                    .collect();
+                tables.push(TableDef {
+                    name,
+                    create_sql: s.to_string(),
+                    column_sql,
+                });
             }
-            Ast::CreateIndex(CreateIndex { name, table_name, unique, .. }) => {
-                let iname = name.as_ref().map(|n| n.to_string()).ok_or_else(|| anyhow!("CREATE INDEX needs a name"))?;
-                let tname = table_name.0.last().map(|p| p.to_string()).unwrap_or_default();
+            Ast::CreateIndex(CreateIndex {
+                name,
+                table_name,
+                unique,
+                ..
+            }) => {
+                let iname = name
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .ok_or_else(|| anyhow!("CREATE INDEX needs a name"))?;
+                let tname = table_name
+                    .0
+                    .last()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 if *unique {
                     bail!("index {iname} on {tname}: UNIQUE indexes are not allowed (concurrent inserts on different nodes could not be merged); use a plain index");
                 }
                 indexes.push((unquote(&iname), unquote(&tname), s.to_string()));
             }
-            Ast::Drop { object_type: ObjectType::Index, if_exists, names, .. } => {
+            Ast::Drop {
+                object_type: ObjectType::Index,
+                if_exists,
+                names,
+                ..
+            } => {
                 if !*if_exists {
                     bail!("use DROP INDEX IF EXISTS in schema files (plain DROP INDEX fails on nodes that never had it)");
                 }
@@ -122,13 +160,18 @@ fn parse(sql: &str) -> Result<(Vec<TableDef>, Vec<(String, String, String)>, Vec
 }
 
 fn unquote(s: &str) -> String {
-    s.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']').to_string()
+    s.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+        .to_string()
 }
 
 /// Checks the replication rules for one table (as created in the scratch database).
 fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
     let cols = read_columns(scratch, name)?;
-    let hidden: i64 = scratch.query_row("SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden != 0", [name], |r| r.get(0))?;
+    let hidden: i64 = scratch.query_row(
+        "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden != 0",
+        [name],
+        |r| r.get(0),
+    )?;
     if hidden > 0 {
         bail!("table {name}: generated columns are not supported yet");
     }
@@ -137,7 +180,11 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
         bail!("table {name}: a PRIMARY KEY is required (rows are identified by their key on every node)");
     }
     let without_rowid: bool = scratch
-        .query_row("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1", [name], |r| r.get::<_, String>(0))?
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, String>(0),
+        )?
         .to_ascii_uppercase()
         .contains("WITHOUT ROWID");
     for c in &pks {
@@ -146,7 +193,10 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
             bail!("table {name}: primary key column {} must be NOT NULL (e.g. `{} {} NOT NULL PRIMARY KEY`)", c.name, c.name, c.decl_type);
         }
     }
-    for c in cols.iter().filter(|c| c.pk == 0 && c.not_null && c.default.is_none()) {
+    for c in cols
+        .iter()
+        .filter(|c| c.pk == 0 && c.not_null && c.default.is_none())
+    {
         bail!("table {name}: column {} is NOT NULL without a DEFAULT; give it a DEFAULT or make it nullable (a row may be created from a partial set of replicated columns)", c.name);
     }
     let uniques: i64 = scratch.query_row(
@@ -157,7 +207,11 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
     if uniques > 0 {
         bail!("table {name}: UNIQUE constraints are not allowed (concurrent inserts on different nodes could not be merged); only the primary key is unique");
     }
-    let fks: i64 = scratch.query_row("SELECT count(*) FROM pragma_foreign_key_list(?1)", [name], |r| r.get(0))?;
+    let fks: i64 = scratch.query_row(
+        "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+        [name],
+        |r| r.get(0),
+    )?;
     if fks > 0 {
         bail!("table {name}: FOREIGN KEY constraints are not allowed (rows arrive from peers in any order)");
     }
@@ -165,11 +219,18 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
 }
 
 fn same_column(a: &Column, b: &Column) -> bool {
-    a.decl_type.eq_ignore_ascii_case(&b.decl_type) && a.not_null == b.not_null && a.default == b.default && a.pk == b.pk
+    a.decl_type.eq_ignore_ascii_case(&b.decl_type)
+        && a.not_null == b.not_null
+        && a.default == b.default
+        && a.pk == b.pk
 }
 
 fn describe(c: &Column) -> String {
-    let mut s = if c.decl_type.is_empty() { "(no type)".to_string() } else { c.decl_type.clone() };
+    let mut s = if c.decl_type.is_empty() {
+        "(no type)".to_string()
+    } else {
+        c.decl_type.clone()
+    };
     if c.not_null {
         s.push_str(" NOT NULL");
     }
@@ -185,7 +246,9 @@ fn describe(c: &Column) -> String {
 /// User index names and SQL of a table: name → sql.
 fn user_indexes(conn: &Connection, table: &str) -> Result<BTreeMap<String, String>> {
     let mut stmt = conn.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL")?;
-    let rows = stmt.query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows = stmt.query_map([table], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -215,10 +278,14 @@ impl Store {
         }
         let scratch = Connection::open_in_memory()?;
         for d in &defs {
-            scratch.execute_batch(&d.create_sql).map_err(|e| anyhow!("table {}: {e}", d.name))?;
+            scratch
+                .execute_batch(&d.create_sql)
+                .map_err(|e| anyhow!("table {}: {e}", d.name))?;
         }
         for (iname, _, isql) in &indexes {
-            scratch.execute_batch(isql).map_err(|e| anyhow!("index {iname}: {e}"))?;
+            scratch
+                .execute_batch(isql)
+                .map_err(|e| anyhow!("index {iname}: {e}"))?;
         }
         let mut checked = Vec::new();
         for d in &defs {
@@ -239,7 +306,12 @@ impl Store {
         }
     }
 
-    fn apply_checked(&mut self, scratch: &Connection, defs: &[(&TableDef, Vec<Column>)], drops: &[String]) -> Result<SchemaReport> {
+    fn apply_checked(
+        &mut self,
+        scratch: &Connection,
+        defs: &[(&TableDef, Vec<Column>)],
+        drops: &[String],
+    ) -> Result<SchemaReport> {
         let mut report = SchemaReport::default();
         let catalog = self.shared.catalog();
         for (def, cols) in defs {
@@ -259,7 +331,10 @@ impl Store {
                     if nc.pk > 0 {
                         bail!("table {name}: column {} cannot be added to the primary key; primary keys never change", nc.name);
                     }
-                    let def_sql = def.column_sql.get(&nc.name.to_ascii_lowercase()).context("column definition")?;
+                    let def_sql = def
+                        .column_sql
+                        .get(&nc.name.to_ascii_lowercase())
+                        .context("column definition")?;
                     self.conn
                         .execute_batch(&format!("ALTER TABLE {} ADD COLUMN {def_sql}", quote(name)))
                         .map_err(|e| anyhow!("table {name}: adding column {}: {e}", nc.name))?;
@@ -269,7 +344,9 @@ impl Store {
                 self.adopt_table(name, cols)?;
                 report.created_tables.push(name.clone());
             } else {
-                self.conn.execute_batch(&def.create_sql).map_err(|e| anyhow!("table {name}: {e}"))?;
+                self.conn
+                    .execute_batch(&def.create_sql)
+                    .map_err(|e| anyhow!("table {name}: {e}"))?;
                 self.register_table(name, cols)?;
                 report.created_tables.push(name.clone());
             }
@@ -278,13 +355,16 @@ impl Store {
             let have = user_indexes(&self.conn, name)?;
             for (iname, isql) in &have {
                 if want.get(iname) != Some(isql) {
-                    self.conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote(iname)))?;
+                    self.conn
+                        .execute_batch(&format!("DROP INDEX IF EXISTS {}", quote(iname)))?;
                     report.dropped_indexes.push(iname.clone());
                 }
             }
             for (iname, isql) in &want {
                 if have.get(iname) != Some(isql) {
-                    self.conn.execute_batch(isql).map_err(|e| anyhow!("index {iname}: {e}"))?;
+                    self.conn
+                        .execute_batch(isql)
+                        .map_err(|e| anyhow!("index {iname}: {e}"))?;
                     report.created_indexes.push(iname.clone());
                 }
             }
@@ -296,7 +376,8 @@ impl Store {
                 |r| r.get(0),
             )?;
             if exists > 0 {
-                self.conn.execute_batch(&format!("DROP INDEX IF EXISTS {}", quote(iname)))?;
+                self.conn
+                    .execute_batch(&format!("DROP INDEX IF EXISTS {}", quote(iname)))?;
                 report.dropped_indexes.push(iname.clone());
             }
         }
@@ -307,19 +388,28 @@ impl Store {
     fn register_table(&mut self, name: &str, cols: &[Column]) -> Result<()> {
         let mut pks: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
         pks.sort_by_key(|c| c.pk);
-        let keys = pks.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let keys = pks
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.conn.execute_batch(&format!(
             "CREATE TABLE {} ({keys}, clock BLOB NOT NULL, PRIMARY KEY ({keys})) WITHOUT ROWID",
             quote(&clock_table(name))
         ))?;
-        self.conn.execute("INSERT INTO __vd_tables (name) VALUES (?1)", [name])?;
+        self.conn
+            .execute("INSERT INTO __vd_tables (name) VALUES (?1)", [name])?;
         Ok(())
     }
 
     /// Makes an existing table (created outside the schema) replicated, if it matches.
     fn adopt_table(&mut self, name: &str, cols: &[Column]) -> Result<()> {
         let live = read_columns(&self.conn, name)?;
-        let matches = live.len() == cols.len() && live.iter().zip(cols).all(|(a, b)| a.name.eq_ignore_ascii_case(&b.name) && same_column(a, b));
+        let matches = live.len() == cols.len()
+            && live
+                .iter()
+                .zip(cols)
+                .all(|(a, b)| a.name.eq_ignore_ascii_case(&b.name) && same_column(a, b));
         if !matches {
             bail!("table {name} already exists in the database with a different definition; rename one of them");
         }
@@ -328,10 +418,23 @@ impl Store {
         // cells, so they are not gossiped and any remote write to them merges normally.
         let mut pks: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
         pks.sort_by_key(|c| c.pk);
-        let keys = pks.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
-        let empty = crate::crdt::clock::RowClock { cl: 1, row_stamp: None, cells: vec![] }.encode();
+        let keys = pks
+            .iter()
+            .map(|c| quote(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let empty = crate::crdt::clock::RowClock {
+            cl: 1,
+            row_stamp: None,
+            cells: vec![],
+        }
+        .encode();
         self.conn.execute(
-            &format!("INSERT INTO {} ({keys}, clock) SELECT {keys}, ?1 FROM {}", quote(&clock_table(name)), quote(name)),
+            &format!(
+                "INSERT INTO {} ({keys}, clock) SELECT {keys}, ?1 FROM {}",
+                quote(&clock_table(name)),
+                quote(name)
+            ),
             [empty],
         )?;
         Ok(())
@@ -340,5 +443,9 @@ impl Store {
 
 /// Paths helper for callers: does a schema path exist?
 pub fn missing_paths(paths: &[PathBuf]) -> Vec<&Path> {
-    paths.iter().filter(|p| !p.exists()).map(|p| p.as_path()).collect()
+    paths
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.as_path())
+        .collect()
 }

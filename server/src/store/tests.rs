@@ -23,13 +23,20 @@ fn tx(s: &mut Store, sql: &[&str]) -> Option<u64> {
 }
 
 fn all_changes(s: &Store) -> Vec<Change> {
-    s.changes(s.actor_id(), 1..=u64::MAX >> 1).unwrap().into_iter().flat_map(|v| v.changes).collect()
+    s.changes(s.actor_id(), 1..=u64::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .flat_map(|v| v.changes)
+        .collect()
 }
 
 #[test]
 fn insert_produces_one_change_per_column_and_a_version() {
     let mut s = store();
-    assert_eq!(tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 5)"]), Some(1));
+    assert_eq!(
+        tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 5)"]),
+        Some(1)
+    );
     let v = s.changes(s.actor_id(), 1..=1).unwrap();
     assert_eq!(v.len(), 1);
     let cids: Vec<&str> = v[0].changes.iter().map(|c| c.cid.as_str()).collect();
@@ -43,14 +50,44 @@ fn insert_produces_one_change_per_column_and_a_version() {
 fn no_op_writes_create_no_version() {
     let mut s = store();
     tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 5)"]);
-    assert_eq!(tx(&mut s, &["UPDATE users SET name = 'a' WHERE id = 1"]), None);
-    assert_eq!(tx(&mut s, &["INSERT OR REPLACE INTO users VALUES (1, 'a', 5)"]), None);
+    assert_eq!(
+        tx(&mut s, &["UPDATE users SET name = 'a' WHERE id = 1"]),
+        None
+    );
+    assert_eq!(
+        tx(&mut s, &["INSERT OR REPLACE INTO users VALUES (1, 'a', 5)"]),
+        None
+    );
     assert_eq!(tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 5) ON CONFLICT (id) DO UPDATE SET name = excluded.name"]), None);
-    assert_eq!(tx(&mut s, &["DELETE FROM users WHERE id = 1", "INSERT INTO users VALUES (1, 'a', 5)"]), None);
-    assert_eq!(tx(&mut s, &["INSERT INTO users VALUES (2, 'b', 0)", "DELETE FROM users WHERE id = 2"]), None);
+    assert_eq!(
+        tx(
+            &mut s,
+            &[
+                "DELETE FROM users WHERE id = 1",
+                "INSERT INTO users VALUES (1, 'a', 5)"
+            ]
+        ),
+        None
+    );
+    assert_eq!(
+        tx(
+            &mut s,
+            &[
+                "INSERT INTO users VALUES (2, 'b', 0)",
+                "DELETE FROM users WHERE id = 2"
+            ]
+        ),
+        None
+    );
     // INTEGER affinity stores 5.0 as 5: still a no-op. A real change gets a version.
-    assert_eq!(tx(&mut s, &["UPDATE users SET score = 5.0 WHERE id = 1"]), None);
-    assert_eq!(tx(&mut s, &["UPDATE users SET name = 'b' WHERE id = 1"]), Some(2));
+    assert_eq!(
+        tx(&mut s, &["UPDATE users SET score = 5.0 WHERE id = 1"]),
+        None
+    );
+    assert_eq!(
+        tx(&mut s, &["UPDATE users SET name = 'b' WHERE id = 1"]),
+        Some(2)
+    );
     assert_eq!(s.version_count().unwrap(), 2);
 }
 
@@ -65,7 +102,14 @@ fn update_only_versions_changed_columns() {
     assert_eq!(v2[0].changes[0].col_version, 2);
     // Version 1 keeps only the score change.
     let v1 = s.changes(s.actor_id(), 1..=1).unwrap();
-    assert_eq!(v1[0].changes.iter().map(|c| c.cid.as_str()).collect::<Vec<_>>(), vec!["score"]);
+    assert_eq!(
+        v1[0]
+            .changes
+            .iter()
+            .map(|c| c.cid.as_str())
+            .collect::<Vec<_>>(),
+        vec!["score"]
+    );
 }
 
 #[test]
@@ -75,13 +119,20 @@ fn delete_and_reinsert_bump_causal_length() {
     tx(&mut s, &["DELETE FROM users WHERE id = 1"]);
     let v2 = s.changes(s.actor_id(), 2..=2).unwrap();
     assert_eq!(v2[0].changes.len(), 1);
-    assert_eq!((v2[0].changes[0].cid.as_str(), v2[0].changes[0].cl), ("-1", 2));
+    assert_eq!(
+        (v2[0].changes[0].cid.as_str(), v2[0].changes[0].cl),
+        ("-1", 2)
+    );
     // Version 1 is now cleared.
-    assert!(s.changes(s.actor_id(), 1..=1).unwrap()[0].changes.is_empty());
+    assert!(s.changes(s.actor_id(), 1..=1).unwrap()[0]
+        .changes
+        .is_empty());
     tx(&mut s, &["INSERT INTO users VALUES (1, 'c', 1)"]);
     let v3 = s.changes(s.actor_id(), 3..=3).unwrap();
     assert!(v3[0].changes.iter().all(|c| c.cl == 3));
-    assert!(s.changes(s.actor_id(), 2..=2).unwrap()[0].changes.is_empty());
+    assert!(s.changes(s.actor_id(), 2..=2).unwrap()[0]
+        .changes
+        .is_empty());
 }
 
 #[test]
@@ -109,7 +160,10 @@ fn key_only_tables_replicate_through_the_sentinel() {
 fn adding_a_nullable_column_writes_no_metadata() {
     let mut s = store();
     for i in 0..50 {
-        tx(&mut s, &[&format!("INSERT INTO users VALUES ({i}, 'n{i}', {i})")]);
+        tx(
+            &mut s,
+            &[&format!("INSERT INTO users VALUES ({i}, 'n{i}', {i})")],
+        );
     }
     let before = all_changes(&s).len();
     let r = s
@@ -122,17 +176,29 @@ fn adding_a_nullable_column_writes_no_metadata() {
     assert_eq!(r.added_columns, vec!["users.email", "users.note"]);
     assert_eq!(all_changes(&s).len(), before);
     assert_eq!(s.version_count().unwrap(), 50);
-    let email: String = s.conn().query_row("SELECT email FROM users WHERE id = 3", [], |r| r.get(0)).unwrap();
+    let email: String = s
+        .conn()
+        .query_row("SELECT email FROM users WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(email, "none");
     // The new column replicates once written.
-    assert_eq!(tx(&mut s, &["UPDATE users SET note = 'hi' WHERE id = 3"]), Some(51));
+    assert_eq!(
+        tx(&mut s, &["UPDATE users SET note = 'hi' WHERE id = 3"]),
+        Some(51)
+    );
 }
 
 #[test]
 fn destructive_schema_changes_are_refused_with_the_column_named() {
     let mut s = store();
-    let e = s.apply_schema("CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name TEXT);").unwrap_err().to_string();
-    assert!(e.contains("users") && e.contains("score") && e.contains("removed"), "{e}");
+    let e = s
+        .apply_schema("CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name TEXT);")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("users") && e.contains("score") && e.contains("removed"),
+        "{e}"
+    );
     let e = s
         .apply_schema("CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name INTEGER, score INTEGER DEFAULT 0);")
         .unwrap_err()
@@ -141,10 +207,22 @@ fn destructive_schema_changes_are_refused_with_the_column_named() {
     for (bad, needle) in [
         ("CREATE TABLE t (a TEXT, b TEXT)", "PRIMARY KEY is required"),
         ("CREATE TABLE t (a TEXT PRIMARY KEY)", "must be NOT NULL"),
-        ("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT NOT NULL)", "DEFAULT"),
-        ("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT UNIQUE)", "UNIQUE"),
-        ("CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER REFERENCES users(id))", "FOREIGN KEY"),
-        ("CREATE TABLE t (a INTEGER PRIMARY KEY AUTOINCREMENT)", "AUTOINCREMENT"),
+        (
+            "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT NOT NULL)",
+            "DEFAULT",
+        ),
+        (
+            "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT UNIQUE)",
+            "UNIQUE",
+        ),
+        (
+            "CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER REFERENCES users(id))",
+            "FOREIGN KEY",
+        ),
+        (
+            "CREATE TABLE t (a INTEGER PRIMARY KEY AUTOINCREMENT)",
+            "AUTOINCREMENT",
+        ),
         ("CREATE UNIQUE INDEX i ON users (name)", "UNIQUE"),
         ("DROP TABLE users", "unsupported statement"),
         ("CREATE TABLE __vd_x (a INTEGER PRIMARY KEY)", "reserved"),
@@ -157,7 +235,11 @@ fn destructive_schema_changes_are_refused_with_the_column_named() {
 #[test]
 fn indexes_are_created_and_dropped_from_the_files() {
     let mut s = store();
-    let r = s.apply_schema(&format!("{SCHEMA}; CREATE INDEX users_name ON users (name);")).unwrap();
+    let r = s
+        .apply_schema(&format!(
+            "{SCHEMA}; CREATE INDEX users_name ON users (name);"
+        ))
+        .unwrap();
     assert_eq!(r.created_indexes, vec!["users_name"]);
     let r = s.apply_schema(SCHEMA).unwrap();
     assert_eq!(r.dropped_indexes, vec!["users_name"]);
@@ -167,30 +249,62 @@ fn indexes_are_created_and_dropped_from_the_files() {
 #[test]
 fn clients_cannot_alter_replicated_or_internal_tables() {
     let mut s = store();
-    for sql in ["DROP TABLE users", "ALTER TABLE users ADD COLUMN x TEXT", "DELETE FROM __vd_versions", "CREATE INDEX i ON users (name)"] {
+    for sql in [
+        "DROP TABLE users",
+        "ALTER TABLE users ADD COLUMN x TEXT",
+        "DELETE FROM __vd_versions",
+        "CREATE INDEX i ON users (name)",
+    ] {
         match s.transact(&[Statement::new(sql)], None) {
-            Err(local::TxError::Client { message, .. }) => assert!(message.contains("users") || message.contains("__vd_"), "{sql}: {message}"),
+            Err(local::TxError::Client { message, .. }) => assert!(
+                message.contains("users") || message.contains("__vd_"),
+                "{sql}: {message}"
+            ),
             other => panic!("{sql}: {other:?}"),
         }
     }
     // Non-replicated tables are fine, and produce no version.
-    assert_eq!(tx(&mut s, &["CREATE TABLE scratch (a)", "INSERT INTO scratch VALUES (1)"]), None);
+    assert_eq!(
+        tx(
+            &mut s,
+            &["CREATE TABLE scratch (a)", "INSERT INTO scratch VALUES (1)"]
+        ),
+        None
+    );
 }
 
 #[test]
 fn failed_transactions_roll_back_everything() {
     let mut s = store();
-    let r = s.transact(&[Statement::new("INSERT INTO users VALUES (1, 'a', 1)"), Statement::new("INSERT INTO nope VALUES (1)")], None);
-    assert!(matches!(r, Err(local::TxError::Client { index: 1, .. })), "{r:?}");
+    let r = s.transact(
+        &[
+            Statement::new("INSERT INTO users VALUES (1, 'a', 1)"),
+            Statement::new("INSERT INTO nope VALUES (1)"),
+        ],
+        None,
+    );
+    assert!(
+        matches!(r, Err(local::TxError::Client { index: 1, .. })),
+        "{r:?}"
+    );
     assert_eq!(s.version_count().unwrap(), 0);
-    assert_eq!(tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 1)"]), Some(1));
+    assert_eq!(
+        tx(&mut s, &["INSERT INTO users VALUES (1, 'a', 1)"]),
+        Some(1)
+    );
 }
 
 fn to_sets(s: &Store) -> Vec<ChangeSet> {
     s.changes(s.actor_id(), 1..=u64::MAX >> 1)
         .unwrap()
         .into_iter()
-        .map(|v| ChangeSet { actor: v.actor, version: v.version, last_seq: v.last_seq, ts: v.ts, changes: v.changes })
+        .map(|v| ChangeSet {
+            actor: v.actor,
+            version: v.version,
+            last_seq: v.last_seq,
+            ts: v.ts,
+            changes: v.changes,
+        })
         .collect()
 }
 
@@ -216,11 +330,23 @@ fn run(s: &mut Store, op: &Op) {
     let st = match op {
         Op::Upsert(k, n, sc) => Statement::with_params(
             "INSERT OR REPLACE INTO users VALUES (?1, ?2, ?3)",
-            vec![Value::Integer(*k), n.clone().map(Value::Text).unwrap_or(Value::Null), Value::Integer(*sc)],
+            vec![
+                Value::Integer(*k),
+                n.clone().map(Value::Text).unwrap_or(Value::Null),
+                Value::Integer(*sc),
+            ],
         ),
-        Op::Update(k, sc) => Statement::with_params("UPDATE users SET score = ?2 WHERE id = ?1", vec![Value::Integer(*k), Value::Integer(*sc)]),
-        Op::Delete(k) => Statement::with_params("DELETE FROM users WHERE id = ?1", vec![Value::Integer(*k)]),
-        Op::MoveKey(a, b) => Statement::with_params("UPDATE OR REPLACE users SET id = ?2 WHERE id = ?1", vec![Value::Integer(*a), Value::Integer(*b)]),
+        Op::Update(k, sc) => Statement::with_params(
+            "UPDATE users SET score = ?2 WHERE id = ?1",
+            vec![Value::Integer(*k), Value::Integer(*sc)],
+        ),
+        Op::Delete(k) => {
+            Statement::with_params("DELETE FROM users WHERE id = ?1", vec![Value::Integer(*k)])
+        }
+        Op::MoveKey(a, b) => Statement::with_params(
+            "UPDATE OR REPLACE users SET id = ?2 WHERE id = ?1",
+            vec![Value::Integer(*a), Value::Integer(*b)],
+        ),
     };
     s.transact(&[st], None).unwrap();
 }
@@ -274,7 +400,13 @@ fn concurrent_conflicting_writes_pick_one_winner() {
     let mut b = store();
     tx(&mut a, &["INSERT INTO users VALUES (1, 'from-a', 1)"]);
     tx(&mut b, &["INSERT INTO users VALUES (1, 'from-b', 2)"]);
-    tx(&mut b, &["DELETE FROM users WHERE id = 1", "INSERT INTO users VALUES (1, 'b-again', 3)"]);
+    tx(
+        &mut b,
+        &[
+            "DELETE FROM users WHERE id = 1",
+            "INSERT INTO users VALUES (1, 'b-again', 3)",
+        ],
+    );
     let (sa, sb) = (to_sets(&a), to_sets(&b));
     let ra = a.apply_changesets(&sb).unwrap();
     b.apply_changesets(&sa).unwrap();

@@ -1,0 +1,279 @@
+//! The public HTTP API, wire-compatible with Corrosion's: HTTP/1.1 and HTTP/2 cleartext
+//! (prior knowledge) on the same port.
+//!
+//! - [`json`]: statement, parameter and value encodings.
+//! - [`transactions`]: `POST /v1/transactions`.
+//! - [`queries`]: `POST /v1/queries` (NDJSON stream).
+//! - [`status`]: `GET /v1/health`, `POST /v1/table_stats`.
+//!
+//! Every error is `{"error": "..."}` with a status that says whose fault it is.
+
+pub mod json;
+pub mod queries;
+pub mod status;
+pub mod transactions;
+
+use crate::node::Node;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Shared state of the HTTP server.
+pub struct Api {
+    pub node: Arc<Node>,
+    limiter: Semaphore,
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `{"error": msg}` with `status`.
+pub fn error(status: StatusCode, msg: impl AsRef<str>) -> Response<Body> {
+    json_response(status, json::error_body(msg.as_ref()))
+}
+
+/// Reads a whole request body under the configured size limit.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    let too_big = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {limit} bytes (api.max_body_bytes); split the request"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("could not read request body: {e}"),
+        )),
+    }
+}
+
+/// Parses a JSON body, with a 400 that says what is wrong.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Response<Body>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; send JSON",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// Reads `name=value` from the query string.
+pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Parses an optional numeric query parameter, with a 400 naming it.
+pub fn numeric_param<T: std::str::FromStr>(
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Option<T>, Response<Body>> {
+    match query_param(req, name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {name}={v:?} is not a valid number"),
+            )
+        }),
+    }
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>) -> Arc<Api> {
+        let permits = node.config.api.max_concurrency;
+        Arc::new(Api {
+            node,
+            limiter: Semaphore::new(permits),
+        })
+    }
+
+    fn check_auth(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        if let Some(token) = self
+            .node
+            .config
+            .api
+            .authz
+            .as_ref()
+            .and_then(|a| a.bearer_token.as_deref())
+        {
+            let expected = format!("Bearer {token}");
+            let ok = req
+                .headers()
+                .get(AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            if !ok {
+                return Some(error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token: send the header `Authorization: Bearer <api.authz.bearer-token>`",
+                ));
+            }
+        }
+        if let Some(name) = &self.node.config.api.endpoint_name {
+            if let Some(asked) = req.headers().get("x-corrosion-requested-endpoint-name") {
+                match asked.to_str() {
+                    Err(_) => {
+                        return Some(error(
+                            StatusCode::BAD_REQUEST,
+                            "x-corrosion-requested-endpoint-name must be ASCII",
+                        ))
+                    }
+                    Ok(a) if a != name => {
+                        return Some(error(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            format!("this node's endpoint name is {name:?}, not {a:?}"),
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        if let Some(denied) = self.check_auth(&req) {
+            return Ok(denied);
+        }
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let method = req.method().clone();
+        let known = matches!(
+            path.as_str(),
+            "/v1/transactions" | "/v1/queries" | "/v1/health" | "/v1/table_stats"
+        );
+        if !known {
+            return Ok(error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {path}"),
+            ));
+        }
+        let _permit = match self.limiter.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "max concurrency limit reached (api.max_concurrency); retry with backoff",
+                ))
+            }
+        };
+        let resp = match (method, path.as_str()) {
+            (Method::POST, "/v1/transactions") => transactions::handle(&self, req).await,
+            (Method::POST, "/v1/queries") => queries::handle(&self, req).await,
+            (Method::GET, "/v1/health") => status::health(&self, req).await,
+            (Method::POST, "/v1/table_stats") => status::table_stats(&self, req).await,
+            (m, p) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{m} is not allowed on {p}"),
+            ),
+        };
+        Ok(resp)
+    }
+}
+
+/// Binds every configured API address.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.push(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the API to {a}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Serves HTTP/1.1 and h2c on the listeners until `shutdown` flips to true.
+pub async fn serve(
+    api: Arc<Api>,
+    listeners: Vec<TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(64);
+    for l in listeners {
+        let tx = conn_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        if tx.send(stream).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(conn_tx);
+    loop {
+        tokio::select! {
+            Some(stream) = conn_rx.recv() => {
+                let api = api.clone();
+                let svc = hyper::service::service_fn(move |req| api.clone().handle(req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    }
+}
