@@ -68,9 +68,11 @@ impl Store {
         })();
         match result.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?)) {
             Ok(()) => {
-                for (actor, version) in report.applied.clone() {
-                    self.notify_commit(actor, version);
-                }
+                self.notify_commit(super::Committed {
+                    versions: report.applied.clone(),
+                    local: false,
+                    changed: report.impacted.clone(),
+                });
                 Ok(report)
             }
             Err(e) => {

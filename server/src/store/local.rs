@@ -89,18 +89,19 @@ impl Store {
         self.capture.lock().expect("capture lock").enabled = false;
         let effects = self.capture.lock().expect("capture lock").take();
         let result = ran.and_then(|results| {
-            let version = self.record_local(effects).map_err(TxError::Internal)?;
-            Ok((results, version))
+            let mut changed = Vec::new();
+            let version = self.record_local(effects, &mut changed).map_err(TxError::Internal)?;
+            Ok((results, version, changed))
         });
         match result {
-            Ok((results, version)) => {
+            Ok((results, version, changed)) => {
                 if let Err(e) = self.conn.execute_batch("COMMIT") {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     return Err(TxError::Internal(anyhow!(e).context("committing")));
                 }
                 if let Some(v) = version {
                     self.local_max = v;
-                    self.notify_commit(self.actor, v);
+                    self.notify_commit(super::Committed { versions: vec![(self.actor, v)], local: true, changed });
                 }
                 Ok(TxOutcome {
                     results,
@@ -172,21 +173,21 @@ impl Store {
     }
 
     /// Writes clocks for the captured effects; returns the new version if anything changed.
-    fn record_local(&mut self, effects: Vec<super::capture::RowEffect>) -> Result<Option<u64>> {
+    fn record_local(
+        &mut self,
+        effects: Vec<super::capture::RowEffect>,
+        changed: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<u64>> {
         if effects.is_empty() {
             return Ok(None);
         }
         let catalog = self.shared.catalog();
         let version = self.local_max + 1;
         let site = self.local_site;
-        let mut seq = 0u64;
-        let mut next = || {
-            let s = Stamp {
-                site,
-                db_version: version,
-                seq,
-            };
-            seq += 1;
+        let seq = std::cell::Cell::new(0u64);
+        let next = || {
+            let s = Stamp { site, db_version: version, seq: seq.get() };
+            seq.set(seq.get() + 1);
             s
         };
         for e in effects {
@@ -195,6 +196,7 @@ impl Store {
                 .context("captured a change for an unknown table")?;
             let pk = pack::unpack(&e.pk).context("captured key")?;
             let row_event_needed = t.value_cols.is_empty();
+            let seq_before = seq.get();
             match (e.before, e.after) {
                 (None, false) => {}
                 (None, true) => {
@@ -264,12 +266,15 @@ impl Store {
                     }
                 }
             }
+            if seq.get() != seq_before {
+                changed.push((t.name.clone(), e.pk));
+            }
         }
-        if seq == 0 {
+        if seq.get() == 0 {
             return Ok(None);
         }
         let ts = self.hlc.now();
-        record_version(&self.conn, site, version, seq - 1, ts)?;
+        record_version(&self.conn, site, version, seq.get() - 1, ts)?;
         Ok(Some(version))
     }
 

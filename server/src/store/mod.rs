@@ -117,7 +117,19 @@ pub struct Store {
     local_max: u64,
     hlc: Hlc,
     guard: guard::Guard,
-    commit_listeners: Vec<Box<dyn FnMut(ActorId, u64) + Send>>,
+    commit_listeners: Vec<Box<dyn FnMut(&Committed) + Send>>,
+}
+
+/// What a committed transaction changed: delivered to commit listeners (subscriptions,
+/// gossip) right after COMMIT, on the writer's thread — listeners must only enqueue work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// Versions that were recorded, with their origin actor.
+    pub versions: Vec<(ActorId, u64)>,
+    /// Whether these are this node's own writes.
+    pub local: bool,
+    /// Rows whose replicated state changed: (table, packed primary key).
+    pub changed: Vec<(String, Vec<u8>)>,
 }
 
 impl Store {
@@ -286,14 +298,17 @@ impl Store {
         Ok(())
     }
 
-    /// Registers a callback run after every commit that created a version (actor, version).
-    pub fn on_commit(&mut self, f: Box<dyn FnMut(ActorId, u64) + Send>) {
+    /// Registers a callback run after every commit that changed replicated state.
+    pub fn on_commit(&mut self, f: Box<dyn FnMut(&Committed) + Send>) {
         self.commit_listeners.push(f);
     }
 
-    fn notify_commit(&mut self, actor: ActorId, version: u64) {
+    fn notify_commit(&mut self, c: Committed) {
+        if c.versions.is_empty() && c.changed.is_empty() {
+            return;
+        }
         for f in &mut self.commit_listeners {
-            f(actor, version);
+            f(&c);
         }
     }
 
