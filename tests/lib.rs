@@ -1,1 +1,0 @@
-//! Test support lives in tests/*.rs.
