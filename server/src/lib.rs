@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crdt;
 pub mod node;

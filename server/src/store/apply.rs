@@ -4,7 +4,7 @@
 
 use super::catalog::TableInfo;
 use super::feed::{Change, SENTINEL};
-use super::rows::{load_clock, load_row, put_clock, record_version, update_log};
+use super::rows::{load_clock, load_row, put_clock, record_version, TouchedRows};
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::merge::{decide, Incoming, IncomingCell, Outcome};
@@ -41,31 +41,7 @@ impl Store {
     pub fn apply_changesets(&mut self, sets: &[ChangeSet]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = (|| -> Result<()> {
-            for set in sets {
-                if set.actor == self.actor || self.version_known(&set.actor, set.version)? {
-                    report.skipped += 1;
-                    continue;
-                }
-                self.conn.execute_batch("SAVEPOINT vd_apply")?;
-                let mut impacted = Vec::new();
-                match self.apply_one(set, &mut impacted) {
-                    Ok(()) => {
-                        self.conn.execute_batch("RELEASE vd_apply")?;
-                        report.applied.push((set.actor, set.version));
-                        report.impacted.extend(impacted);
-                    }
-                    Err(e) => {
-                        self.conn
-                            .execute_batch("ROLLBACK TO vd_apply; RELEASE vd_apply")?;
-                        report
-                            .failed
-                            .push((set.actor, set.version, format!("{e:#}")));
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let result = self.apply_sets_in_tx(sets, &mut report);
         match result.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?)) {
             Ok(()) => {
                 self.notify_commit(super::Committed {
@@ -82,6 +58,37 @@ impl Store {
         }
     }
 
+    /// Applies complete versions inside the caller's open transaction, each in a savepoint.
+    pub(crate) fn apply_sets_in_tx(
+        &mut self,
+        sets: &[ChangeSet],
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        for set in sets {
+            if set.actor == self.actor || self.version_known(&set.actor, set.version)? {
+                report.skipped += 1;
+                continue;
+            }
+            self.conn.execute_batch("SAVEPOINT vd_apply")?;
+            let mut impacted = Vec::new();
+            match self.apply_one(set, &mut impacted) {
+                Ok(()) => {
+                    self.conn.execute_batch("RELEASE vd_apply")?;
+                    report.applied.push((set.actor, set.version));
+                    report.impacted.extend(impacted);
+                }
+                Err(e) => {
+                    self.conn
+                        .execute_batch("ROLLBACK TO vd_apply; RELEASE vd_apply")?;
+                    report
+                        .failed
+                        .push((set.actor, set.version, format!("{e:#}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a version of `actor` is already recorded.
     pub fn version_known(&self, actor: &ActorId, version: u64) -> Result<bool> {
         let Some(site) = self.shared.sites.read().expect("sites lock").ordinal(actor) else {
@@ -96,6 +103,7 @@ impl Store {
     fn apply_one(&mut self, set: &ChangeSet, impacted: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
         let catalog = self.shared.catalog();
         self.hlc.observe(set.ts);
+        let mut touched = TouchedRows::default();
         let mut start = 0;
         while start < set.changes.len() {
             let first = &set.changes[start];
@@ -108,12 +116,13 @@ impl Store {
                 .get(&first.table)
                 .ok_or_else(|| anyhow!("table {} is not in this node's schema", first.table))?;
             if self.apply_row(t, &set.changes[start..end])? {
+                touched.push(t.id, &first.pk);
                 impacted.push((t.name.clone(), first.pk.clone()));
             }
             start = end;
         }
         let site = self.site_ordinal(&set.actor)?;
-        record_version(&self.conn, site, set.version, set.last_seq, set.ts)?;
+        record_version(&self.conn, site, set.version, set.last_seq, set.ts, &touched)?;
         Ok(())
     }
 
@@ -247,13 +256,6 @@ impl Store {
                 .execute(params_from_iter(params()))?;
         }
         put_clock(&self.conn, t, &pk, &clock)?;
-        update_log(
-            &self.conn,
-            t.id,
-            pk_blob,
-            &old_clock.versions(),
-            &clock.versions(),
-        )?;
         Ok(true)
     }
 }

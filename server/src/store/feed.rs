@@ -5,7 +5,8 @@
 //! version only. A version none of whose changes survive is "cleared" (served as empty).
 
 use super::catalog::quote;
-use super::rows::{load_clock, load_row};
+use super::catalog::TableInfo;
+use super::rows::{decode_touched, load_clock, load_row};
 use super::{Shared, Store};
 use crate::crdt::{pack, ActorId};
 use anyhow::{Context, Result};
@@ -56,93 +57,58 @@ pub fn read_versions(
     let catalog = shared.catalog();
     let mut out: Vec<VersionChanges> = Vec::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT db_version, last_seq, ts FROM __vd_versions WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
+        "SELECT db_version, last_seq, ts, rows FROM __vd_versions WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
     )?;
     let mut rows = stmt.query(rusqlite::params![site, range.start(), range.end()])?;
     while let Some(r) = rows.next()? {
-        out.push(VersionChanges {
-            actor,
-            version: r.get(0)?,
-            last_seq: r.get(1)?,
-            ts: r.get::<_, i64>(2)? as u64,
-            changes: vec![],
-        });
-    }
-    drop(rows);
-    let mut stmt = conn.prepare_cached(
-        "SELECT db_version, tbl, pk FROM __vd_log WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
-    )?;
-    let entries = stmt
-        .query_map(rusqlite::params![site, range.start(), range.end()], |r| {
-            Ok((
-                r.get::<_, u64>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (version, tbl, pk_blob) in entries {
-        let Some(t) = catalog.by_id(tbl) else {
-            continue;
-        };
-        let Ok(slot) = out.binary_search_by_key(&version, |v| v.version) else {
-            continue;
-        };
-        let pk = pack::unpack(&pk_blob).context("corrupt key in __vd_log")?;
-        let Some(clock) = load_clock(conn, t, &pk)? else {
-            continue;
-        };
-        let values = if clock.cl % 2 == 1 {
-            load_row(conn, t, &pk)?
-        } else {
-            None
-        };
-        let changes = &mut out[slot].changes;
-        if let Some(s) = clock
-            .row_stamp
-            .filter(|s| s.site == site && s.db_version == version)
-        {
-            changes.push(Change {
-                table: t.name.clone(),
-                pk: pk_blob.clone(),
-                cid: SENTINEL.to_string(),
-                val: Value::Null,
-                col_version: clock.cl,
-                db_version: version,
-                seq: s.seq,
-                site_id: actor,
-                cl: clock.cl,
-            });
+        let version: u64 = r.get(0)?;
+        let touched: Vec<u8> = r.get(3)?;
+        let mut v = VersionChanges { actor, version, last_seq: r.get(1)?, ts: r.get::<_, i64>(2)? as u64, changes: vec![] };
+        let mut entries = decode_touched(&touched).context("corrupt row list in __vd_versions")?;
+        entries.sort_unstable();
+        entries.dedup();
+        for (tbl, pk_blob) in entries {
+            let Some(t) = catalog.by_id(tbl) else { continue };
+            version_changes(conn, t, site, pk_blob, &mut v)?;
         }
-        for cell in clock
-            .cells
-            .iter()
-            .filter(|c| c.stamp.site == site && c.stamp.db_version == version)
-        {
-            let col = cell.col as usize;
-            let Some(column) = t.columns.get(col) else {
-                continue;
-            };
-            changes.push(Change {
-                table: t.name.clone(),
-                pk: pk_blob.clone(),
-                cid: column.name.clone(),
-                val: values
-                    .as_ref()
-                    .and_then(|v| v.get(col).cloned())
-                    .unwrap_or(Value::Null),
-                col_version: cell.col_version,
-                db_version: version,
-                seq: cell.stamp.seq,
-                site_id: actor,
-                cl: clock.cl,
-            });
-        }
+        out.push(v);
     }
     for v in &mut out {
         v.changes.sort_by_key(|c| c.seq);
     }
     Ok(out)
+}
+
+/// Appends the surviving changes of `v` held by one row.
+fn version_changes(conn: &Connection, t: &TableInfo, site: u32, pk_blob: &[u8], v: &mut VersionChanges) -> Result<()> {
+    let pk = pack::unpack(pk_blob).context("corrupt key in __vd_versions")?;
+    let Some(clock) = load_clock(conn, t, &pk)? else { return Ok(()) };
+    let mine = |s: &crate::crdt::clock::Stamp| s.site == site && s.db_version == v.version;
+    if !clock.row_stamp.iter().any(mine) && !clock.cells.iter().any(|c| mine(&c.stamp)) {
+        return Ok(());
+    }
+    let values = if clock.cl % 2 == 1 { load_row(conn, t, &pk)? } else { None };
+    let change = |cid: String, val: Value, col_version: i64, seq: u64| Change {
+        table: t.name.clone(),
+        pk: pk_blob.to_vec(),
+        cid,
+        val,
+        col_version,
+        db_version: v.version,
+        seq,
+        site_id: v.actor,
+        cl: clock.cl,
+    };
+    if let Some(s) = clock.row_stamp.filter(mine) {
+        v.changes.push(change(SENTINEL.to_string(), Value::Null, clock.cl, s.seq));
+    }
+    for cell in clock.cells.iter().filter(|c| mine(&c.stamp)) {
+        let col = cell.col as usize;
+        let Some(column) = t.columns.get(col) else { continue };
+        let val = values.as_ref().and_then(|r| r.get(col).cloned()).unwrap_or(Value::Null);
+        v.changes.push(change(column.name.clone(), val, cell.col_version, cell.stamp.seq));
+    }
+    Ok(())
 }
 
 impl Store {

@@ -5,12 +5,13 @@
 use super::catalog::Catalog;
 use super::exec::{bind, Statement};
 use super::rows::{
-    insert_new_clock, load_clock, next_even, next_odd, put_clock, record_version, update_log,
+    insert_new_clock, insert_new_clocks, load_clock, CLOCK_BATCH, next_even, next_odd, put_clock, record_version, TouchedRows,
 };
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::{pack, value};
 use anyhow::{anyhow, Context, Result};
+use rusqlite::types::Value;
 use rusqlite::ErrorCode;
 use std::time::{Duration, Instant};
 
@@ -144,7 +145,7 @@ impl Store {
                     TxError::Internal(anyhow!(e))
                 }
             };
-            let mut stmt = match self.conn.prepare(&s.sql) {
+            let mut stmt = match self.conn.prepare_cached(&s.sql) {
                 Ok(stmt) => stmt,
                 Err(e) => return Err(fail(self, e)),
             };
@@ -190,6 +191,9 @@ impl Store {
             seq.set(seq.get() + 1);
             s
         };
+        let mut touched = TouchedRows::default();
+        // Clocks of inserted rows, written in batches per table.
+        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, Vec<u8>, RowClock)>> = Default::default();
         for e in effects {
             let t = catalog
                 .by_id(e.table)
@@ -216,14 +220,11 @@ impl Store {
                             stamp: next(),
                         });
                     }
-                    if insert_new_clock(&self.conn, t, &pk, &clock)? {
-                        update_log(&self.conn, t.id, &e.pk, &[], &clock.versions())?;
-                    } else {
-                        // Re-insert after a delete: a new life.
-                        let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();
-                        clock.cl = next_odd(old.cl);
-                        put_clock(&self.conn, t, &pk, &clock)?;
-                        update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
+                    let batch = fresh.entry(t.id).or_default();
+                    batch.push((pk, e.pk.clone(), clock));
+                    if batch.len() == CLOCK_BATCH {
+                        let rows = std::mem::take(batch);
+                        self.write_fresh_clocks(t, rows)?;
                     }
                 }
                 (Some(_), false) => {
@@ -237,7 +238,6 @@ impl Store {
                         cells: vec![],
                     };
                     put_clock(&self.conn, t, &pk, &clock)?;
-                    update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
                 }
                 (Some(before), true) => {
                     let after = e.after_values.context("update without final values")?;
@@ -262,20 +262,44 @@ impl Store {
                     }
                     if clock != old {
                         put_clock(&self.conn, t, &pk, &clock)?;
-                        update_log(&self.conn, t.id, &e.pk, &old.versions(), &clock.versions())?;
                     }
                 }
             }
             if seq.get() != seq_before {
+                touched.push(t.id, &e.pk);
                 changed.push((t.name.clone(), e.pk));
+            }
+        }
+        for (tid, rows) in fresh {
+            let t = catalog.by_id(tid).context("table vanished")?;
+            for chunk in rows.chunks(CLOCK_BATCH) {
+                self.write_fresh_clocks(t, chunk.to_vec())?;
             }
         }
         if seq.get() == 0 {
             return Ok(None);
         }
         let ts = self.hlc.now();
-        record_version(&self.conn, site, version, seq.get() - 1, ts)?;
+        record_version(&self.conn, site, version, seq.get() - 1, ts, &touched)?;
         Ok(Some(version))
+    }
+
+    /// Writes the clocks of inserted rows; a row that already had one (re-insert after a
+    /// delete) starts a new life with the next odd causal length.
+    fn write_fresh_clocks(&self, t: &super::catalog::TableInfo, rows: Vec<(Vec<Value>, Vec<u8>, RowClock)>) -> Result<()> {
+        let inserted = if rows.len() == CLOCK_BATCH {
+            insert_new_clocks(&self.conn, t, &rows)?
+        } else {
+            rows.iter().map(|(pk, _, clock)| insert_new_clock(&self.conn, t, pk, clock)).collect::<Result<Vec<bool>>>()?
+        };
+        for ((pk, _, mut clock), done) in rows.into_iter().zip(inserted) {
+            if !done {
+                let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();
+                clock.cl = next_odd(old.cl);
+                put_clock(&self.conn, t, &pk, &clock)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the client-SQL guard in step with the catalog.

@@ -12,12 +12,14 @@
 //!
 //! Internal tables (all prefixed `__vd_`): `__vd_state` (key/value: actor id…), `__vd_sites`
 //! (actor id ↔ small ordinal), `__vd_tables` (replicated tables), `__vd_versions` (one row per
-//! applied version: origin site, version, last seq, timestamp), `__vd_log` (which rows still
-//! hold changes of a version) and one `"<table>__vd_clock"` per replicated table.
+//! applied version: origin site, version, last seq, timestamp and the rows it touched) and one `"<table>__vd_clock"` per replicated table.
 
 pub mod apply;
+pub mod bookkeeping;
+pub mod buffer;
 pub mod capture;
 pub mod catalog;
+mod checkpoint;
 pub mod exec;
 pub mod feed;
 pub mod guard;
@@ -49,11 +51,15 @@ CREATE TABLE IF NOT EXISTS __vd_sites (ord INTEGER PRIMARY KEY, actor BLOB NOT N
 CREATE TABLE IF NOT EXISTS __vd_tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS __vd_versions (
     site INTEGER NOT NULL, db_version INTEGER NOT NULL, last_seq INTEGER NOT NULL, ts INTEGER NOT NULL,
-    PRIMARY KEY (site, db_version)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS __vd_log (
-    site INTEGER NOT NULL, db_version INTEGER NOT NULL, tbl INTEGER NOT NULL, pk BLOB NOT NULL,
-    PRIMARY KEY (site, db_version, tbl, pk)) WITHOUT ROWID;
+    rows BLOB NOT NULL DEFAULT x'', PRIMARY KEY (site, db_version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __vd_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS __vd_partials (
+    site INTEGER NOT NULL, db_version INTEGER NOT NULL, last_seq INTEGER NOT NULL, ts INTEGER NOT NULL, seqs BLOB NOT NULL,
+    PRIMARY KEY (site, db_version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __vd_buffer (
+    site INTEGER NOT NULL, db_version INTEGER NOT NULL, seq INTEGER NOT NULL, tbl TEXT NOT NULL, pk BLOB NOT NULL,
+    cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, cl INTEGER NOT NULL,
+    PRIMARY KEY (site, db_version, seq)) WITHOUT ROWID;
 ";
 
 /// Actor id ↔ ordinal interning, shared with readers.
@@ -84,6 +90,8 @@ impl Sites {
 pub struct Shared {
     pub catalog: RwLock<Arc<Catalog>>,
     pub sites: RwLock<Sites>,
+    /// Version bookkeeping ([`bookkeeping`]); updated by the writer after each commit.
+    pub book: RwLock<bookkeeping::Bookie>,
 }
 
 impl Shared {
@@ -117,6 +125,7 @@ pub struct Store {
     local_max: u64,
     hlc: Hlc,
     guard: guard::Guard,
+    _checkpointer: Option<checkpoint::Checkpointer>,
     commit_listeners: Vec<Box<dyn FnMut(&Committed) + Send>>,
 }
 
@@ -145,7 +154,10 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .with_context(|| format!("opening database {}", path.display()))?;
-        Self::from_connection(conn)
+        let mut store = Self::from_connection(conn)?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        store._checkpointer = Some(checkpoint::spawn(path));
+        Ok(store)
     }
 
     /// An in-memory store (tests and simulations).
@@ -214,6 +226,7 @@ impl Store {
         let shared = Arc::new(Shared {
             catalog: RwLock::new(Arc::new(catalog)),
             sites: RwLock::new(sites),
+            book: RwLock::new(bookkeeping::Bookie::new()),
         });
         let mut store = Store {
             conn,
@@ -224,10 +237,12 @@ impl Store {
             local_max: 0,
             hlc: Hlc::default(),
             guard,
+            _checkpointer: None,
             commit_listeners: Vec::new(),
         };
         store.local_site = store.site_ordinal(&actor)?;
         store.local_max = store.max_version(store.local_site)?;
+        store.load_bookkeeping()?;
         Ok(store)
     }
 
@@ -304,6 +319,12 @@ impl Store {
     }
 
     fn notify_commit(&mut self, c: Committed) {
+        if !c.versions.is_empty() {
+            let mut book = self.shared.book.write().expect("book lock");
+            for (a, v) in &c.versions {
+                book.record_known(*a, *v..=*v);
+            }
+        }
         if c.versions.is_empty() && c.changed.is_empty() {
             return;
         }

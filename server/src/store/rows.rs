@@ -1,8 +1,9 @@
 //! Reading and writing one row's clock and its entries in the version log; shared by the local
 //! write path and remote merges.
 
-use super::catalog::TableInfo;
-use crate::crdt::clock::RowClock;
+use super::catalog::{clock_table, quote, TableInfo};
+use crate::crdt::pack;
+use crate::crdt::clock::{get_varint, put_varint, RowClock};
 use anyhow::{anyhow, Result};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -50,39 +51,45 @@ pub fn load_row(conn: &Connection, t: &TableInfo, pk: &[Value]) -> Result<Option
         .optional()?)
 }
 
-/// Keeps `__vd_log` in step with a row's clock: versions that no longer own any change of the
-/// row are removed, newly owning ones added. Both lists are sorted.
-pub fn update_log(
-    conn: &Connection,
-    table: u32,
-    pk: &[u8],
-    old: &[(u32, u64)],
-    new: &[(u32, u64)],
-) -> Result<()> {
-    for v in old.iter().filter(|v| new.binary_search(v).is_err()) {
-        conn.prepare_cached(
-            "DELETE FROM __vd_log WHERE site = ?1 AND db_version = ?2 AND tbl = ?3 AND pk = ?4",
-        )?
-        .execute(rusqlite::params![v.0, v.1, table, pk])?;
+/// The rows a version touched, packed as (varint table id, varint key length, key bytes)*.
+/// Stored with the version; the feed re-checks each row's clock, so entries whose changes were
+/// overwritten later are simply skipped (no per-row log maintenance on the write path).
+#[derive(Debug, Default)]
+pub struct TouchedRows(Vec<u8>);
+
+impl TouchedRows {
+    pub fn push(&mut self, table: u32, pk: &[u8]) {
+        put_varint(&mut self.0, table as u64);
+        put_varint(&mut self.0, pk.len() as u64);
+        self.0.extend_from_slice(pk);
     }
-    for v in new.iter().filter(|v| old.binary_search(v).is_err()) {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO __vd_log (site, db_version, tbl, pk) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(rusqlite::params![v.0, v.1, table, pk])?;
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
-    Ok(())
 }
 
-pub fn record_version(
-    conn: &Connection,
-    site: u32,
-    version: u64,
-    last_seq: u64,
-    ts: u64,
-) -> Result<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO __vd_versions (site, db_version, last_seq, ts) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(rusqlite::params![site, version, last_seq, ts as i64])?;
+/// Decodes [`TouchedRows`]; `None` if corrupt.
+pub fn decode_touched(mut b: &[u8]) -> Option<Vec<(u32, &[u8])>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let table = u32::try_from(get_varint(&mut b)?).ok()?;
+        let len = usize::try_from(get_varint(&mut b)?).ok()?;
+        if len > b.len() {
+            return None;
+        }
+        let (pk, rest) = b.split_at(len);
+        out.push((table, pk));
+        b = rest;
+    }
+    Some(out)
+}
+
+pub fn record_version(conn: &Connection, site: u32, version: u64, last_seq: u64, ts: u64, rows: &TouchedRows) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO __vd_versions (site, db_version, last_seq, ts, rows) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![site, version, last_seq, ts as i64, rows.as_bytes()])?;
     Ok(())
 }
 
@@ -100,4 +107,35 @@ pub fn next_even(cl: i64) -> i64 {
     } else {
         cl + 2
     }
+}
+
+/// Rows per multi-row clock insert.
+pub const CLOCK_BATCH: usize = 64;
+
+/// Inserts the clocks of `rows` (key values, packed key, clock) that have none, in one
+/// statement; returns, per row, whether it was inserted (false: a clock existed).
+pub fn insert_new_clocks(conn: &Connection, t: &TableInfo, rows: &[(Vec<Value>, Vec<u8>, RowClock)]) -> Result<Vec<bool>> {
+    let nk = t.pk_cols.len();
+    let keys: Vec<String> = t.pk_cols.iter().map(|i| quote(&t.columns[*i].name)).collect();
+    let tuple = format!("({})", vec!["?"; nk + 1].join(", "));
+    let sql = format!(
+        "INSERT INTO {} ({}, clock) VALUES {} ON CONFLICT DO NOTHING RETURNING {}",
+        quote(&clock_table(&t.name)),
+        keys.join(", "),
+        vec![tuple.as_str(); rows.len()].join(", "),
+        keys.join(", ")
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut params: Vec<Value> = Vec::with_capacity(rows.len() * (nk + 1));
+    for (pk, _, clock) in rows {
+        params.extend(pk.iter().cloned());
+        params.push(Value::Blob(clock.encode()));
+    }
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    let mut res = stmt.query(params_from_iter(params))?;
+    while let Some(r) = res.next()? {
+        let vals: Vec<Value> = (0..nk).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
+        inserted.insert(pack::pack_owned(&vals));
+    }
+    Ok(rows.iter().map(|(_, blob, _)| inserted.contains(blob)).collect())
 }

@@ -1,0 +1,122 @@
+//! Local write throughput: raw SQLite (rusqlite) vs the CRDT store in-process vs the HTTP API,
+//! for single-row and 100-row transactions, on the same machine in one run.
+//!
+//! Run: `cargo bench -p verdigris --bench write_throughput` (prints a table; set
+//! `VERDIGRIS_BENCH_ROWS` to change the row count, default 20000).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rusqlite::{params, Connection};
+use std::time::Instant;
+use verdigris::config::Config;
+use verdigris::store::{Statement, Store};
+
+const SCHEMA: &str = "CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 0, price REAL);";
+const INSERT: &str = "INSERT INTO items (id, name, qty, price) VALUES (?1, ?2, ?3, ?4)";
+
+fn row(i: i64) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value::*;
+    vec![Integer(i), Text(format!("item-{i}")), Integer(i % 97), Real(i as f64 * 0.5)]
+}
+
+/// Seconds per row inserting `n` rows in transactions of `batch` rows with raw rusqlite.
+fn raw(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
+    let conn = Connection::open(dir.join(format!("raw-{batch}.db"))).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        {
+            let mut stmt = conn.prepare_cached(INSERT).unwrap();
+            for j in i..(i + batch).min(n) {
+                let r = row(j);
+                stmt.execute(params![r[0], r[1], r[2], r[3]]).unwrap();
+            }
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        i += batch;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+fn store_tx(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
+    let mut store = Store::open(&dir.join(format!("store-{batch}.db"))).unwrap();
+    store.apply_schema(SCHEMA).unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let stmts: Vec<Statement> = (i..(i + batch).min(n)).map(|j| Statement::with_params(INSERT, row(j))).collect();
+        let out = store.transact(&stmts, None).unwrap();
+        assert!(out.version.is_some());
+        i += batch;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+fn http(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
+    let schema = dir.join(format!("schema-{batch}.sql"));
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let text = format!(
+        "[db]\npath = {:?}\nschema_paths = [{:?}]\n[api]\naddr = \"127.0.0.1:0\"\n[gossip]\naddr = \"127.0.0.1:0\"\nplaintext = true\n",
+        dir.join(format!("http-{batch}.db")),
+        schema
+    );
+    let (config, _) = Config::from_toml_str(&text, std::iter::empty()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let node = verdigris::node::Node::open(config).unwrap();
+        let listeners = verdigris::api::bind(&node.config.api.addr).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(verdigris::api::serve(verdigris::api::Api::new(node), listeners, stop_rx));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let url = format!("http://{addr}/v1/transactions");
+        let start = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let stmts: Vec<serde_json::Value> = (i..(i + batch).min(n))
+                .map(|j| serde_json::json!([INSERT, [j, format!("item-{j}"), j % 97, j as f64 * 0.5]]))
+                .collect();
+            let req = hyper::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&stmts).unwrap())))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            assert!(resp.status().is_success());
+            let _ = resp.into_body().collect().await.unwrap();
+            i += batch;
+        }
+        start.elapsed().as_secs_f64() / n as f64
+    })
+}
+
+fn main() {
+    let n: i64 = std::env::var("VERDIGRIS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    println!("local write throughput, {n} rows of (INTEGER PK, TEXT, INTEGER, REAL)");
+    println!("{:<22} {:>12} {:>12} {:>12} {:>14} {:>14}", "transaction size", "raw µs/row", "store µs/row", "http µs/row", "store/raw", "http/raw");
+    // VERDIGRIS_BENCH_ONLY=store runs only the in-process store path (for profiling).
+    if std::env::var("VERDIGRIS_BENCH_ONLY").as_deref() == Ok("store") {
+        println!("store 100-row µs/row: {:.2}", store_tx(dir.path(), n, 100) * 1e6);
+        return;
+    }
+    for batch in [1i64, 100] {
+        let rows = if batch == 1 { n / 4 } else { n };
+        let r = raw(dir.path(), rows, batch);
+        let s = store_tx(dir.path(), rows, batch);
+        let h = http(dir.path(), rows, batch);
+        println!(
+            "{:<22} {:>12.2} {:>12.2} {:>12.2} {:>13.2}x {:>13.2}x",
+            format!("{batch}-row"),
+            r * 1e6,
+            s * 1e6,
+            h * 1e6,
+            s / r,
+            h / r
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! What the rest of the node (health, admin socket) sees of the cluster, and the fault switch
+//! tests use to partition a node: counters, a member list snapshot, the apply lag window.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long an applied remote change counts towards the p99 lag.
+const LAG_WINDOW: Duration = Duration::from_secs(30);
+/// Most lag samples kept (older ones are dropped first).
+const LAG_SAMPLES: usize = 4096;
+
+/// One member as shown by `verdigris cluster members`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberView {
+    pub actor_id: String,
+    pub address: SocketAddr,
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Counters of rejected or dropped input (never reset).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Peer messages that failed to decode (malformed, truncated, too large).
+    pub malformed: AtomicU64,
+    /// Peer messages from another cluster id.
+    pub wrong_cluster: AtomicU64,
+    /// SWIM packets foca refused.
+    pub swim_rejected: AtomicU64,
+    /// Incoming datagrams or streams dropped because a queue was full.
+    pub inbound_dropped: AtomicU64,
+    /// Broadcast sends dropped (queue full, rate budget, failed send).
+    pub broadcast_dropped: AtomicU64,
+    /// Received chunks dropped before apply (apply queue full).
+    pub changes_dropped: AtomicU64,
+    /// Chunks applied or buffered through the apply path.
+    pub changes_ingested: AtomicU64,
+    /// Sync sessions completed as a client.
+    pub syncs: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The bound gossip address, once the transport is up.
+    pub gossip_addr: OnceLock<SocketAddr>,
+    /// Peers whose traffic is dropped in both directions (fault injection).
+    pub blocked: RwLock<HashSet<SocketAddr>>,
+    pub members: RwLock<Vec<MemberView>>,
+    pub counters: Counters,
+    /// Missing versions over all actors.
+    pub gaps: AtomicU64,
+    /// Chunks waiting in the apply queue.
+    pub queue_size: AtomicU64,
+    lag: Mutex<VecDeque<(Instant, f64)>>,
+}
+
+impl Status {
+    pub fn is_blocked(&self, addr: &SocketAddr) -> bool {
+        let b = self.blocked.read().expect("blocked lock");
+        !b.is_empty() && b.contains(addr)
+    }
+
+    /// Alive members, this node included.
+    pub fn alive_members(&self) -> u64 {
+        1 + self
+            .members
+            .read()
+            .expect("members lock")
+            .iter()
+            .filter(|m| m.state == "alive")
+            .count() as u64
+    }
+
+    /// Records the lag (seconds) of an applied remote version.
+    pub fn record_lag(&self, secs: f64) {
+        let now = Instant::now();
+        let mut l = self.lag.lock().expect("lag lock");
+        if l.len() >= LAG_SAMPLES {
+            l.pop_front();
+        }
+        l.push_back((now, secs.max(0.0)));
+    }
+
+    /// p99 of the lags recorded over the last [`LAG_WINDOW`]; 0 when idle.
+    pub fn p99_lag(&self) -> f64 {
+        let mut l = self.lag.lock().expect("lag lock");
+        while l.front().is_some_and(|(t, _)| t.elapsed() > LAG_WINDOW) {
+            l.pop_front();
+        }
+        p99(l.iter().map(|(_, s)| *s).collect())
+    }
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let idx = ((v.len() as f64) * 0.99).ceil() as usize;
+    v[idx.saturating_sub(1).min(v.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_of_samples_and_idle_is_zero() {
+        let s = Status::default();
+        assert_eq!(s.p99_lag(), 0.0);
+        for i in 1..=100 {
+            s.record_lag(i as f64);
+        }
+        assert_eq!(s.p99_lag(), 99.0);
+        assert_eq!(p99(vec![5.0]), 5.0);
+        assert_eq!(s.alive_members(), 1);
+    }
+}

@@ -1,0 +1,291 @@
+//! Ingesting replicated changes that may arrive in pieces.
+//!
+//! A version travels as one or more [`Chunk`]s, each carrying a seq range; a chunk covering
+//! `0..=last_seq` is complete and applied directly. Other chunks are buffered in
+//! `__vd_buffer` (rows) and `__vd_partials` (seq ranges seen), and the version is applied
+//! atomically, from the buffer, once its seqs are all there. Everything a call to
+//! [`Store::ingest`] does happens in one transaction; the in-memory bookkeeping
+//! ([`super::bookkeeping`]) is updated after COMMIT.
+
+use super::apply::{ApplyReport, ChangeSet};
+use super::bookkeeping::{Booked, RangeSet};
+use super::feed::Change;
+use super::Store;
+use crate::crdt::ActorId;
+use anyhow::{Context, Result};
+use rusqlite::params;
+use rusqlite::types::Value;
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+
+/// Largest `last_seq` accepted from a peer: bounds bookkeeping and buffering per version.
+pub const MAX_LAST_SEQ: u64 = 50_000_000;
+/// Partially received versions kept per actor; chunks of further versions are dropped (sync
+/// asks for them again later).
+pub const MAX_PARTIALS_PER_ACTOR: usize = 10_000;
+
+/// A piece of one version of one origin actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub actor: ActorId,
+    pub version: u64,
+    pub last_seq: u64,
+    pub ts: u64,
+    /// The seqs this chunk accounts for (changes inside it that were cleared are absent).
+    pub seqs: RangeInclusive<u64>,
+    /// Changes of this version with seqs inside `seqs`, in seq order.
+    pub changes: Vec<Change>,
+}
+
+impl Chunk {
+    pub fn is_complete(&self) -> bool {
+        *self.seqs.start() == 0 && *self.seqs.end() >= self.last_seq
+    }
+
+    /// Structural validity of a chunk received from a peer.
+    pub fn is_valid(&self) -> bool {
+        self.version >= 1
+            && self.last_seq <= MAX_LAST_SEQ
+            && self.seqs.start() <= self.seqs.end()
+            && *self.seqs.end() <= self.last_seq
+            && self.changes.iter().all(|c| {
+                self.seqs.contains(&c.seq) && c.site_id == self.actor && c.db_version == self.version
+            })
+    }
+}
+
+/// What [`Store::ingest`] did.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    pub apply: ApplyReport,
+    /// Chunks buffered as parts of incomplete versions.
+    pub buffered: usize,
+    /// Chunks dropped as already known, ours, invalid or over the partials limit.
+    pub dropped: usize,
+    /// Timestamps (NTP64) of the versions applied, for lag metrics.
+    pub applied_ts: Vec<u64>,
+}
+
+fn encode_seqs(s: &RangeSet) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (a, b) in s.iter() {
+        crate::cluster::wire::put_varint(&mut out, a);
+        crate::cluster::wire::put_varint(&mut out, b);
+    }
+    out
+}
+
+fn decode_seqs(mut b: &[u8]) -> Option<RangeSet> {
+    let mut s = RangeSet::new();
+    while !b.is_empty() {
+        let x = crate::cluster::wire::get_varint(&mut b).ok()?;
+        let y = crate::cluster::wire::get_varint(&mut b).ok()?;
+        s.insert(x, y);
+    }
+    Some(s)
+}
+
+impl Store {
+    /// Rebuilds the in-memory bookkeeping from `__vd_versions` and `__vd_partials`.
+    pub(crate) fn load_bookkeeping(&mut self) -> Result<()> {
+        let sites: HashMap<u32, ActorId> =
+            self.shared.sites.read().expect("sites lock").all().collect();
+        let mut per_site: HashMap<u32, Booked> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT site, db_version FROM __vd_versions ORDER BY site, db_version")?;
+            let mut rows = stmt.query([])?;
+            let mut run: Option<(u32, u64, u64)> = None;
+            while let Some(r) = rows.next()? {
+                let (site, v): (u32, u64) = (r.get(0)?, r.get(1)?);
+                run = match run {
+                    Some((s, a, b)) if s == site && b + 1 == v => Some((s, a, v)),
+                    Some((s, a, b)) => {
+                        per_site.entry(s).or_default().record_known(a, b);
+                        Some((site, v, v))
+                    }
+                    None => Some((site, v, v)),
+                };
+            }
+            if let Some((s, a, b)) = run {
+                per_site.entry(s).or_default().record_known(a, b);
+            }
+        }
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT site, db_version, last_seq, ts, seqs FROM __vd_partials")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let seqs = decode_seqs(&r.get::<_, Vec<u8>>(4)?).context("corrupt __vd_partials")?;
+                let b = per_site.entry(r.get(0)?).or_default();
+                let (v, last_seq, ts): (u64, u64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                for (x, y) in seqs.iter() {
+                    b.record_partial(v, x, y, last_seq, ts as u64);
+                }
+            }
+        }
+        let mut book = self.shared.book.write().expect("book lock");
+        for (site, booked) in per_site {
+            if let Some(actor) = sites.get(&site) {
+                *book.entry(*actor) = booked;
+            }
+        }
+        book.entry(self.actor);
+        Ok(())
+    }
+
+    /// Applies complete chunks and buffers partial ones, in one transaction. Versions that
+    /// become complete are applied from the buffer in the same transaction.
+    pub fn ingest(&mut self, chunks: Vec<Chunk>) -> Result<IngestReport> {
+        let mut report = IngestReport::default();
+        // Work on a copy of the affected actors' bookkeeping; published after COMMIT.
+        let mut book: HashMap<ActorId, Booked> = HashMap::new();
+        let mut sets: Vec<ChangeSet> = Vec::new();
+        let mut from_buffer: Vec<(u32, u64)> = Vec::new();
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| -> Result<()> {
+            for c in chunks {
+                if c.actor == self.actor || !c.is_valid() {
+                    report.dropped += 1;
+                    continue;
+                }
+                let booked = book.entry(c.actor).or_insert_with(|| {
+                    let shared = self.shared.book.read().expect("book lock");
+                    shared.get(&c.actor).cloned().unwrap_or_default()
+                });
+                if booked.has_seqs(c.version, *c.seqs.start(), *c.seqs.end())
+                    || sets.iter().any(|s| s.actor == c.actor && s.version == c.version)
+                {
+                    report.dropped += 1;
+                    continue;
+                }
+                if c.is_complete() {
+                    report.applied_ts.push(c.ts);
+                    sets.push(ChangeSet {
+                        actor: c.actor,
+                        version: c.version,
+                        last_seq: c.last_seq,
+                        ts: c.ts,
+                        changes: c.changes,
+                    });
+                    continue;
+                }
+                if !booked.partials.contains_key(&c.version)
+                    && booked.partials.len() >= MAX_PARTIALS_PER_ACTOR
+                {
+                    report.dropped += 1;
+                    continue;
+                }
+                let site = self.site_ordinal(&c.actor)?;
+                let (a, b) = (*c.seqs.start(), *c.seqs.end());
+                let complete = booked.record_partial(c.version, a, b, c.last_seq, c.ts);
+                report.buffered += 1;
+                self.buffer_changes(site, c.version, &c.changes)?;
+                let p = &booked.partials[&c.version];
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO __vd_partials (site, db_version, last_seq, ts, seqs) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![site, c.version, p.last_seq, p.ts as i64, encode_seqs(&p.seqs)])?;
+                if complete {
+                    report.applied_ts.push(p.ts);
+                    let set = self.read_buffered(c.actor, site, c.version, p.last_seq, p.ts)?;
+                    sets.push(set);
+                    from_buffer.push((site, c.version));
+                }
+            }
+            self.apply_sets_in_tx(&sets, &mut report.apply)?;
+            // Completed (applied or failed) versions leave the buffer; a failed one is forgotten
+            // entirely so that sync asks for it again.
+            for (site, v) in &from_buffer {
+                self.conn
+                    .prepare_cached("DELETE FROM __vd_buffer WHERE site = ?1 AND db_version = ?2")?
+                    .execute(params![site, v])?;
+                self.conn
+                    .prepare_cached("DELETE FROM __vd_partials WHERE site = ?1 AND db_version = ?2")?
+                    .execute(params![site, v])?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?)) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        {
+            let mut shared = self.shared.book.write().expect("book lock");
+            for (actor, mut booked) in book {
+                for (a, v, _) in &report.apply.failed {
+                    if *a == actor {
+                        booked.partials.remove(v);
+                        if *v <= booked.max {
+                            booked.needed.insert(*v, *v);
+                        }
+                    }
+                }
+                *shared.entry(actor) = booked;
+            }
+        }
+        self.notify_commit(super::Committed {
+            versions: report.apply.applied.clone(),
+            local: false,
+            changed: report.apply.impacted.clone(),
+        });
+        Ok(report)
+    }
+
+    fn buffer_changes(&mut self, site: u32, version: u64, changes: &[Change]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO __vd_buffer (site, db_version, seq, tbl, pk, cid, val, col_version, cl) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for c in changes {
+            stmt.execute(params![site, version, c.seq, c.table, c.pk, c.cid, c.val, c.col_version, c.cl])?;
+        }
+        Ok(())
+    }
+
+    fn read_buffered(
+        &self,
+        actor: ActorId,
+        site: u32,
+        version: u64,
+        last_seq: u64,
+        ts: u64,
+    ) -> Result<ChangeSet> {
+        Ok(ChangeSet {
+            actor,
+            version,
+            last_seq,
+            ts,
+            changes: self.buffered_changes(actor, site, version, 0..=last_seq)?,
+        })
+    }
+
+    /// Buffered changes of a partial version within `seqs`, in seq order.
+    pub fn buffered_changes(
+        &self,
+        actor: ActorId,
+        site: u32,
+        version: u64,
+        seqs: RangeInclusive<u64>,
+    ) -> Result<Vec<Change>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, tbl, pk, cid, val, col_version, cl FROM __vd_buffer WHERE site = ?1 AND db_version = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![site, version, seqs.start(), seqs.end()], |r| {
+            Ok(Change {
+                seq: r.get(0)?,
+                table: r.get(1)?,
+                pk: r.get(2)?,
+                cid: r.get(3)?,
+                val: r.get::<_, Value>(4)?,
+                col_version: r.get(5)?,
+                cl: r.get(6)?,
+                db_version: version,
+                site_id: actor,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
