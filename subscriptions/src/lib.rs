@@ -1,1 +1,24 @@
-//! Incremental query engine for Verdigris subscriptions. Filled by the subscriptions issue.
+//! The incremental query engine behind Verdigris subscriptions. No network code: it analyzes
+//! a `SELECT`, materializes its result on a SQLite connection, and after every committed
+//! change set computes the exact row diff (insert / update / delete) against the current
+//! database state.
+//!
+//! - [`analyze`]: parse and validate the query, inline its parameters, find every table it
+//!   depends on, and choose a maintenance [`analyze::Plan`].
+//! - [`keyed`]: incremental maintenance for select-project-join queries (inner and LEFT joins):
+//!   re-evaluate only the root rows related to the changed primary keys.
+//! - [`recompute`]: everything else (aggregates, DISTINCT, LIMIT, subqueries, compound
+//!   selects…): re-run and diff the result as a multiset.
+//! - [`matview`]: the common interface over both, and row changes.
+//! - [`pack`], [`stmt`]: the packed primary-key format and client statements (shared with the
+//!   server).
+
+pub mod analyze;
+pub mod keyed;
+pub mod matview;
+pub mod pack;
+pub mod recompute;
+pub mod stmt;
+
+pub use analyze::{analyze, Analysis, Plan, Schema, SubError};
+pub use matview::{ChangeKind, MatView, RowChange};

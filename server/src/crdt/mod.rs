@@ -11,7 +11,8 @@
 pub mod clock;
 pub mod hlc;
 pub mod merge;
-pub mod pack;
+/// The packed primary-key format, shared with the subscription engine.
+pub use verdigris_subscriptions::pack;
 pub mod value;
 
 use std::fmt;

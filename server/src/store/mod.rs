@@ -20,7 +20,8 @@ pub mod buffer;
 pub mod capture;
 pub mod catalog;
 mod checkpoint;
-pub mod exec;
+/// Statements and parameter binding (shared with the subscription engine).
+pub use verdigris_subscriptions::stmt as exec;
 pub mod feed;
 pub mod guard;
 pub mod local;

@@ -1,0 +1,336 @@
+//! Incremental maintenance of select-project-join queries (inner and LEFT joins).
+//!
+//! Every result row is built from one row of each source table (or none, for the NULL side of
+//! a LEFT JOIN); its identity is the tuple of those rows' primary keys, and it belongs to one
+//! row of the first ("root") table. When rows P of table T change:
+//! 1. old side: the materialization knows which roots had a result row built from a key in P;
+//! 2. new side: a probe finds the roots that now join to a key in P (the query's joins with
+//!    `T.pk IN (P)`; WHERE dropped, a superset is fine);
+//! 3. the query re-runs restricted to those roots, and each root's rows are replaced, emitting
+//!    insert / update / delete by identity.
+//! Recomputing whole roots (not single result rows) is what makes LEFT JOINs exact: a root
+//! whose last match disappears gets its NULL-extended row back, and vice versa.
+
+use crate::analyze::Source;
+use crate::matview::{read_rows, ChangeKind, Changes, Result, RowChange, StoredRow};
+use crate::pack;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
+use sqlparser::ast::{Distinct, Expr, Ident, Query, SelectItem, SetExpr};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::parser::Parser;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Keys per restricted query.
+const KEYS_PER_QUERY: usize = 400;
+
+#[derive(Debug)]
+struct Entry {
+    row_id: u64,
+    cells: Vec<Value>,
+}
+
+#[derive(Debug)]
+pub struct Keyed {
+    sources: Vec<Source>,
+    /// Identity column count per source (its primary key width).
+    widths: Vec<usize>,
+    id_cols: usize,
+    base: Query,
+    full_sql: String,
+    rows: HashMap<Vec<u8>, Entry>,
+    by_root: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    /// For each non-root source: its packed key → roots with a row built from it.
+    by_source: Vec<HashMap<Vec<u8>, HashSet<Vec<u8>>>>,
+    pub next_row_id: u64,
+}
+
+fn parse_expr(s: &str) -> Expr {
+    Parser::new(&SQLiteDialect {})
+        .try_with_sql(s)
+        .and_then(|mut p| p.parse_expr())
+        .expect("generated expression parses")
+}
+
+fn select_mut(q: &mut Query) -> &mut sqlparser::ast::Select {
+    match &mut *q.body {
+        SetExpr::Select(s) => s,
+        _ => unreachable!("keyed plans are plain selects"),
+    }
+}
+
+impl Keyed {
+    pub fn new(query: &Query, sources: Vec<Source>) -> Keyed {
+        let mut base = query.clone();
+        let mut ids = Vec::new();
+        let mut n = 0;
+        for s in &sources {
+            for k in &s.pk {
+                ids.push(SelectItem::ExprWithAlias {
+                    expr: parse_expr(&format!("{}.{}", s.reference, crate::analyze::quote(k))),
+                    alias: Ident::with_quote('"', format!("__vd_id_{n}")),
+                });
+                n += 1;
+            }
+        }
+        let sel = select_mut(&mut base);
+        ids.append(&mut sel.projection);
+        sel.projection = ids;
+        let full_sql = base.to_string();
+        let widths = sources.iter().map(|s| s.pk.len()).collect();
+        let by_source = vec![HashMap::new(); sources.len()];
+        Keyed { sources, widths, id_cols: n, base, full_sql, rows: HashMap::new(), by_root: HashMap::new(), by_source, next_row_id: 1 }
+    }
+
+    fn root_width(&self) -> usize {
+        self.widths[0]
+    }
+
+    /// `(ref.k1, ref.k2) IN (VALUES (?1, ?2), …)` for `n` keys of source `s`.
+    fn key_predicate(&self, s: usize, n: usize) -> String {
+        let src = &self.sources[s];
+        let cols: Vec<String> = src.pk.iter().map(|k| format!("{}.{}", src.reference, crate::analyze::quote(k))).collect();
+        let w = cols.len();
+        if w == 1 {
+            let ps: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+            format!("{} IN ({})", cols[0], ps.join(", "))
+        } else {
+            let tuples: Vec<String> = (0..n)
+                .map(|i| format!("({})", (1..=w).map(|j| format!("?{}", i * w + j)).collect::<Vec<_>>().join(", ")))
+                .collect();
+            format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
+        }
+    }
+
+    /// The full query restricted to `n` root keys (keeps the WHERE clause).
+    fn restricted_sql(&self, n: usize) -> String {
+        let mut q = self.base.clone();
+        q.order_by = None;
+        let pred = self.key_predicate(0, n);
+        let sel = select_mut(&mut q);
+        sel.selection = Some(match sel.selection.take() {
+            Some(w) => parse_expr(&format!("({w}) AND ({pred})")),
+            None => parse_expr(&pred),
+        });
+        q.to_string()
+    }
+
+    /// Roots joined to `n` keys of source `s` (WHERE dropped: a superset).
+    fn probe_sql(&self, s: usize, n: usize) -> String {
+        let mut q = self.base.clone();
+        q.order_by = None;
+        let root = &self.sources[0];
+        let pred = self.key_predicate(s, n);
+        let sel = select_mut(&mut q);
+        sel.projection = root
+            .pk
+            .iter()
+            .map(|k| SelectItem::UnnamedExpr(parse_expr(&format!("{}.{}", root.reference, crate::analyze::quote(k)))))
+            .collect();
+        sel.distinct = Some(Distinct::Distinct);
+        sel.selection = Some(parse_expr(&pred));
+        q.to_string()
+    }
+
+    fn unpack_keys<'a>(keys: impl Iterator<Item = &'a Vec<u8>>) -> Vec<Value> {
+        keys.filter_map(|k| pack::unpack(k).ok()).flatten().collect()
+    }
+
+    /// Splits a fetched row into (identity, root key, per-source keys, cells).
+    fn split(&self, mut row: Vec<Value>) -> (Vec<u8>, Vec<u8>, Vec<Value>) {
+        let cells = row.split_off(self.id_cols);
+        let identity = pack::pack(row.iter().map(ValueRef::from));
+        let root = pack::pack(row[..self.root_width()].iter().map(ValueRef::from));
+        (identity, root, cells)
+    }
+
+    fn index_row(&mut self, identity: &[u8], root: &[u8]) {
+        let Ok(vals) = pack::unpack(identity) else { return };
+        let mut off = self.widths[0];
+        for s in 1..self.sources.len() {
+            let w = self.widths[s];
+            let key = &vals[off..off + w];
+            off += w;
+            if key.iter().all(|v| *v == Value::Null) {
+                continue;
+            }
+            let k = pack::pack(key.iter().map(ValueRef::from));
+            self.by_source[s].entry(k).or_default().insert(root.to_vec());
+        }
+    }
+
+    fn unindex_root(&mut self, root: &[u8], identities: &[Vec<u8>]) {
+        for identity in identities {
+            let Ok(vals) = pack::unpack(identity) else { continue };
+            let mut off = self.widths[0];
+            for s in 1..self.sources.len() {
+                let w = self.widths[s];
+                let k = pack::pack(vals[off..off + w].iter().map(ValueRef::from));
+                off += w;
+                if let Some(set) = self.by_source[s].get_mut(&k) {
+                    set.remove(root);
+                    if set.is_empty() {
+                        self.by_source[s].remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert_row(&mut self, identity: Vec<u8>, root: &[u8], cells: Vec<Value>, row_id: Option<u64>) -> u64 {
+        let row_id = row_id.unwrap_or_else(|| {
+            self.next_row_id += 1;
+            self.next_row_id - 1
+        });
+        self.index_row(&identity, root);
+        self.by_root.entry(root.to_vec()).or_default().push(identity.clone());
+        self.rows.insert(identity, Entry { row_id, cells });
+        row_id
+    }
+
+    pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
+        let mut stmt = conn.prepare_cached(&self.full_sql)?;
+        let rows = read_rows(&mut stmt, &[])?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (identity, root, cells) = self.split(row);
+            if self.rows.contains_key(&identity) {
+                continue; // cannot happen for a select-project-join; be safe
+            }
+            let id = self.insert_row(identity, &root, cells.clone(), None);
+            out.push((id, cells));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the rows of `roots` with `fresh` (root → rows, query order), emitting changes.
+    fn replace_roots(&mut self, roots: &BTreeSet<Vec<u8>>, mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>) -> Vec<RowChange> {
+        let mut changes = Vec::new();
+        for root in roots {
+            let old_ids = self.by_root.remove(root).unwrap_or_default();
+            self.unindex_root(root, &old_ids);
+            let mut old: HashMap<Vec<u8>, Entry> =
+                old_ids.iter().filter_map(|id| self.rows.remove(id).map(|e| (id.clone(), e))).collect();
+            for (identity, cells) in fresh.remove(root).unwrap_or_default() {
+                match old.remove(&identity) {
+                    Some(e) => {
+                        if e.cells != cells {
+                            changes.push(RowChange { kind: ChangeKind::Update, row_id: e.row_id, cells: cells.clone() });
+                        }
+                        self.insert_row(identity, root, cells, Some(e.row_id));
+                    }
+                    None => {
+                        if self.rows.contains_key(&identity) {
+                            continue;
+                        }
+                        let id = self.insert_row(identity, root, cells.clone(), None);
+                        changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells });
+                    }
+                }
+            }
+            let mut gone: Vec<Entry> = old.into_values().collect();
+            gone.sort_by_key(|e| e.row_id);
+            for e in gone {
+                changes.push(RowChange { kind: ChangeKind::Delete, row_id: e.row_id, cells: e.cells });
+            }
+        }
+        changes
+    }
+
+    fn fetch_roots(&self, conn: &Connection, roots: &BTreeSet<Vec<u8>>) -> Result<HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>> {
+        let mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>> = HashMap::new();
+        let all: Vec<&Vec<u8>> = roots.iter().collect();
+        for chunk in all.chunks(KEYS_PER_QUERY) {
+            let params = Self::unpack_keys(chunk.iter().copied());
+            if params.len() != chunk.len() * self.root_width() {
+                continue;
+            }
+            let mut stmt = conn.prepare_cached(&self.restricted_sql(chunk.len()))?;
+            for row in read_rows(&mut stmt, &params)? {
+                let (identity, root, cells) = self.split(row);
+                fresh.entry(root).or_default().push((identity, cells));
+            }
+        }
+        Ok(fresh)
+    }
+
+    pub fn refresh(&mut self, conn: &Connection, changes: &Changes) -> Result<Vec<RowChange>> {
+        let mut roots: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for s in 0..self.sources.len() {
+            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
+            if s == 0 {
+                roots.extend(keys.iter().filter(|k| pack::unpack(k).map(|v| v.len() == self.root_width()).unwrap_or(false)).cloned());
+                continue;
+            }
+            for k in keys {
+                if let Some(rs) = self.by_source[s].get(k) {
+                    roots.extend(rs.iter().cloned());
+                }
+            }
+            let keys: Vec<&Vec<u8>> = keys.iter().collect();
+            for chunk in keys.chunks(KEYS_PER_QUERY) {
+                let params = Self::unpack_keys(chunk.iter().copied());
+                if params.len() != chunk.len() * self.widths[s] {
+                    continue;
+                }
+                let mut stmt = conn.prepare_cached(&self.probe_sql(s, chunk.len()))?;
+                for r in read_rows(&mut stmt, &params)? {
+                    roots.insert(pack::pack(r.iter().map(ValueRef::from)));
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Ok(vec![]);
+        }
+        let fresh = self.fetch_roots(conn, &roots)?;
+        Ok(self.replace_roots(&roots, fresh))
+    }
+
+    /// Full re-run, diffed by identity against the materialization.
+    pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
+        let mut stmt = conn.prepare_cached(&self.full_sql)?;
+        let rows = read_rows(&mut stmt, &[])?;
+        drop(stmt);
+        let mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>> = HashMap::new();
+        for row in rows {
+            let (identity, root, cells) = self.split(row);
+            fresh.entry(root).or_default().push((identity, cells));
+        }
+        let roots: BTreeSet<Vec<u8>> = fresh.keys().chain(self.by_root.keys()).cloned().collect();
+        Ok(self.replace_roots(&roots, fresh))
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = (u64, &Vec<Value>)> {
+        self.rows.values().map(|e| (e.row_id, &e.cells))
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn export(&self) -> Vec<StoredRow> {
+        self.rows.iter().map(|(id, e)| StoredRow { row_id: e.row_id, identity: id.clone(), cells: e.cells.clone() }).collect()
+    }
+
+    pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
+        self.rows.clear();
+        self.by_root.clear();
+        self.by_source.iter_mut().for_each(HashMap::clear);
+        let mut max = 0;
+        for r in rows {
+            let Ok(vals) = pack::unpack(&r.identity) else { continue };
+            if vals.len() != self.id_cols {
+                continue;
+            }
+            let root = pack::pack(vals[..self.root_width()].iter().map(ValueRef::from));
+            max = max.max(r.row_id);
+            self.insert_row(r.identity, &root, r.cells, Some(r.row_id));
+        }
+        self.next_row_id = next_row_id.max(max + 1);
+    }
+}

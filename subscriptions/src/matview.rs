@@ -1,0 +1,151 @@
+//! A materialized subscription result and the row changes that keep it equal to a fresh run.
+
+use crate::analyze::{Analysis, Plan};
+use crate::keyed::Keyed;
+use crate::recompute::Recompute;
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Insert => "insert",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        match s {
+            "insert" => Some(ChangeKind::Insert),
+            "update" => Some(ChangeKind::Update),
+            "delete" => Some(ChangeKind::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One change of the result: for deletes, `cells` are the values the row had.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    pub kind: ChangeKind,
+    pub row_id: u64,
+    pub cells: Vec<Value>,
+}
+
+/// Keys changed by committed transactions: lower-case table name → packed primary keys.
+pub type Changes = HashMap<String, HashSet<Vec<u8>>>;
+
+/// A stored result row (for persistence): row id, identity, cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub row_id: u64,
+    pub identity: Vec<u8>,
+    pub cells: Vec<Value>,
+}
+
+pub type Result<T> = std::result::Result<T, rusqlite::Error>;
+
+#[derive(Debug)]
+pub enum MatView {
+    Keyed(Keyed),
+    Recompute(Recompute),
+}
+
+impl MatView {
+    pub fn new(a: &Analysis) -> MatView {
+        match &a.plan {
+            Plan::Keyed { sources } => MatView::Keyed(Keyed::new(&a.query, sources.clone())),
+            Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.sql.clone())),
+        }
+    }
+
+    /// Runs the query and materializes it; returns the rows (query order) with their ids.
+    pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
+        match self {
+            MatView::Keyed(k) => k.initial(conn),
+            MatView::Recompute(r) => r.initial(conn),
+        }
+    }
+
+    /// Brings the result up to date after `changes` (on the current database state).
+    pub fn refresh(&mut self, conn: &Connection, tables: &std::collections::BTreeSet<String>, changes: &Changes) -> Result<Vec<RowChange>> {
+        if !changes.keys().any(|t| tables.contains(t)) {
+            return Ok(vec![]);
+        }
+        match self {
+            MatView::Keyed(k) => k.refresh(conn, changes),
+            MatView::Recompute(r) => r.recompute(conn),
+        }
+    }
+
+    /// Re-runs the whole query and diffs (after a restart, or when changes may have been missed).
+    pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
+        match self {
+            MatView::Keyed(k) => k.recompute(conn),
+            MatView::Recompute(r) => r.recompute(conn),
+        }
+    }
+
+    /// Current rows by row id.
+    pub fn snapshot(&self) -> Vec<(u64, Vec<Value>)> {
+        let mut rows: Vec<(u64, Vec<Value>)> = match self {
+            MatView::Keyed(k) => k.rows().map(|(id, c)| (id, c.clone())).collect(),
+            MatView::Recompute(r) => r.rows().map(|(id, c)| (id, c.clone())).collect(),
+        };
+        rows.sort_by_key(|r| r.0);
+        rows
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            MatView::Keyed(k) => k.len(),
+            MatView::Recompute(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn export(&self) -> Vec<StoredRow> {
+        match self {
+            MatView::Keyed(k) => k.export(),
+            MatView::Recompute(r) => r.export(),
+        }
+    }
+
+    /// Restores persisted rows (instead of `initial`).
+    pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
+        match self {
+            MatView::Keyed(k) => k.import(rows, next_row_id),
+            MatView::Recompute(r) => r.import(rows, next_row_id),
+        }
+    }
+
+    pub fn next_row_id(&self) -> u64 {
+        match self {
+            MatView::Keyed(k) => k.next_row_id,
+            MatView::Recompute(r) => r.next_row_id,
+        }
+    }
+}
+
+/// Reads all rows of a prepared query as values.
+pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+    let n = stmt.column_count();
+    let mut out = Vec::new();
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    while let Some(r) = rows.next()? {
+        out.push((0..n).map(|i| r.get::<_, Value>(i)).collect::<Result<Vec<_>>>()?);
+    }
+    Ok(out)
+}
