@@ -84,8 +84,12 @@ async fn execute(node: &Arc<Node>, cmd: &Value) -> Vec<Value> {
                 Err(e) => err(e.to_string()),
             }
         }
-        Value::Object(o) if o.get("Cluster").and_then(Value::as_str) == Some("Members") => {
-            vec![json!({"Json": []}), json!("Success")]
+        Value::Object(o) if o.contains_key("Cluster") => {
+            match crate::cluster::control::handle(&node.cluster, cmd) {
+                Some(Ok(v)) => vec![json!({ "Json": v }), json!("Success")],
+                Some(Err(e)) => err(e),
+                None => err("malformed cluster command".into()),
+            }
         }
         other => err(format!("unknown admin command {other}; known: \"Ping\", \"Reload\", {{\"Cluster\":\"Members\"}}")),
     }

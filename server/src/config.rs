@@ -380,7 +380,7 @@ const SCHEMA: &[(&str, &[KeySpec])] = {
     &[
         ("", &[k("db", Section), k("api", Section), k("gossip", Section), k("admin", Section), k("perf", Section), k("log", Section)]),
         ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int)]),
-        ("api", &[a("addr", &["bind_addr"], List), k("authz", Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int)]),
+        ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int)]),
         ("api.authz", &[a("bearer-token", &["authorization", "bearer"], Str)]),
         ("gossip", &[a("addr", &["bind_addr"], Str), k("external_addr", Str), k("bootstrap", List), k("plaintext", Bool), k("tls", Section), k("cluster_id", Int), k("max_mtu", Int), k("idle_timeout_secs", Int), k("member_id", Int)]),
         ("gossip.tls", &[k("cert_file", Str), k("key_file", Str), k("ca_file", Str), k("insecure", Bool), k("client", Section)]),
@@ -474,7 +474,9 @@ fn normalize(
         let value = match (spec.kind, value) {
             (Kind::Section, Value::Table(sub)) => {
                 let mut sub_out = Table::new();
-                normalize(sub, &dotted, origin, &mut sub_out, warnings)?;
+                // Recurse under the canonical name, so a section alias (`[api.authorization]`)
+                // reads like the section it stands for.
+                normalize(sub, &join(path, spec.name), origin, &mut sub_out, warnings)?;
                 Value::Table(sub_out)
             }
             (Kind::Section, other) => {

@@ -11,3 +11,4 @@ pub mod config;
 pub mod crdt;
 pub mod node;
 pub mod store;
+pub mod subs;

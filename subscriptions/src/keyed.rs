@@ -216,7 +216,7 @@ impl Keyed {
                 match old.remove(&identity) {
                     Some(e) => {
                         if e.cells != cells {
-                            changes.push(RowChange { kind: ChangeKind::Update, row_id: e.row_id, cells: cells.clone() });
+                            changes.push(RowChange { kind: ChangeKind::Update, row_id: e.row_id, cells: cells.clone(), identity: identity.clone() });
                         }
                         self.insert_row(identity, root, cells, Some(e.row_id));
                     }
@@ -224,15 +224,15 @@ impl Keyed {
                         if self.rows.contains_key(&identity) {
                             continue;
                         }
-                        let id = self.insert_row(identity, root, cells.clone(), None);
-                        changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells });
+                        let id = self.insert_row(identity.clone(), root, cells.clone(), None);
+                        changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells, identity });
                     }
                 }
             }
-            let mut gone: Vec<Entry> = old.into_values().collect();
-            gone.sort_by_key(|e| e.row_id);
-            for e in gone {
-                changes.push(RowChange { kind: ChangeKind::Delete, row_id: e.row_id, cells: e.cells });
+            let mut gone: Vec<(Vec<u8>, Entry)> = old.into_iter().collect();
+            gone.sort_by_key(|(_, e)| e.row_id);
+            for (identity, e) in gone {
+                changes.push(RowChange { kind: ChangeKind::Delete, row_id: e.row_id, cells: e.cells, identity });
             }
         }
         changes

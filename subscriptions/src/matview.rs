@@ -39,6 +39,8 @@ pub struct RowChange {
     pub kind: ChangeKind,
     pub row_id: u64,
     pub cells: Vec<Value>,
+    /// The row's identity in the materialization (for persistence).
+    pub identity: Vec<u8>,
 }
 
 /// Keys changed by committed transactions: lower-case table name → packed primary keys.
@@ -145,7 +147,7 @@ pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) ->
     let mut out = Vec::new();
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(r) = rows.next()? {
-        out.push((0..n).map(|i| r.get::<_, Value>(i)).collect::<Result<Vec<_>>>()?);
+        out.push((0..n).map(|i| crate::stmt::value_at(r, i)).collect::<Result<Vec<_>>>()?);
     }
     Ok(out)
 }

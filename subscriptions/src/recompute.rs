@@ -87,16 +87,18 @@ impl Recompute {
             }
             if i < pairs {
                 let cells = ins.next().expect("paired insert");
-                self.by_content.entry(content_key(&cells)).or_default().push(*id);
+                let identity = content_key(&cells);
+                self.by_content.entry(identity.clone()).or_default().push(*id);
                 self.rows.insert(*id, cells.clone());
-                changes.push(RowChange { kind: ChangeKind::Update, row_id: *id, cells });
+                changes.push(RowChange { kind: ChangeKind::Update, row_id: *id, cells, identity });
             } else {
-                changes.push(RowChange { kind: ChangeKind::Delete, row_id: *id, cells: old });
+                changes.push(RowChange { kind: ChangeKind::Delete, row_id: *id, cells: old, identity: ok });
             }
         }
         for cells in ins {
             let id = self.add(cells.clone());
-            changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells });
+            let identity = content_key(&cells);
+            changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells, identity });
         }
         Ok(changes)
     }

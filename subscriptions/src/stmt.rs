@@ -70,3 +70,37 @@ pub fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A TEXT value that is not valid UTF-8 (JSON and the wire format cannot carry it).
+#[derive(Debug)]
+pub struct NotUtf8 {
+    pub column: usize,
+}
+
+impl std::fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column {} holds TEXT that is not valid UTF-8; store binary data as a BLOB", self.column + 1)
+    }
+}
+
+impl std::error::Error for NotUtf8 {}
+
+/// Converts a borrowed value; `None` for TEXT that is not UTF-8 (rusqlite's own conversion
+/// panics on it).
+pub fn owned(v: rusqlite::types::ValueRef<'_>) -> Option<Value> {
+    use rusqlite::types::ValueRef as R;
+    Some(match v {
+        R::Null => Value::Null,
+        R::Integer(i) => Value::Integer(i),
+        R::Real(f) => Value::Real(f),
+        R::Text(b) => Value::Text(std::str::from_utf8(b).ok()?.to_string()),
+        R::Blob(b) => Value::Blob(b.to_vec()),
+    })
+}
+
+/// Reads column `i` of a row as an owned value, with an error (never a panic) for non-UTF-8 TEXT.
+pub fn value_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
+    owned(row.get_ref(i)?).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(NotUtf8 { column: i }))
+    })
+}

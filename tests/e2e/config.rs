@@ -2,7 +2,7 @@
 //! full Corrosion config (sections Verdigris ignores) starts and serves, several listeners,
 //! and `api.authz.bearer-token` (and its aliases) protect every endpoint with 401.
 
-use crate::support::{NodeDir, BOTH, SIMPLE_SCHEMA};
+use crate::support::{Node, NodeDir, BOTH, SIMPLE_SCHEMA};
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::json;
@@ -134,8 +134,7 @@ path = "{dir}/admin.sock"
     }
 }
 
-async fn check_bearer(dir: &NodeDir, token: &str) {
-    let node = dir.start();
+async fn check_bearer(node: &Node, token: &str) {
     for proto in BOTH {
         let anon = node.api(proto);
         let wrong = node.api(proto).with_bearer("not-the-token");
@@ -200,7 +199,7 @@ async fn bearer_token_is_required_when_configured() {
         .schema(SIMPLE_SCHEMA)
         .tail("[api.authz]\nbearer-token = \"s3cret-token\"")
         .build();
-    check_bearer(&dir, "s3cret-token").await;
+    check_bearer(&dir.start(), "s3cret-token").await;
 }
 
 /// Corrosion's field is `api.authorization` (alias `authz`), its key `bearer-token` (alias
@@ -216,12 +215,12 @@ async fn bearer_token_corrosion_spellings_are_accepted() {
             .schema(SIMPLE_SCHEMA)
             .tail(&format!("[{section}]\n{key} = \"alias-token\""))
             .build();
-        if let Err(f) = dir.try_start() {
+        let node = dir.try_start().unwrap_or_else(|f| {
             panic!(
                 "[{section}] {key} = … is a valid Corrosion config but the agent refused it:\n{}",
                 f.stderr
-            );
-        }
-        check_bearer(&dir, "alias-token").await;
+            )
+        });
+        check_bearer(&node, "alias-token").await;
     }
 }

@@ -343,6 +343,7 @@ impl NodeDir {
                 .lines()
                 .any(|l| l.trim_start().starts_with("admin socket:"))
             {
+                node.addrs.clear();
                 for line in out.lines().map(str::trim) {
                     if let Some(a) = line.strip_prefix("api: http://") {
                         node.addrs
@@ -383,16 +384,21 @@ impl Node {
         self.addrs[0]
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("node is running").id()
-    }
-
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Panic messages the agent printed so far (empty if none).
+    pub fn panics(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains("panicked"))
+            .map(str::to_string)
+            .collect()
     }
 
     /// An HTTP/1.1 client for this node.
@@ -417,14 +423,6 @@ impl Node {
         let mut all = vec!["-c", cfg.as_str(), "--api-addr", addr.as_str()];
         all.extend_from_slice(args);
         run_cli(&all)
-    }
-
-    /// Is the process still running?
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().expect("wait").is_none(),
-            None => false,
-        }
     }
 
     /// Graceful stop: SIGTERM, then SIGKILL if it has not exited within 10 s.

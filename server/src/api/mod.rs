@@ -11,14 +11,15 @@
 pub mod json;
 pub mod queries;
 pub mod status;
+pub mod subscriptions;
 pub mod transactions;
 
 use crate::node::Node;
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -62,22 +63,35 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
             format!("request body is larger than the limit of {limit} bytes (api.max_body_bytes); split the request"),
         )
     };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    // Read frame by frame. Past the limit, keep draining (bounded in bytes and time) before
+    // answering 413: an HTTP/1.1 server that answers and closes with request bytes unread makes
+    // the kernel reset the connection, and the client never sees the 413.
+    let drain_cap = (limit as u64).saturating_mul(4).max(64 * 1024 * 1024);
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if seen > limit as u64 => return Err(too_big()),
+            Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(error(StatusCode::BAD_REQUEST, format!("could not read request body: {e}"))),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen <= limit as u64 {
+                buf.extend_from_slice(&data);
+            } else if seen > drain_cap {
+                return Err(too_big());
+            }
+        }
+    }
+    if seen > limit as u64 {
         return Err(too_big());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("could not read request body: {e}"),
-        )),
-    }
+    Ok(buf.freeze())
 }
 
 /// Parses a JSON body, with a 400 that says what is wrong.
@@ -179,16 +193,18 @@ impl Api {
         if let Some(denied) = self.check_auth(&req) {
             return Ok(denied);
         }
-        let path = req.uri().path().trim_end_matches('/').to_string();
+        let raw_path = req.uri().path().to_string();
+        let path = if raw_path.len() > 1 { raw_path.trim_end_matches('/').to_string() } else { raw_path.clone() };
         let method = req.method().clone();
         let known = matches!(
             path.as_str(),
-            "/v1/transactions" | "/v1/queries" | "/v1/health" | "/v1/table_stats"
-        );
+            "/v1/transactions" | "/v1/queries" | "/v1/health" | "/v1/table_stats" | "/v1/subscriptions"
+        ) || path.starts_with("/v1/subscriptions/")
+            || path.starts_with("/v1/updates/");
         if !known {
             return Ok(error(
                 StatusCode::NOT_FOUND,
-                format!("no such endpoint: {path}"),
+                format!("no such endpoint: {raw_path} (endpoints: /v1/transactions, /v1/queries, /v1/subscriptions, /v1/updates/{{table}}, /v1/health, /v1/table_stats)"),
             ));
         }
         let _permit = match self.limiter.try_acquire() {
@@ -205,10 +221,21 @@ impl Api {
             (Method::POST, "/v1/queries") => queries::handle(&self, req).await,
             (Method::GET, "/v1/health") => status::health(&self, req).await,
             (Method::POST, "/v1/table_stats") => status::table_stats(&self, req).await,
-            (m, p) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{m} is not allowed on {p}"),
-            ),
+            (Method::POST, "/v1/subscriptions") => subscriptions::subscribe(&self, req).await,
+            (Method::GET, p) if p.starts_with("/v1/subscriptions/") => {
+                let id = p["/v1/subscriptions/".len()..].to_string();
+                subscriptions::get(&self, req, &id).await
+            }
+            (Method::POST, p) if p.starts_with("/v1/updates/") => {
+                let table = p["/v1/updates/".len()..].to_string();
+                subscriptions::updates(&self, &table).await
+            }
+            (m, p) => {
+                let allow = if p == "/v1/health" || p.starts_with("/v1/subscriptions/") { "GET" } else { "POST" };
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {p}; use {allow}"));
+                r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
         };
         Ok(resp)
     }

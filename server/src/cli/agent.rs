@@ -31,6 +31,10 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cluster = crate::cluster::start(node.clone(), stop_rx.clone()).await?;
+    if let Some(c) = &cluster {
+        println!("  gossip: {}", c.addr);
+    }
     let server = tokio::spawn(api::serve(Api::new(node.clone()), listeners, stop_rx));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -40,6 +44,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(c) = &cluster {
+        c.close().await;
+    }
     admin.abort();
     let _ = std::fs::remove_file(&node.config.admin.path);
     Ok(())

@@ -75,6 +75,16 @@ pub enum Command {
     },
     /// Re-read the schema files (db.schema_paths) and apply additive changes on the running node.
     Reload,
+    /// Cluster membership and fault injection (through the admin socket).
+    Cluster {
+        #[command(subcommand)]
+        cmd: crate::cluster::cli::ClusterCmd,
+    },
+    /// Generate the TLS certificates gossip needs (CA, server, client).
+    Tls {
+        #[command(subcommand)]
+        cmd: crate::cluster::cli::TlsCmd,
+    },
     /// Write a consistent snapshot of the database (works while the node runs).
     Backup {
         /// Where to write the snapshot (must not exist).
@@ -149,6 +159,8 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("schema reloaded");
             Ok(())
         }),
+        Command::Cluster { cmd } => rt()?.block_on(crate::cluster::cli::cluster(&config, cmd)),
+        Command::Tls { cmd } => crate::cluster::cli::tls(cmd),
         Command::Backup { path } => {
             backup::backup(&config.db.path, &path)?;
             println!(

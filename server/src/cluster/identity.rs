@@ -181,7 +181,7 @@ impl foca::Codec<Actor> for SwimCodec {
                 _ => {}
             }
         }
-        let mut other = || other.clone().ok_or(DecodeError::Missing("probe target"));
+        let other = || other.clone().ok_or(DecodeError::Missing("probe target"));
         let message = match k.ok_or(DecodeError::Missing("message kind"))? {
             0 => Message::Ping(n),
             1 => Message::Ack(n),

@@ -90,23 +90,36 @@ impl Status {
         l.push_back((now, secs.max(0.0)));
     }
 
-    /// p99 of the lags recorded over the last [`LAG_WINDOW`]; 0 when idle.
-    pub fn p99_lag(&self) -> f64 {
+    /// The lags (seconds) recorded over the last [`LAG_WINDOW`], sorted.
+    fn recent_lags(&self) -> Vec<f64> {
         let mut l = self.lag.lock().expect("lag lock");
         while l.front().is_some_and(|(t, _)| t.elapsed() > LAG_WINDOW) {
             l.pop_front();
         }
-        p99(l.iter().map(|(_, s)| *s).collect())
+        let mut v: Vec<f64> = l.iter().map(|(_, s)| *s).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// p99 of the lags recorded over the last [`LAG_WINDOW`]; 0 when idle.
+    pub fn p99_lag(&self) -> f64 {
+        percentile(&self.recent_lags(), 0.99)
+    }
+
+    /// (samples, p50, p99) of the recent lags.
+    pub fn lag_summary(&self) -> (usize, f64, f64) {
+        let v = self.recent_lags();
+        (v.len(), percentile(&v, 0.5), percentile(&v, 0.99))
     }
 }
 
-fn p99(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
+/// Nearest-rank percentile of sorted samples; 0 for none.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
         return 0.0;
     }
-    v.sort_by(f64::total_cmp);
-    let idx = ((v.len() as f64) * 0.99).ceil() as usize;
-    v[idx.saturating_sub(1).min(v.len() - 1)]
+    let idx = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[idx.saturating_sub(1).min(sorted.len() - 1)]
 }
 
 #[cfg(test)]
@@ -121,7 +134,8 @@ mod tests {
             s.record_lag(i as f64);
         }
         assert_eq!(s.p99_lag(), 99.0);
-        assert_eq!(p99(vec![5.0]), 5.0);
+        assert_eq!(percentile(&[5.0], 0.99), 5.0);
+        assert_eq!(s.lag_summary(), (100, 50.0, 99.0));
         assert_eq!(s.alive_members(), 1);
     }
 }

@@ -208,10 +208,11 @@ pub fn generate_ca(dir: &Path) -> Result<()> {
     write_pair(dir, "ca", &cert.pem(), &key.serialize_pem())
 }
 
-/// Writes a server (`ip` SAN) or client certificate signed by the CA in `ca_dir`.
-pub fn generate_leaf(ca_dir: &Path, out: &Path, server_ip: Option<&str>) -> Result<()> {
-    let ca_key_pem = std::fs::read_to_string(ca_dir.join("ca_key.pem"))
-        .with_context(|| format!("reading {}", ca_dir.join("ca_key.pem").display()))?;
+/// Writes a server (`ip` SAN) or client certificate signed by the CA whose key is `ca_key`
+/// (as written by [`generate_ca`]).
+pub fn generate_leaf(ca_key: &Path, out: &Path, server_ip: Option<&str>) -> Result<()> {
+    let ca_key_pem = std::fs::read_to_string(ca_key)
+        .with_context(|| format!("reading the CA key {}", ca_key.display()))?;
     let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
     let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
     let sans = match server_ip {

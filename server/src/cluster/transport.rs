@@ -117,6 +117,12 @@ impl Transport {
         Ok(conn)
     }
 
+    /// Drops the cached connection to `addr` (its process may have restarted: a connection
+    /// to the old process would swallow sends until it times out). The next send re-dials.
+    pub fn forget(&self, addr: &SocketAddr) {
+        self.conns.lock().expect("conns lock").remove(addr);
+    }
+
     /// Smoothed RTT of the cached connection to `addr`, if one is open.
     pub fn rtt(&self, addr: &SocketAddr) -> Option<Duration> {
         let slot = self.conns.lock().expect("conns lock").get(addr).cloned()?;

@@ -15,6 +15,21 @@ use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Replicated TEXT must be UTF-8: JSON and the wire format cannot carry anything else.
+fn check_text<'a>(table: &str, n: i32, get: impl Fn(i32) -> ValueRef<'a>) -> Option<String> {
+    (0..n).find(|i| matches!(get(*i), ValueRef::Text(b) if std::str::from_utf8(b).is_err())).map(|i| {
+        format!(
+            "table {table}: column {} would hold TEXT that is not valid UTF-8; store binary data as a BLOB (e.g. X'..' or a byte-array parameter)",
+            i + 1
+        )
+    })
+}
+
+/// Owned value; invalid UTF-8 (already reported by `check_text`) becomes NULL here.
+fn owned(v: ValueRef<'_>) -> Value {
+    verdigris_subscriptions::stmt::owned(v).unwrap_or(Value::Null)
+}
+
 /// One row's net effect within the transaction.
 #[derive(Debug)]
 pub struct RowEffect {
@@ -37,6 +52,8 @@ struct CapturedTable {
 #[derive(Debug, Default)]
 pub struct Capture {
     pub enabled: bool,
+    /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
+    pub invalid: Option<String>,
     tables: HashMap<String, CapturedTable>,
     index: HashMap<(u32, Vec<u8>), usize>,
     effects: Vec<RowEffect>,
@@ -74,7 +91,10 @@ impl Capture {
     pub fn clear(&mut self) {
         self.index.clear();
         self.effects.clear();
+        self.invalid = None;
     }
+
+
 
     fn entry(
         &mut self,
@@ -105,18 +125,21 @@ impl Capture {
             PreUpdateCase::Insert(new) => {
                 let n = new.get_column_count();
                 let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                if self.invalid.is_none() {
+                    self.invalid = check_text(table, n, get);
+                }
                 let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
                 let e = self.entry(id, pk, || None);
                 e.after = true;
                 if e.before.is_some() {
-                    e.after_values = Some((0..n).map(|i| get(i).into()).collect());
+                    e.after_values = Some((0..n).map(|i| owned(get(i))).collect());
                 }
             }
             PreUpdateCase::Delete(old) => {
                 let n = old.get_column_count();
                 let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
                 let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
-                let e = self.entry(id, pk, || Some((0..n).map(|i| get(i).into()).collect()));
+                let e = self.entry(id, pk, || Some((0..n).map(|i| owned(get(i))).collect()));
                 e.after = false;
                 e.after_values = None;
             }
@@ -127,11 +150,14 @@ impl Capture {
                 let n = old.get_column_count();
                 let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
                 let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                if self.invalid.is_none() {
+                    self.invalid = check_text(table, n, get_new);
+                }
                 let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
                 let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
                 let moved = old_pk != new_pk;
                 let e = self.entry(id, old_pk, || {
-                    Some((0..n).map(|i| get_old(i).into()).collect())
+                    Some((0..n).map(|i| owned(get_old(i))).collect())
                 });
                 if moved {
                     // A key change is a delete of the old key and an insert of the new one.
@@ -140,11 +166,11 @@ impl Capture {
                     let e = self.entry(id, new_pk, || None);
                     e.after = true;
                     if e.before.is_some() {
-                        e.after_values = Some((0..n).map(|i| get_new(i).into()).collect());
+                        e.after_values = Some((0..n).map(|i| owned(get_new(i))).collect());
                     }
                 } else {
                     e.after = true;
-                    e.after_values = Some((0..n).map(|i| get_new(i).into()).collect());
+                    e.after_values = Some((0..n).map(|i| owned(get_new(i))).collect());
                 }
             }
             PreUpdateCase::Unknown => {}

@@ -141,7 +141,7 @@ impl Store {
             let rows = stmt
                 .query_map([], |r| {
                     (0..n)
-                        .map(|i| r.get::<_, Value>(i))
+                        .map(|i| crate::store::exec::value_at(r, i))
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -88,7 +88,14 @@ impl Store {
         let ran = self.run_statements(stmts, timeout);
         self.guard.end();
         self.capture.lock().expect("capture lock").enabled = false;
-        let effects = self.capture.lock().expect("capture lock").take();
+        let (effects, invalid) = {
+            let mut c = self.capture.lock().expect("capture lock");
+            (c.take(), c.invalid.take())
+        };
+        let ran = match (ran, invalid) {
+            (Ok(_), Some(message)) => Err(TxError::Client { index: stmts.len().saturating_sub(1), message }),
+            (r, _) => r,
+        };
         let result = ran.and_then(|results| {
             let mut changed = Vec::new();
             let version = self.record_local(effects, &mut changed).map_err(TxError::Internal)?;

@@ -145,7 +145,7 @@ pub fn run_query(
             Ok(Some(r)) => {
                 row_id += 1;
                 let cells: rusqlite::Result<Vec<Value>> =
-                    (0..n).map(|i| r.get::<_, Value>(i)).collect();
+                    (0..n).map(|i| verdigris_subscriptions::stmt::value_at(r, i)).collect();
                 match cells {
                     Ok(cells) => {
                         if !sink(QueryEvent::Row(row_id, cells)) {

@@ -45,7 +45,7 @@ pub fn load_row(conn: &Connection, t: &TableInfo, pk: &[Value]) -> Result<Option
     Ok(stmt
         .query_row(params_from_iter(pk), |r| {
             (0..n)
-                .map(|i| r.get::<_, Value>(i))
+                .map(|i| crate::store::exec::value_at(r, i))
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .optional()?)
@@ -134,7 +134,7 @@ pub fn insert_new_clocks(conn: &Connection, t: &TableInfo, rows: &[(Vec<Value>, 
     let mut inserted = std::collections::HashSet::with_capacity(rows.len());
     let mut res = stmt.query(params_from_iter(params))?;
     while let Some(r) = res.next()? {
-        let vals: Vec<Value> = (0..nk).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
+        let vals: Vec<Value> = (0..nk).map(|i| crate::store::exec::value_at(r, i)).collect::<rusqlite::Result<_>>()?;
         inserted.insert(pack::pack_owned(&vals));
     }
     Ok(rows.iter().map(|(_, blob, _)| inserted.contains(blob)).collect())

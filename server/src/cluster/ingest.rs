@@ -1,0 +1,98 @@
+//! The apply queue: chunks received by broadcast or sync wait in one bounded channel and are
+//! applied in batches ([`crate::store::Store::ingest`]), one transaction per batch. A batch is
+//! cut at [`MAX_BATCH_CHANGES`] changes or after `perf.apply_queue_timeout`, so the store's
+//! lock is held briefly and local writes interleave with remote applies.
+
+use super::status::{Counters, Status};
+use crate::crdt::hlc::{ntp64_to_secs, wall_ntp64};
+use crate::node::Node;
+use crate::store::buffer::Chunk;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Most changes applied in one transaction (a version completed from the buffer may exceed
+/// it: versions are applied whole).
+pub const MAX_BATCH_CHANGES: usize = 20_000;
+
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Broadcast,
+    Sync,
+}
+
+pub type IngestTx = mpsc::Sender<(Chunk, Source)>;
+
+/// Starts the apply task; returns the queue's sending side.
+pub fn start(node: Arc<Node>, status: Arc<Status>) -> IngestTx {
+    let len = node.config.perf.changes_channel_len.max(16);
+    let (tx, rx) = mpsc::channel(len);
+    tokio::spawn(run(node, status, rx));
+    tx
+}
+
+async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk, Source)>) {
+    let wait = Duration::from_millis(node.config.perf.apply_queue_timeout.max(1));
+    while let Some(first) = rx.recv().await {
+        let mut cost = first.0.changes.len() + 1;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + wait;
+        while cost < MAX_BATCH_CHANGES {
+            let next = match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(c) => c,
+                        Err(_) => None,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some(c) = next else { break };
+            cost += c.0.changes.len() + 1;
+            batch.push(c);
+        }
+        status.queue_size.store(rx.len() as u64, Ordering::Relaxed);
+        apply_batch(&node, &status, batch).await;
+    }
+}
+
+async fn apply_batch(node: &Arc<Node>, status: &Arc<Status>, batch: Vec<(Chunk, Source)>) {
+    let n = batch.len() as u64;
+    let broadcast_ts: Vec<u64> = batch
+        .iter()
+        .filter(|(c, s)| *s == Source::Broadcast && c.is_complete())
+        .map(|(c, _)| c.ts)
+        .collect();
+    let chunks: Vec<Chunk> = batch.into_iter().map(|(c, _)| c).collect();
+    let node2 = node.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut store = node2.store.lock().expect("store lock");
+        let report = store.ingest(chunks);
+        let gaps = store.shared().book.read().expect("book lock").gap_count();
+        (report, gaps)
+    })
+    .await;
+    match result {
+        Ok((Ok(report), gaps)) => {
+            status.counters.changes_ingested.fetch_add(n, Ordering::Relaxed);
+            status.gaps.store(gaps, Ordering::Relaxed);
+            for (a, v, e) in &report.apply.failed {
+                tracing::warn!(actor = %a, version = v, error = %e, "remote version failed to apply");
+            }
+            if !report.apply.applied.is_empty() {
+                let now = ntp64_to_secs(wall_ntp64());
+                for ts in broadcast_ts {
+                    status.record_lag(now - ntp64_to_secs(ts));
+                }
+            }
+        }
+        Ok((Err(e), _)) => {
+            Counters::bump(&status.counters.changes_dropped);
+            tracing::warn!(error = %format!("{e:#}"), "applying remote changes failed");
+        }
+        Err(e) => tracing::error!(error = %e, "apply task panicked"),
+    }
+}

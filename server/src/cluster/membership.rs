@@ -1,0 +1,340 @@
+//! SWIM membership: one task owns the foca state machine and is its runtime. Inputs (received
+//! packets, announce requests, timers, a 1 s tick, shutdown) are handled one at a time;
+//! foca's outputs are drained after every call: packets go to a bounded send queue, timers
+//! into a deadline-ordered map owned by the task, notifications update the member snapshot.
+//!
+//! Every turn of the loop must be fast, or this node risks being suspected by its peers.
+
+use super::codec::{self, Msg};
+use super::identity::{Actor, SwimCodec};
+use super::status::{Counters, MemberView, Status};
+use super::transport::Transport;
+use crate::crdt::ActorId;
+use crate::node::Node;
+use bytes::Bytes;
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// Datagram sends in flight at once; beyond that, packets are dropped (SWIM tolerates loss).
+const MAX_SENDS_IN_FLIGHT: usize = 256;
+/// Bytes between the UDP payload size and the largest foca packet: QUIC short header and
+/// AEAD tag, datagram frame header, and our envelope, with margin.
+const PACKET_OVERHEAD: usize = 100;
+
+/// The largest foca packet for a given `gossip.max_mtu`.
+pub fn packet_limit(max_mtu: Option<u16>) -> usize {
+    usize::from(max_mtu.unwrap_or(1200)) - PACKET_OVERHEAD
+}
+
+fn foca_config(members: usize, packet_limit: usize) -> foca::Config {
+    let n = NonZeroU32::new(members.max(1) as u32).expect("nonzero");
+    let mut c = foca::Config::new_lan(n);
+    c.max_packet_size = NonZeroUsize::new(packet_limit).expect("nonzero");
+    c
+}
+
+type Swim = Foca<Actor, SwimCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
+
+/// Handle to the membership task.
+#[derive(Clone)]
+pub struct Membership {
+    pub datagrams: mpsc::Sender<Bytes>,
+}
+
+struct Driver {
+    foca: Swim,
+    rt: AccumulatingRuntime<Actor>,
+    timers: BTreeMap<(Instant, u64), Timer<Actor>>,
+    timer_seq: u64,
+    out: mpsc::Sender<(SocketAddr, Bytes)>,
+    status: Arc<Status>,
+    transport: Arc<Transport>,
+    cluster_id: u16,
+    packet_limit: usize,
+    member_count: usize,
+    /// Something changed since the members were last persisted.
+    dirty: bool,
+    new_member: Arc<Notify>,
+}
+
+/// Starts the membership task. `seeds` are announced to at start and whenever this node
+/// knows no member.
+pub fn start(
+    node: Arc<Node>,
+    me: Actor,
+    transport: Arc<Transport>,
+    status: Arc<Status>,
+    datagrams: mpsc::Receiver<Bytes>,
+    seeds: Vec<SocketAddr>,
+    new_member: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) {
+    let g = &node.config.gossip;
+    let limit = packet_limit(g.max_mtu);
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    tokio::spawn(send_loop(transport.clone(), out_rx, status.clone()));
+    let foca = Foca::new(
+        me.clone(),
+        foca_config(1, limit),
+        rand010::make_rng::<rand010::rngs::StdRng>(),
+        SwimCodec,
+    );
+    let driver = Driver {
+        foca,
+        rt: AccumulatingRuntime::new(),
+        timers: BTreeMap::new(),
+        timer_seq: 0,
+        out: out_tx,
+        status,
+        transport,
+        cluster_id: g.cluster_id,
+        packet_limit: limit,
+        member_count: 0,
+        dirty: false,
+        new_member,
+    };
+    tokio::spawn(driver.run(node, me, datagrams, seeds, stop));
+}
+
+async fn send_loop(t: Arc<Transport>, mut rx: mpsc::Receiver<(SocketAddr, Bytes)>, status: Arc<Status>) {
+    let permits = Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT));
+    while let Some((addr, data)) = rx.recv().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            Counters::bump(&status.counters.inbound_dropped);
+            continue;
+        };
+        let t = t.clone();
+        tokio::spawn(async move {
+            if let Err(e) = t.send_datagram(addr, data).await {
+                tracing::trace!(%addr, error = %format!("{e:#}"), "swim send failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        node: Arc<Node>,
+        me: Actor,
+        mut datagrams: mpsc::Receiver<Bytes>,
+        mut seeds: Vec<SocketAddr>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        seeds.extend(load_members(&node).await);
+        seeds.retain(|a| *a != me.addr);
+        seeds.sort();
+        seeds.dedup();
+        self.announce(&seeds);
+        let mut last_announce = Instant::now();
+        let mut announce_every = Duration::from_secs(2);
+        let mut last_persist = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let next = self.timers.keys().next().map(|(t, _)| *t);
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                _ = sleep => self.fire_timers(),
+                d = datagrams.recv() => match d {
+                    Some(d) => self.handle_datagram(&d),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.refresh_view();
+                    if self.foca.num_members() == 0 && last_announce.elapsed() >= announce_every {
+                        self.announce(&seeds);
+                        last_announce = Instant::now();
+                        announce_every = (announce_every * 2).min(Duration::from_secs(30));
+                    } else if self.foca.num_members() > 0 {
+                        announce_every = Duration::from_secs(2);
+                    }
+                    if self.dirty && last_persist.elapsed() >= Duration::from_secs(5) {
+                        self.dirty = false;
+                        last_persist = Instant::now();
+                        let members = self.status.members.read().expect("members").clone();
+                        persist_members(&node, members).await;
+                    }
+                }
+            }
+        }
+        let _ = self.foca.leave_cluster(&mut self.rt);
+        self.drain();
+        let members = self.status.members.read().expect("members").clone();
+        persist_members(&node, members).await;
+    }
+
+    fn announce(&mut self, seeds: &[SocketAddr]) {
+        for addr in seeds {
+            let dst = Actor {
+                id: ActorId::default(),
+                addr: *addr,
+                bump: 0,
+            };
+            let _ = self.foca.announce(dst, &mut self.rt);
+        }
+        self.drain();
+    }
+
+    fn handle_datagram(&mut self, d: &[u8]) {
+        match codec::decode(d, self.cluster_id) {
+            Ok(Msg::Swim(packet)) => {
+                if let Err(e) = self.foca.handle_data(&packet, &mut self.rt) {
+                    tracing::trace!(error = %e, "swim packet rejected");
+                    Counters::bump(&self.status.counters.swim_rejected);
+                }
+            }
+            Ok(_) => Counters::bump(&self.status.counters.malformed),
+            Err(super::wire::DecodeError::WrongCluster { .. }) => {
+                Counters::bump(&self.status.counters.wrong_cluster)
+            }
+            Err(_) => Counters::bump(&self.status.counters.malformed),
+        }
+        self.drain();
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let _ = self.foca.handle_timer(timer, &mut self.rt);
+        }
+        self.drain();
+    }
+
+    /// Moves foca's pending outputs to their destinations.
+    fn drain(&mut self) {
+        while let Some((to, data)) = self.rt.to_send() {
+            let env = codec::encode(&Msg::Swim(data.to_vec()), self.cluster_id);
+            if self.out.try_send((to.addr, Bytes::from(env))).is_err() {
+                Counters::bump(&self.status.counters.inbound_dropped);
+            }
+        }
+        while let Some((after, timer)) = self.rt.to_schedule() {
+            self.timer_seq += 1;
+            self.timers
+                .insert((Instant::now() + after, self.timer_seq), timer);
+        }
+        let mut changed = false;
+        while let Some(n) = self.rt.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
+                    tracing::info!(actor = %a.id, addr = %a.addr, bump = a.bump, "member up");
+                    self.transport.forget(&a.addr);
+                    self.new_member.notify_one();
+                    changed = true;
+                }
+                OwnedNotification::MemberDown(a) => {
+                    tracing::info!(actor = %a.id, addr = %a.addr, "member down");
+                    changed = true;
+                }
+                OwnedNotification::Defunct => {
+                    tracing::warn!("declared down by the cluster; rejoining with a renewed identity");
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.refresh_view();
+        }
+    }
+
+    /// Publishes the member list and keeps foca's config sized to the cluster.
+    fn refresh_view(&mut self) {
+        let view: Vec<MemberView> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| MemberView {
+                actor_id: m.id().id.to_string(),
+                address: m.id().addr,
+                state: match m.state() {
+                    State::Alive => "alive",
+                    State::Suspect => "suspect",
+                    State::Down => "down",
+                }
+                .to_string(),
+                rtt_ms: self
+                    .transport
+                    .rtt(&m.id().addr)
+                    .map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        let mut members = self.status.members.write().expect("members lock");
+        let changed = members.len() != view.len()
+            || members
+                .iter()
+                .zip(&view)
+                .any(|(a, b)| a.actor_id != b.actor_id || a.state != b.state);
+        *members = view;
+        drop(members);
+        if changed {
+            self.dirty = true;
+        }
+        let n = self.foca.num_members() + 1;
+        if n != self.member_count {
+            self.member_count = n;
+            let _ = self.foca.set_config(foca_config(n, self.packet_limit));
+        }
+    }
+}
+
+/// Addresses of members persisted by a previous run.
+async fn load_members(node: &Arc<Node>) -> Vec<SocketAddr> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<SocketAddr>> {
+        let store = node.store.lock().expect("store lock");
+        let mut stmt = store
+            .conn()
+            .prepare("SELECT address FROM __vd_members WHERE state != 'down'")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
+            .collect())
+    })
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_default()
+}
+
+/// Replaces `__vd_members` with the current member list.
+async fn persist_members(node: &Arc<Node>, members: Vec<MemberView>) {
+    let node = node.clone();
+    let r = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let store = node.store.lock().expect("store lock");
+        let conn = store.conn();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        conn.execute_batch("SAVEPOINT vd_members; DELETE FROM __vd_members;")?;
+        for m in &members {
+            let id = ActorId::parse(&m.actor_id).unwrap_or_default();
+            conn.execute(
+                "INSERT OR REPLACE INTO __vd_members (actor, address, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![&id.0[..], m.address.to_string(), m.state, now],
+            )?;
+        }
+        conn.execute_batch("RELEASE vd_members")?;
+        Ok(())
+    })
+    .await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(error = %format!("{e:#}"), "persisting members failed");
+    }
+}

@@ -1,0 +1,286 @@
+//! Anti-entropy sync over QUIC bi streams. Decisions are in [`super::sync_state`]; this is the
+//! I/O around them.
+//!
+//! ```text
+//! client → SyncStart{actor}
+//! server → SyncState (its bookkeeping)            | Reject(reason)
+//! client → SyncRequest(needs, newest first), FIN
+//! server → SyncChunk…, SyncDone, FIN
+//! ```
+//!
+//! Each round picks a few random alive members; concurrent sessions split the work through
+//! [`Claims`]. Received chunks go through the normal apply queue (with backpressure, so a
+//! slow apply slows the sender down instead of growing memory).
+
+use super::broadcast::alive_peers;
+use super::chunker::{chunk_version, CHUNK_BYTES};
+use super::codec::{self, Msg};
+use super::ingest::{IngestTx, Source};
+use super::status::{Counters, Status};
+use super::sync_state::{compute_needs, state_of, Claims, Need};
+use super::transport::{read_frame, write_frame, Transport};
+use crate::crdt::ActorId;
+use crate::node::Node;
+use crate::store::Shared;
+use anyhow::{anyhow, bail, Result};
+use quinn::{RecvStream, SendStream};
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// Peers synced with per round.
+const PEERS_PER_ROUND: usize = 3;
+/// Needs sent in one session.
+const MAX_NEEDS_PER_SESSION: usize = 4096;
+/// Sessions served at once; more are rejected as busy.
+const MAX_SERVED: usize = 3;
+/// Versions read from the database per step when serving a range.
+const SERVE_BATCH_VERSIONS: u64 = 32;
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct SyncCtx {
+    pub node: Arc<Node>,
+    pub shared: Arc<Shared>,
+    pub status: Arc<Status>,
+    pub transport: Arc<Transport>,
+    pub ingest: IngestTx,
+    pub cluster_id: u16,
+}
+
+/// Runs sync rounds until `stop`; `nudge` starts a round early (e.g. a member came up).
+pub async fn client_loop(ctx: Arc<SyncCtx>, nudge: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let perf = &ctx.node.config.perf;
+    let min = Duration::from_secs(perf.min_sync_backoff.max(1));
+    let max = Duration::from_secs(perf.max_sync_backoff.max(perf.min_sync_backoff).max(1));
+    let mut backoff = min;
+    loop {
+        let jitter = rand::rng().random_range(0.7..1.3);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = nudge.notified() => {}
+        }
+        let peers = alive_peers(&ctx.status);
+        if peers.is_empty() {
+            continue;
+        }
+        let chosen: Vec<SocketAddr> = peers
+            .choose_multiple(&mut rand::rng(), PEERS_PER_ROUND)
+            .copied()
+            .collect();
+        let claims = Arc::new(Mutex::new(Claims::default()));
+        let sessions = chosen.into_iter().map(|addr| {
+            let (ctx, claims) = (ctx.clone(), claims.clone());
+            async move {
+                match tokio::time::timeout(ROUND_TIMEOUT, session(&ctx, addr, &claims)).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %format!("{e:#}"), "sync session failed");
+                        0
+                    }
+                    Err(_) => 0,
+                }
+            }
+        });
+        let received: usize = futures_util::future::join_all(sessions).await.into_iter().sum();
+        let gaps = ctx.shared.book.read().expect("book lock").gap_count();
+        ctx.status.gaps.store(gaps, Ordering::Relaxed);
+        // Behind: go again soon. Up to date: back off.
+        backoff = if received > 0 || gaps > 0 {
+            min
+        } else {
+            (backoff * 2).min(max)
+        };
+    }
+}
+
+async fn read_msg(recv: &mut RecvStream, cluster_id: u16) -> Result<Option<Msg>> {
+    match tokio::time::timeout(STEP_TIMEOUT, read_frame(recv)).await {
+        Err(_) => bail!("peer too slow"),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(f))) => Ok(Some(codec::decode(&f, cluster_id)?)),
+        Ok(Err(e)) => Err(e),
+    }
+}
+
+/// One client session; returns how many chunks were received.
+async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Result<usize> {
+    let (mut send, mut recv) = ctx.transport.open_bi(addr).await?;
+    let me = ctx.node.actor;
+    let start = codec::encode(&Msg::SyncStart { actor: me }, ctx.cluster_id);
+    write_frame(&mut send, &start).await?;
+    let theirs = match read_msg(&mut recv, ctx.cluster_id).await? {
+        Some(Msg::SyncState(s)) => s,
+        Some(Msg::Reject(why)) => bail!("rejected: {why}"),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let needs = {
+        let book = ctx.shared.book.read().expect("book lock");
+        compute_needs(&book, me, &theirs)
+    };
+    let needs = claims
+        .lock()
+        .expect("claims lock")
+        .claim(needs, MAX_NEEDS_PER_SESSION);
+    let req = codec::encode(&Msg::SyncRequest(needs.clone()), ctx.cluster_id);
+    write_frame(&mut send, &req).await?;
+    send.finish()?;
+    if needs.is_empty() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    loop {
+        match read_msg(&mut recv, ctx.cluster_id).await {
+            Ok(Some(Msg::SyncChunk(c))) => {
+                if c.actor == me || !needs.iter().any(|nd| nd.actor() == c.actor) {
+                    Counters::bump(&ctx.status.counters.malformed);
+                    continue;
+                }
+                n += 1;
+                ctx.ingest
+                    .send((c, Source::Sync))
+                    .await
+                    .map_err(|_| anyhow!("apply queue closed"))?;
+            }
+            Ok(Some(Msg::SyncDone)) | Ok(None) => break,
+            Ok(Some(other)) => bail!("unexpected message {other:?}"),
+            Err(e) => {
+                Counters::bump(&ctx.status.counters.malformed);
+                return Err(e);
+            }
+        }
+    }
+    Counters::bump(&ctx.status.counters.syncs);
+    Ok(n)
+}
+
+/// Serves sync sessions opened by peers.
+pub async fn serve_loop(
+    ctx: Arc<SyncCtx>,
+    mut sessions: mpsc::Receiver<(SocketAddr, SendStream, RecvStream)>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_SERVED));
+    while let Some((peer, mut send, recv)) = sessions.recv().await {
+        let ctx = ctx.clone();
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    if let Err(e) = serve(&ctx, send, recv).await {
+                        tracing::debug!(%peer, error = %format!("{e:#}"), "serving sync failed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let msg = codec::encode(&Msg::Reject("busy".into()), ctx.cluster_id);
+                    let _ = write_frame(&mut send, &msg).await;
+                    let _ = send.finish();
+                });
+            }
+        }
+    }
+}
+
+async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+    match read_msg(&mut recv, ctx.cluster_id).await {
+        Ok(Some(Msg::SyncStart { .. })) => {}
+        Ok(other) => bail!("expected SyncStart, got {other:?}"),
+        Err(e) => {
+            Counters::bump(&ctx.status.counters.malformed);
+            let why = format!("{e:#}");
+            let _ = write_frame(&mut send, &codec::encode(&Msg::Reject(why.clone()), ctx.cluster_id)).await;
+            let _ = send.finish();
+            return Err(e);
+        }
+    }
+    let state = {
+        let book = ctx.shared.book.read().expect("book lock");
+        state_of(&book, ctx.node.actor)
+    };
+    write_frame(&mut send, &codec::encode(&Msg::SyncState(state), ctx.cluster_id)).await?;
+    let needs = match read_msg(&mut recv, ctx.cluster_id).await? {
+        Some(Msg::SyncRequest(n)) => n,
+        None => return Ok(()),
+        Some(other) => bail!("expected SyncRequest, got {other:?}"),
+    };
+    for need in needs {
+        serve_need(ctx, &mut send, need).await?;
+    }
+    write_frame(&mut send, &codec::encode(&Msg::SyncDone, ctx.cluster_id)).await?;
+    send.finish()?;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, send.stopped()).await;
+    Ok(())
+}
+
+/// Reads versions `a..=b` of `actor` and encodes their chunks, keeping those that overlap
+/// `seqs` when given.
+async fn read_chunks(
+    ctx: &SyncCtx,
+    actor: ActorId,
+    a: u64,
+    b: u64,
+    seqs: Option<Vec<(u64, u64)>>,
+) -> Result<Vec<Vec<u8>>> {
+    let (node, shared, cluster_id) = (ctx.node.clone(), ctx.shared.clone(), ctx.cluster_id);
+    tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>> {
+        let conn = node.reads.get()?;
+        let mut out = Vec::new();
+        for vc in crate::store::feed::read_versions(&conn, &shared, actor, a..=b)? {
+            for chunk in chunk_version(vc, CHUNK_BYTES) {
+                let wanted = seqs.as_ref().is_none_or(|s| {
+                    s.iter()
+                        .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
+                });
+                if wanted {
+                    out.push(codec::encode(&Msg::SyncChunk(chunk), cluster_id));
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<()> {
+    let head = |actor: &ActorId| {
+        ctx.shared
+            .book
+            .read()
+            .expect("book lock")
+            .get(actor)
+            .map_or(0, |b| b.max)
+    };
+    match need {
+        Need::Full { actor, versions } => {
+            let end = versions.1.min(head(&actor));
+            let mut a = versions.0.max(1);
+            while a <= end {
+                let b = end.min(a.saturating_add(SERVE_BATCH_VERSIONS - 1));
+                for frame in read_chunks(ctx, actor, a, b, None).await? {
+                    tokio::time::timeout(STEP_TIMEOUT, write_frame(send, &frame))
+                        .await
+                        .map_err(|_| anyhow!("peer too slow"))??;
+                }
+                a = b + 1;
+            }
+        }
+        Need::Partial {
+            actor,
+            version,
+            seqs,
+        } => {
+            if version <= head(&actor) {
+                for frame in read_chunks(ctx, actor, version, version, Some(seqs)).await? {
+                    write_frame(send, &frame).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

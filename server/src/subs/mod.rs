@@ -1,0 +1,561 @@
+//! Subscriptions on a node: the registry, the matcher thread that keeps every subscription's
+//! result current after each committed change set, and the fan-out to listeners.
+//!
+//! Every mutation of subscription state happens under one lock (the *round lock*): a matcher
+//! round (refresh → persist → publish) and a listener attaching (snapshot or replay →
+//! register) never interleave, so a listener receives each change id exactly once, in order.
+//! Commit notifications only merge changed keys into a pending set (coalescing bursts), so
+//! the writer never waits for subscriptions.
+//!
+//! - [`persist`]: the on-disk registry, rows and change logs.
+//! - [`events`]: NDJSON encoding of subscription events.
+
+pub mod events;
+pub mod persist;
+
+use crate::crdt::ActorId;
+use crate::store::reader::ReadPool;
+use crate::store::{Committed, Shared, Statement};
+use anyhow::Result;
+use bytes::Bytes;
+use persist::{Persist, RoundWrite};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use verdigris_subscriptions::matview::Changes;
+use verdigris_subscriptions::{analyze, Analysis, MatView, Schema};
+
+/// Messages queued per listener before it is considered too slow.
+const LISTENER_QUEUE: usize = 1024;
+/// Keys pending before the matcher treats whole tables as changed.
+const MAX_PENDING_KEYS: usize = 200_000;
+
+/// Tunables (from the config).
+#[derive(Debug, Clone)]
+pub struct SubsConfig {
+    /// Change-log entries kept per subscription for `from=` resumes.
+    pub retention: u64,
+    /// A subscription with no listener for this long is removed.
+    pub idle_ttl: Duration,
+}
+
+impl Default for SubsConfig {
+    fn default() -> Self {
+        SubsConfig { retention: 10_000, idle_ttl: Duration::from_secs(600) }
+    }
+}
+
+/// Why a subscribe/attach request failed before streaming.
+#[derive(Debug, thiserror::Error)]
+pub enum SubsError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What a listener receives after its initial lines.
+#[derive(Debug)]
+pub struct Batch {
+    /// Highest change id in `bytes`.
+    pub last_id: u64,
+    pub bytes: Bytes,
+}
+
+struct Listener {
+    tx: mpsc::Sender<Batch>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// An attached listener: send `initial`, then every batch from `rx` with `last_id > start`.
+pub struct Attach {
+    pub id: String,
+    pub hash: String,
+    pub initial: Bytes,
+    pub rx: Option<mpsc::Receiver<Batch>>,
+    pub start: u64,
+    /// Set when the listener was dropped for being too slow.
+    pub lagged: Arc<AtomicBool>,
+}
+
+struct Sub {
+    id: String,
+    hash: String,
+    sql: String,
+    plan: String,
+    columns: Vec<String>,
+    tables: BTreeSet<String>,
+    mv: MatView,
+    last_change_id: u64,
+    listeners: Vec<Listener>,
+    idle_since: Instant,
+}
+
+/// Info for admin/introspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubInfo {
+    pub id: String,
+    pub hash: String,
+    pub sql: String,
+    pub plan: String,
+    pub tables: Vec<String>,
+    pub rows: usize,
+    pub last_change_id: u64,
+    pub listeners: usize,
+}
+
+struct State {
+    subs: HashMap<String, Sub>,
+    by_key: HashMap<String, String>,
+    persist: Persist,
+    updates: HashMap<String, UpdatesHandle>,
+}
+
+struct UpdatesHandle {
+    id: String,
+    listeners: Vec<Listener>,
+}
+
+#[derive(Default)]
+struct Pending {
+    changes: Changes,
+    keys: usize,
+    /// Tables with too many pending keys: their subscriptions re-run in full.
+    whole: BTreeSet<String>,
+    stop: bool,
+}
+
+pub struct Manager {
+    state: Mutex<State>,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    reads: Arc<ReadPool>,
+    shared: Arc<Shared>,
+    config: SubsConfig,
+}
+
+/// Primary keys from the store's catalog.
+struct CatalogSchema(Arc<crate::store::catalog::Catalog>);
+
+impl Schema for CatalogSchema {
+    fn primary_key(&self, table: &str) -> Option<Vec<String>> {
+        let t = self.0.get(table)?;
+        Some(t.pk_cols.iter().map(|i| t.columns[*i].name.clone()).collect())
+    }
+}
+
+/// 64-bit FNV-1a: the stable query hash sent as `corro-query-hash`.
+pub fn query_hash(sql: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Manager {
+    /// Opens the registry in `dir`, restores persisted subscriptions (re-running each and
+    /// diffing against its stored rows, so changes missed while down become new change ids),
+    /// and starts the matcher thread.
+    pub fn open(dir: &Path, reads: Arc<ReadPool>, shared: Arc<Shared>, config: SubsConfig) -> Result<Arc<Manager>> {
+        let persist = Persist::open(dir)?;
+        let stored = persist.load()?;
+        let m = Arc::new(Manager {
+            state: Mutex::new(State { subs: HashMap::new(), by_key: HashMap::new(), persist, updates: HashMap::new() }),
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            reads,
+            shared,
+            config,
+        });
+        m.restore(stored)?;
+        let worker = Arc::downgrade(&m);
+        std::thread::Builder::new().name("vd-matcher".into()).spawn(move || matcher_loop(worker))?;
+        Ok(m)
+    }
+
+    fn restore(&self, stored: Vec<(persist::StoredSub, Vec<verdigris_subscriptions::matview::StoredRow>)>) -> Result<()> {
+        let conn = self.reads.get()?;
+        let schema = CatalogSchema(self.shared.catalog());
+        let mut st = lock(&self.state);
+        for (s, rows) in stored {
+            let analysis = match analyze(&conn, &Statement::new(s.sql.clone()), &schema) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(id = %s.id, error = %e, "dropping a stored subscription that no longer analyzes");
+                    st.persist.delete(&s.id)?;
+                    continue;
+                }
+            };
+            let mut mv = MatView::new(&analysis);
+            mv.import(rows, s.next_row_id);
+            let changes = mv.recompute(&conn)?;
+            let mut sub = new_sub(s.id.clone(), &analysis, mv);
+            sub.last_change_id = s.last_change_id;
+            if !changes.is_empty() {
+                let first = sub.last_change_id + 1;
+                sub.last_change_id += changes.len() as u64;
+                st.persist.write_round(&[RoundWrite {
+                    sub: &sub.id,
+                    first_change_id: first,
+                    changes: &changes,
+                    next_row_id: sub.mv.next_row_id(),
+                    retention: self.config.retention,
+                }])?;
+            }
+            tracing::info!(id = %sub.id, rows = sub.mv.len(), caught_up = changes.len(), "restored subscription");
+            st.by_key.insert(analysis.normalized.clone(), sub.id.clone());
+            st.subs.insert(sub.id.clone(), sub);
+        }
+        Ok(())
+    }
+
+    /// Commit listener: merge the changed keys into the pending set and wake the matcher.
+    pub fn enqueue(&self, c: &Committed) {
+        let mut p = lock(&self.pending);
+        for (table, pk) in &c.changed {
+            let t = table.to_ascii_lowercase();
+            if p.whole.contains(&t) {
+                continue;
+            }
+            if p.changes.entry(t.clone()).or_default().insert(pk.clone()) {
+                p.keys += 1;
+            }
+            if p.keys > MAX_PENDING_KEYS {
+                // Too many distinct keys: re-run affected subscriptions instead of tracking keys.
+                let tables: Vec<String> = p.changes.keys().cloned().collect();
+                p.whole.extend(tables);
+                p.changes.clear();
+                p.keys = 0;
+            }
+        }
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        lock(&self.pending).stop = true;
+        self.wake.notify_one();
+    }
+
+    fn analyze(&self, conn: &crate::store::reader::PooledConn, stmt: &Statement) -> Result<Analysis, SubsError> {
+        analyze(conn, stmt, &CatalogSchema(self.shared.catalog())).map_err(|e| SubsError::BadRequest(e.0))
+    }
+
+    /// `POST /v1/subscriptions`: subscribe (or join the identical existing subscription).
+    pub fn subscribe(&self, stmt: &Statement, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+        let conn = self.reads.get()?;
+        let analysis = self.analyze(&conn, stmt)?;
+        let mut st = lock(&self.state);
+        if let Some(id) = st.by_key.get(&analysis.normalized).cloned() {
+            return self.attach_locked(&mut st, &id, from, skip_rows);
+        }
+        if from.is_some() {
+            return Err(SubsError::BadRequest(
+                "a `from` query param was supplied, but no existing subscription found; subscribe without `from`".into(),
+            ));
+        }
+        let start = Instant::now();
+        let mut mv = MatView::new(&analysis);
+        conn.execute_batch("BEGIN").map_err(anyhow::Error::from)?;
+        let rows = mv.initial(&conn);
+        let _ = conn.execute_batch("COMMIT");
+        let rows = rows.map_err(|e| SubsError::BadRequest(format!("query failed: {e}")))?;
+        let id = ActorId::random().hyphenated();
+        st.persist.create(&id, &analysis.sql, &mv.export(), mv.next_row_id())?;
+        let mut sub = new_sub(id.clone(), &analysis, mv);
+        let mut initial = Vec::new();
+        if !skip_rows {
+            events::columns(&mut initial, &sub.columns);
+            for (rid, cells) in &rows {
+                events::row(&mut initial, *rid, cells);
+            }
+        }
+        events::eoq(&mut initial, start.elapsed().as_secs_f64(), 0);
+        let (attach, listener) = listener(&sub, Bytes::from(initial), 0);
+        sub.listeners.push(listener);
+        st.by_key.insert(analysis.normalized.clone(), id.clone());
+        st.subs.insert(id, sub);
+        Ok(attach)
+    }
+
+    /// `GET /v1/subscriptions/{id}`.
+    pub fn attach(&self, id: &str, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+        let mut st = lock(&self.state);
+        self.attach_locked(&mut st, id, from, skip_rows)
+    }
+
+    fn attach_locked(&self, st: &mut State, id: &str, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+        let (last, columns) = match st.subs.get(id) {
+            Some(s) => (s.last_change_id, s.columns.clone()),
+            None => return Err(SubsError::NotFound(format!("could not find subscription with id {id}"))),
+        };
+        let mut initial = Vec::new();
+        let start = match from {
+            Some(from) if from > 0 => {
+                if from > last {
+                    events::error(&mut initial, &format!("from={from} is ahead of this subscription's last change id {last}"));
+                    return Ok(closed(st, id, initial));
+                }
+                let (min, changes) = st.persist.changes_after(id, from)?;
+                let first_needed = from + 1;
+                if first_needed <= last && min.is_none_or(|m| m > first_needed) {
+                    events::error(
+                        &mut initial,
+                        &format!(
+                            "subscription already deleted older changes (min change id: {}); you asked for changes after {from}: resubscribe without `from` to get a fresh snapshot",
+                            min.unwrap_or(last + 1)
+                        ),
+                    );
+                    return Ok(closed(st, id, initial));
+                }
+                for (cid, ch) in &changes {
+                    events::change(&mut initial, ch, *cid);
+                }
+                last
+            }
+            _ => {
+                let sub = st.subs.get(id).expect("checked");
+                if !skip_rows {
+                    events::columns(&mut initial, &columns);
+                    for (rid, cells) in sub.mv.snapshot() {
+                        events::row(&mut initial, rid, &cells);
+                    }
+                }
+                events::eoq(&mut initial, 0.0, last);
+                last
+            }
+        };
+        let sub = st.subs.get_mut(id).expect("checked");
+        let (attach, l) = listener(sub, Bytes::from(initial), start);
+        sub.listeners.push(l);
+        Ok(attach)
+    }
+
+    /// `POST /v1/updates/{table}`: key notifications for one table.
+    pub fn updates(&self, table: &str) -> Result<Attach, SubsError> {
+        let catalog = self.shared.catalog();
+        let Some(t) = catalog.get(table) else {
+            return Err(SubsError::BadRequest(format!("table not found in schema: {table}")));
+        };
+        let key = t.name.to_ascii_lowercase();
+        let mut st = lock(&self.state);
+        let h = st.updates.entry(key).or_insert_with(|| UpdatesHandle { id: ActorId::random().hyphenated(), listeners: vec![] });
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        h.listeners.push(Listener { tx, lagged: lagged.clone() });
+        Ok(Attach { id: h.id.clone(), hash: String::new(), initial: Bytes::new(), rx: Some(rx), start: 0, lagged })
+    }
+
+    pub fn list(&self) -> Vec<SubInfo> {
+        let st = lock(&self.state);
+        let mut v: Vec<SubInfo> = st
+            .subs
+            .values()
+            .map(|s| SubInfo {
+                id: s.id.clone(),
+                hash: s.hash.clone(),
+                sql: s.sql.clone(),
+                plan: s.plan.clone(),
+                tables: s.tables.iter().cloned().collect(),
+                rows: s.mv.len(),
+                last_change_id: s.last_change_id,
+                listeners: s.listeners.len(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// One matcher round: refresh affected subscriptions, persist, publish.
+    fn round(&self) -> Result<bool> {
+        let mut st = lock(&self.state);
+        let (changes, whole, stop) = {
+            let mut p = lock(&self.pending);
+            let c = std::mem::take(&mut p.changes);
+            let w = std::mem::take(&mut p.whole);
+            p.keys = 0;
+            (c, w, p.stop)
+        };
+        if stop {
+            return Ok(false);
+        }
+        self.expire_idle(&mut st)?;
+        if changes.is_empty() && whole.is_empty() {
+            return Ok(true);
+        }
+        let conn = self.reads.get()?;
+        conn.execute_batch("BEGIN")?;
+        let mut produced: Vec<(String, u64, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
+        for sub in st.subs.values_mut() {
+            let full = sub.tables.iter().any(|t| whole.contains(t));
+            let result = if full { sub.mv.recompute(&conn) } else { sub.mv.refresh(&conn, &sub.tables, &changes) };
+            match result {
+                Ok(ch) if !ch.is_empty() => {
+                    let first = sub.last_change_id + 1;
+                    sub.last_change_id += ch.len() as u64;
+                    produced.push((sub.id.clone(), first, ch));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription refresh failed"),
+            }
+        }
+        let notifications = self.updates_round(&st, &conn, &changes);
+        let _ = conn.execute_batch("COMMIT");
+        drop(conn);
+        let writes: Vec<RoundWrite<'_>> = produced
+            .iter()
+            .map(|(id, first, ch)| RoundWrite {
+                sub: id,
+                first_change_id: *first,
+                changes: ch,
+                next_row_id: st.subs[id].mv.next_row_id(),
+                retention: self.config.retention,
+            })
+            .collect();
+        if !writes.is_empty() {
+            st.persist.write_round(&writes)?;
+        }
+        drop(writes);
+        for (id, first, ch) in produced {
+            let mut buf = Vec::new();
+            for (i, c) in ch.iter().enumerate() {
+                events::change(&mut buf, c, first + i as u64);
+            }
+            let last_id = first + ch.len() as u64 - 1;
+            let sub = st.subs.get_mut(&id).expect("sub");
+            publish(&mut sub.listeners, last_id, Bytes::from(buf));
+            if sub.listeners.is_empty() {
+                sub.idle_since = sub.idle_since.min(Instant::now());
+            }
+        }
+        for (table, bytes) in notifications {
+            if let Some(h) = st.updates.get_mut(&table) {
+                publish(&mut h.listeners, 0, bytes);
+            }
+        }
+        st.updates.retain(|_, h| !h.listeners.is_empty());
+        Ok(true)
+    }
+
+    /// `/v1/updates` notifications: "update" if the row exists now, else "delete".
+    fn updates_round(&self, st: &State, conn: &rusqlite::Connection, changes: &Changes) -> Vec<(String, Bytes)> {
+        let catalog = self.shared.catalog();
+        let mut out = Vec::new();
+        for (table, h) in &st.updates {
+            let (Some(keys), Some(t)) = (changes.get(table), catalog.get(table)) else { continue };
+            if h.listeners.is_empty() {
+                continue;
+            }
+            let sql = format!("SELECT 1 FROM {} WHERE {}", crate::store::catalog::quote(&t.name), t.sql.pk_where);
+            let mut buf = Vec::new();
+            for k in keys {
+                let Ok(vals) = crate::crdt::pack::unpack(k) else { continue };
+                let exists = conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| s.exists(rusqlite::params_from_iter(&vals)))
+                    .unwrap_or(false);
+                events::notify(&mut buf, if exists { "update" } else { "delete" }, &vals);
+            }
+            out.push((table.clone(), Bytes::from(buf)));
+        }
+        out
+    }
+
+    fn expire_idle(&self, st: &mut State) -> Result<()> {
+        let ttl = self.config.idle_ttl;
+        let expired: Vec<String> = st
+            .subs
+            .values_mut()
+            .filter_map(|s| {
+                s.listeners.retain(|l| !l.tx.is_closed());
+                if !s.listeners.is_empty() {
+                    s.idle_since = Instant::now();
+                    None
+                } else {
+                    (s.idle_since.elapsed() > ttl).then(|| s.id.clone())
+                }
+            })
+            .collect();
+        for id in expired {
+            if let Some(s) = st.subs.remove(&id) {
+                st.by_key.retain(|_, v| *v != id);
+                st.persist.delete(&id)?;
+                tracing::info!(id = %s.id, "removed idle subscription");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_sub(id: String, a: &Analysis, mv: MatView) -> Sub {
+    Sub {
+        hash: query_hash(&a.normalized),
+        id,
+        sql: a.sql.clone(),
+        plan: a.plan.describe(),
+        columns: a.columns.clone(),
+        tables: a.tables.clone(),
+        mv,
+        last_change_id: 0,
+        listeners: vec![],
+        idle_since: Instant::now(),
+    }
+}
+
+fn listener(sub: &Sub, initial: Bytes, start: u64) -> (Attach, Listener) {
+    let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+    let lagged = Arc::new(AtomicBool::new(false));
+    (
+        Attach { id: sub.id.clone(), hash: sub.hash.clone(), initial, rx: Some(rx), start, lagged: lagged.clone() },
+        Listener { tx, lagged },
+    )
+}
+
+/// An attach that only sends `initial` (an error) and ends.
+fn closed(st: &State, id: &str, initial: Vec<u8>) -> Attach {
+    let hash = st.subs.get(id).map(|s| s.hash.clone()).unwrap_or_default();
+    Attach { id: id.to_string(), hash, initial: Bytes::from(initial), rx: None, start: 0, lagged: Arc::new(AtomicBool::new(false)) }
+}
+
+/// Sends a batch to every listener; a listener whose queue is full is dropped and flagged.
+fn publish(listeners: &mut Vec<Listener>, last_id: u64, bytes: Bytes) {
+    listeners.retain(|l| match l.tx.try_send(Batch { last_id, bytes: bytes.clone() }) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            l.lagged.store(true, Ordering::SeqCst);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+}
+
+fn matcher_loop(m: std::sync::Weak<Manager>) {
+    loop {
+        let Some(m) = m.upgrade() else { return };
+        {
+            let p = lock(&m.pending);
+            if !p.stop && p.changes.is_empty() && p.whole.is_empty() {
+                let _ = m.wake.wait_timeout(p, Duration::from_secs(1));
+            }
+        }
+        match m.round() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "subscription round failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

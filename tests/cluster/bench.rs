@@ -1,0 +1,109 @@
+//! Benchmarks on a loopback cluster (ignored by default; numbers in docs/benchmarks.md):
+//!
+//! `cargo test --release -p verdigris --test cluster bench_ -- --ignored --nocapture --test-threads 1`
+
+use crate::support::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_replication_latency() {
+    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
+    let a = da.start(&[]);
+    let b = db.start(&[a.gossip]);
+    let c = dc.start(&[a.gossip]);
+    wait_for_mesh(&[&a, &b, &c]).await;
+    let rate = 1000u64;
+    let secs = 10u64;
+    let start = Instant::now();
+    let mut next = Instant::now();
+    let a = std::sync::Arc::new(a);
+    let mut tasks = Vec::new();
+    for i in 0..rate * secs {
+        next += Duration::from_micros(1_000_000 / rate);
+        tokio::time::sleep_until(next.into()).await;
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            a.exec(json!([["INSERT INTO items (id, owner, val, n) VALUES (?1, 'a', 'v', ?1)", [i]]]))
+                .await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let achieved = (rate * secs) as f64 / start.elapsed().as_secs_f64();
+    wait_converged(&[&a, &b, &c], "SELECT count(*) FROM items", 60).await;
+    for (name, n) in [("b", &b), ("c", &c)] {
+        let s = n.admin(json!({"Cluster": "Stats"})).await;
+        println!(
+            "node {name}: {} samples, write→visible p50 {:.2} ms, p99 {:.2} ms (offered {achieved:.0} writes/s)",
+            s["lag_samples"],
+            s["lag_p50_secs"].as_f64().unwrap() * 1000.0,
+            s["lag_p99_secs"].as_f64().unwrap() * 1000.0
+        );
+    }
+}
+
+/// Inserts `rows` rows shaped like the test table into a plain SQLite file, `per_tx` per
+/// transaction: the baseline for catch-up time.
+fn raw_sqlite_insert(rows: i64, per_tx: i64) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = rusqlite::Connection::open(dir.path().join("raw.db")).expect("open");
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    let start = Instant::now();
+    let mut id = 0;
+    while id < rows {
+        let tx = conn.unchecked_transaction().unwrap();
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO items (id, owner, val, n) VALUES (?1, 'a', 'value-' || ?1, ?1 * 3)")
+                .unwrap();
+            for _ in 0..per_tx {
+                stmt.execute([id]).unwrap();
+                id += 1;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_catch_up_one_million_rows() {
+    let total: i64 = std::env::var("VERDIGRIS_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let per_tx = 10_000;
+    let raw = raw_sqlite_insert(total, per_tx);
+    let (da, db) = (NodeDir::new(), NodeDir::new());
+    let a = da.start(&[]);
+    let start = Instant::now();
+    let mut t = 0;
+    while t * per_tx < total {
+        a.exec(insert_range("a", t * per_tx, ((t + 1) * per_tx).min(total))).await;
+        t += 1;
+    }
+    let local = start.elapsed();
+    let start = Instant::now();
+    let b = db.start(&[a.gossip]);
+    eventually(3600, "the fresh node to catch up", || async {
+        b.count("items").await == total
+    })
+    .await;
+    let catch_up = start.elapsed();
+    let changes = total as f64 * 3.0;
+    println!(
+        "{total} rows: raw SQLite insert {:.2} s; local writes through the API {:.2} s; \
+         fresh-node catch-up {:.2} s = {:.2}× raw; apply {:.0} column-changes/s",
+        raw.as_secs_f64(),
+        local.as_secs_f64(),
+        catch_up.as_secs_f64(),
+        catch_up.as_secs_f64() / raw.as_secs_f64(),
+        changes / catch_up.as_secs_f64()
+    );
+}
