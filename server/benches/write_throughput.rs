@@ -18,13 +18,19 @@ const INSERT: &str = "INSERT INTO items (id, name, qty, price) VALUES (?1, ?2, ?
 
 fn row(i: i64) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value::*;
-    vec![Integer(i), Text(format!("item-{i}")), Integer(i % 97), Real(i as f64 * 0.5)]
+    vec![
+        Integer(i),
+        Text(format!("item-{i}")),
+        Integer(i % 97),
+        Real(i as f64 * 0.5),
+    ]
 }
 
 /// Seconds per row inserting `n` rows in transactions of `batch` rows with raw rusqlite.
 fn raw(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
     let conn = Connection::open(dir.join(format!("raw-{batch}.db"))).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        .unwrap();
     conn.execute_batch(SCHEMA).unwrap();
     let start = Instant::now();
     let mut i = 0;
@@ -49,7 +55,9 @@ fn store_tx(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
     let start = Instant::now();
     let mut i = 0;
     while i < n {
-        let stmts: Vec<Statement> = (i..(i + batch).min(n)).map(|j| Statement::with_params(INSERT, row(j))).collect();
+        let stmts: Vec<Statement> = (i..(i + batch).min(n))
+            .map(|j| Statement::with_params(INSERT, row(j)))
+            .collect();
         let out = store.transact(&stmts, None).unwrap();
         assert!(out.version.is_some());
         i += batch;
@@ -66,20 +74,29 @@ fn http(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
         schema
     );
     let (config, _) = Config::from_toml_str(&text, std::iter::empty()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let node = verdigris::node::Node::open(config).unwrap();
         let listeners = verdigris::api::bind(&node.config.api.addr).await.unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(verdigris::api::serve(verdigris::api::Api::new(node), listeners, stop_rx));
+        tokio::spawn(verdigris::api::serve(
+            verdigris::api::Api::new(node),
+            listeners,
+            stop_rx,
+        ));
         let client = Client::builder(TokioExecutor::new()).build_http();
         let url = format!("http://{addr}/v1/transactions");
         let start = Instant::now();
         let mut i = 0;
         while i < n {
             let stmts: Vec<serde_json::Value> = (i..(i + batch).min(n))
-                .map(|j| serde_json::json!([INSERT, [j, format!("item-{j}"), j % 97, j as f64 * 0.5]]))
+                .map(|j| {
+                    serde_json::json!([INSERT, [j, format!("item-{j}"), j % 97, j as f64 * 0.5]])
+                })
                 .collect();
             let req = hyper::Request::post(&url)
                 .header("content-type", "application/json")
@@ -95,13 +112,22 @@ fn http(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
 }
 
 fn main() {
-    let n: i64 = std::env::var("VERDIGRIS_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let n: i64 = std::env::var("VERDIGRIS_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let dir = tempfile::tempdir().unwrap();
     println!("local write throughput, {n} rows of (INTEGER PK, TEXT, INTEGER, REAL)");
-    println!("{:<22} {:>12} {:>12} {:>12} {:>14} {:>14}", "transaction size", "raw µs/row", "store µs/row", "http µs/row", "store/raw", "http/raw");
+    println!(
+        "{:<22} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "transaction size", "raw µs/row", "store µs/row", "http µs/row", "store/raw", "http/raw"
+    );
     // VERDIGRIS_BENCH_ONLY=store runs only the in-process store path (for profiling).
     if std::env::var("VERDIGRIS_BENCH_ONLY").as_deref() == Ok("store") {
-        println!("store 100-row µs/row: {:.2}", store_tx(dir.path(), n, 100) * 1e6);
+        println!(
+            "store 100-row µs/row: {:.2}",
+            store_tx(dir.path(), n, 100) * 1e6
+        );
         return;
     }
     for batch in [1i64, 100] {

@@ -4,8 +4,9 @@ use crate::stmt::{Params, Statement};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, visit_relations, Expr, FunctionArguments, JoinConstraint, JoinOperator,
-    ObjectName, ObjectNamePart, Query, SelectItem, SetExpr, Statement as Ast, TableFactor,
+    visit_expressions, visit_expressions_mut, visit_relations, Expr, FunctionArguments,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
+    Statement as Ast, TableFactor,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -52,7 +53,11 @@ impl Plan {
         match self {
             Plan::Keyed { sources } => format!(
                 "incremental (keyed by the primary keys of {}; root {})",
-                sources.iter().map(|s| s.table.as_str()).collect::<Vec<_>>().join(", "),
+                sources
+                    .iter()
+                    .map(|s| s.table.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 sources[0].table
             ),
             Plan::Recompute { reason } => format!("re-run and diff ({reason})"),
@@ -75,8 +80,20 @@ pub struct Analysis {
 }
 
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "total", "avg", "group_concat", "string_agg", "json_group_array", "json_group_object",
-    "jsonb_group_array", "jsonb_group_object", "median", "percentile", "percentile_cont", "percentile_disc",
+    "count",
+    "sum",
+    "total",
+    "avg",
+    "group_concat",
+    "string_agg",
+    "json_group_array",
+    "json_group_object",
+    "jsonb_group_array",
+    "jsonb_group_object",
+    "median",
+    "percentile",
+    "percentile_cont",
+    "percentile_disc",
 ];
 
 fn ident_of(name: &ObjectName) -> Option<String> {
@@ -97,11 +114,18 @@ pub fn literal(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(f) if f.is_finite() => {
             let s = format!("{f:?}");
-            if s.contains(['.', 'e', 'E']) { s } else { format!("{s}.0") }
+            if s.contains(['.', 'e', 'E']) {
+                s
+            } else {
+                format!("{s}.0")
+            }
         }
         Value::Real(_) => "NULL".into(),
         Value::Text(s) => format!("'{}'", s.replace('\'', "''")),
-        Value::Blob(b) => format!("X'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Value::Blob(b) => format!(
+            "X'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
     }
 }
 
@@ -122,11 +146,16 @@ fn inline_params(stmt: &mut Ast, params: &Params) -> Result<(), SubError> {
                         next = next.max(n);
                         n.checked_sub(1).and_then(|i| vs.get(i)).cloned()
                     }
-                    (p, Params::Named(named)) => named.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()),
+                    (p, Params::Named(named)) => {
+                        named.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone())
+                    }
                     _ => None,
                 };
                 match value {
-                    Some(v) => match Parser::new(&SQLiteDialect {}).try_with_sql(&literal(&v)).and_then(|mut p| p.parse_expr()) {
+                    Some(v) => match Parser::new(&SQLiteDialect {})
+                        .try_with_sql(&literal(&v))
+                        .and_then(|mut p| p.parse_expr())
+                    {
                         Ok(lit) => *e = lit,
                         Err(er) => failure = Some(er.to_string()),
                     },
@@ -143,8 +172,13 @@ fn inline_params(stmt: &mut Ast, params: &Params) -> Result<(), SubError> {
 }
 
 /// Analyzes a subscription query. `conn` is a read connection used to validate it with SQLite.
-pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Result<Analysis, SubError> {
-    let mut asts = Parser::parse_sql(&SQLiteDialect {}, &stmt.sql).map_err(|e| SubError(format!("query does not parse: {e}")))?;
+pub fn analyze(
+    conn: &Connection,
+    stmt: &Statement,
+    schema: &dyn Schema,
+) -> Result<Analysis, SubError> {
+    let mut asts = Parser::parse_sql(&SQLiteDialect {}, &stmt.sql)
+        .map_err(|e| SubError(format!("query does not parse: {e}")))?;
     if asts.len() != 1 {
         return err("a subscription takes exactly one SELECT statement");
     }
@@ -159,11 +193,19 @@ pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Resu
     if !prepared.readonly() {
         return err("subscriptions only accept read-only SELECT queries");
     }
-    let columns: Vec<String> = prepared.column_names().iter().map(|c| c.to_string()).collect();
+    let columns: Vec<String> = prepared
+        .column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     drop(prepared);
-    let Ast::Query(query) = ast else { unreachable!("checked above") };
+    let Ast::Query(query) = ast else {
+        unreachable!("checked above")
+    };
     let mut ctes = BTreeSet::new();
-    let _ = sqlparser::ast::visit_statements(&Ast::Query(query.clone()), |_| ControlFlow::<()>::Continue(()));
+    let _ = sqlparser::ast::visit_statements(&Ast::Query(query.clone()), |_| {
+        ControlFlow::<()>::Continue(())
+    });
     collect_ctes(&query, &mut ctes);
     let mut tables = BTreeSet::new();
     let mut problem = None;
@@ -190,11 +232,21 @@ pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Resu
     }
     let plan = choose_plan(&query, schema);
     let normalized = normalize(&query);
-    Ok(Analysis { sql, normalized, tables, columns, plan, query: *query })
+    Ok(Analysis {
+        sql,
+        normalized,
+        tables,
+        columns,
+        plan,
+        query: *query,
+    })
 }
 
 fn is_table_function(name: &str) -> bool {
-    matches!(name, "json_each" | "json_tree" | "jsonb_each" | "jsonb_tree" | "generate_series") || name.starts_with("pragma_")
+    matches!(
+        name,
+        "json_each" | "json_tree" | "jsonb_each" | "jsonb_tree" | "generate_series"
+    ) || name.starts_with("pragma_")
 }
 
 fn collect_ctes(q: &Query, out: &mut BTreeSet<String>) {
@@ -211,7 +263,9 @@ fn normalize(q: &Query) -> String {
     let mut q = q.clone();
     let _ = sqlparser::ast::visit_expressions_mut(&mut q, |e| {
         match e {
-            Expr::Identifier(i) if i.quote_style.is_none() => i.value = i.value.to_ascii_lowercase(),
+            Expr::Identifier(i) if i.quote_style.is_none() => {
+                i.value = i.value.to_ascii_lowercase()
+            }
             Expr::CompoundIdentifier(ids) => {
                 for i in ids.iter_mut().filter(|i| i.quote_style.is_none()) {
                     i.value = i.value.to_ascii_lowercase();
@@ -266,27 +320,46 @@ fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> 
         return Err("uses window functions".into());
     }
     if sel.from.len() != 1 {
-        return Err(if sel.from.is_empty() { "has no FROM table".into() } else { "uses comma joins".into() });
+        return Err(if sel.from.is_empty() {
+            "has no FROM table".into()
+        } else {
+            "uses comma joins".into()
+        });
     }
     let mut sources = Vec::new();
     let twj = &sel.from[0];
     let mut add = |tf: &TableFactor, nullable: bool| -> Result<(), String> {
-        let TableFactor::Table { name, alias, args: None, .. } = tf else {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = tf
+        else {
             return Err("reads from a subquery, nested join or table-valued function".into());
         };
         let table = ident_of(name).ok_or("has an unusual table name")?;
-        let pk = schema.primary_key(&table).ok_or_else(|| format!("reads non-replicated table {table}"))?;
+        let pk = schema
+            .primary_key(&table)
+            .ok_or_else(|| format!("reads non-replicated table {table}"))?;
         let reference = match alias {
             Some(a) => quote(&a.name.value),
             None => quote(&table),
         };
-        sources.push(Source { table: table.to_ascii_lowercase(), reference, pk, nullable });
+        sources.push(Source {
+            table: table.to_ascii_lowercase(),
+            reference,
+            pk,
+            nullable,
+        });
         Ok(())
     };
     add(&twj.relation, false)?;
     for j in &twj.joins {
         let (nullable, constraint) = match &j.join_operator {
-            JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::CrossJoin(c) => (false, c),
+            JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::CrossJoin(c) => {
+                (false, c)
+            }
             JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (true, c),
             _ => return Err("uses RIGHT, FULL or another join kind".into()),
         };
@@ -296,14 +369,19 @@ fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> 
         add(&j.relation, nullable)?;
     }
     let mut refs = BTreeSet::new();
-    if !sources.iter().all(|s| refs.insert(s.reference.to_ascii_lowercase())) {
+    if !sources
+        .iter()
+        .all(|s| refs.insert(s.reference.to_ascii_lowercase()))
+    {
         return Err("references the same table twice without distinct aliases".into());
     }
     // No subqueries, aggregates or window functions anywhere in the statement.
     let mut reason = None;
     let _ = visit_expressions(q, |e| {
         match e {
-            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => reason = Some("uses a subquery".to_string()),
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                reason = Some("uses a subquery".to_string())
+            }
             Expr::Function(f) => {
                 let name = f.name.to_string().to_ascii_lowercase();
                 let nargs = match &f.args {
@@ -312,18 +390,29 @@ fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> 
                 };
                 if f.over.is_some() {
                     reason = Some("uses window functions".into());
-                } else if AGGREGATES.contains(&name.as_str()) || (matches!(name.as_str(), "min" | "max") && nargs == 1) {
+                } else if AGGREGATES.contains(&name.as_str())
+                    || (matches!(name.as_str(), "min" | "max") && nargs == 1)
+                {
                     reason = Some(format!("uses the aggregate {name}()"));
                 }
             }
             _ => {}
         }
-        if reason.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if reason.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
     if let Some(r) = reason {
         return Err(r);
     }
-    if sel.projection.iter().any(|p| matches!(p, SelectItem::Wildcard(_)) ) && sources.len() > 1 {
+    if sel
+        .projection
+        .iter()
+        .any(|p| matches!(p, SelectItem::Wildcard(_)))
+        && sources.len() > 1
+    {
         // `*` over joins is fine for SQLite; nothing to reject.
     }
     Ok(sources)

@@ -79,7 +79,17 @@ impl Keyed {
         let full_sql = base.to_string();
         let widths = sources.iter().map(|s| s.pk.len()).collect();
         let by_source = vec![HashMap::new(); sources.len()];
-        Keyed { sources, widths, id_cols: n, base, full_sql, rows: HashMap::new(), by_root: HashMap::new(), by_source, next_row_id: 1 }
+        Keyed {
+            sources,
+            widths,
+            id_cols: n,
+            base,
+            full_sql,
+            rows: HashMap::new(),
+            by_root: HashMap::new(),
+            by_source,
+            next_row_id: 1,
+        }
     }
 
     fn root_width(&self) -> usize {
@@ -89,14 +99,26 @@ impl Keyed {
     /// `(ref.k1, ref.k2) IN (VALUES (?1, ?2), …)` for `n` keys of source `s`.
     fn key_predicate(&self, s: usize, n: usize) -> String {
         let src = &self.sources[s];
-        let cols: Vec<String> = src.pk.iter().map(|k| format!("{}.{}", src.reference, crate::analyze::quote(k))).collect();
+        let cols: Vec<String> = src
+            .pk
+            .iter()
+            .map(|k| format!("{}.{}", src.reference, crate::analyze::quote(k)))
+            .collect();
         let w = cols.len();
         if w == 1 {
             let ps: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
             format!("{} IN ({})", cols[0], ps.join(", "))
         } else {
             let tuples: Vec<String> = (0..n)
-                .map(|i| format!("({})", (1..=w).map(|j| format!("?{}", i * w + j)).collect::<Vec<_>>().join(", ")))
+                .map(|i| {
+                    format!(
+                        "({})",
+                        (1..=w)
+                            .map(|j| format!("?{}", i * w + j))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
                 .collect();
             format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
         }
@@ -125,7 +147,13 @@ impl Keyed {
         sel.projection = root
             .pk
             .iter()
-            .map(|k| SelectItem::UnnamedExpr(parse_expr(&format!("{}.{}", root.reference, crate::analyze::quote(k)))))
+            .map(|k| {
+                SelectItem::UnnamedExpr(parse_expr(&format!(
+                    "{}.{}",
+                    root.reference,
+                    crate::analyze::quote(k)
+                )))
+            })
             .collect();
         sel.distinct = Some(Distinct::Distinct);
         sel.selection = Some(parse_expr(&pred));
@@ -133,7 +161,9 @@ impl Keyed {
     }
 
     fn unpack_keys<'a>(keys: impl Iterator<Item = &'a Vec<u8>>) -> Vec<Value> {
-        keys.filter_map(|k| pack::unpack(k).ok()).flatten().collect()
+        keys.filter_map(|k| pack::unpack(k).ok())
+            .flatten()
+            .collect()
     }
 
     /// Splits a fetched row into (identity, root key, per-source keys, cells).
@@ -145,7 +175,9 @@ impl Keyed {
     }
 
     fn index_row(&mut self, identity: &[u8], root: &[u8]) {
-        let Ok(vals) = pack::unpack(identity) else { return };
+        let Ok(vals) = pack::unpack(identity) else {
+            return;
+        };
         let mut off = self.widths[0];
         for s in 1..self.sources.len() {
             let w = self.widths[s];
@@ -155,13 +187,18 @@ impl Keyed {
                 continue;
             }
             let k = pack::pack(key.iter().map(ValueRef::from));
-            self.by_source[s].entry(k).or_default().insert(root.to_vec());
+            self.by_source[s]
+                .entry(k)
+                .or_default()
+                .insert(root.to_vec());
         }
     }
 
     fn unindex_root(&mut self, root: &[u8], identities: &[Vec<u8>]) {
         for identity in identities {
-            let Ok(vals) = pack::unpack(identity) else { continue };
+            let Ok(vals) = pack::unpack(identity) else {
+                continue;
+            };
             let mut off = self.widths[0];
             for s in 1..self.sources.len() {
                 let w = self.widths[s];
@@ -177,13 +214,22 @@ impl Keyed {
         }
     }
 
-    fn insert_row(&mut self, identity: Vec<u8>, root: &[u8], cells: Vec<Value>, row_id: Option<u64>) -> u64 {
+    fn insert_row(
+        &mut self,
+        identity: Vec<u8>,
+        root: &[u8],
+        cells: Vec<Value>,
+        row_id: Option<u64>,
+    ) -> u64 {
         let row_id = row_id.unwrap_or_else(|| {
             self.next_row_id += 1;
             self.next_row_id - 1
         });
         self.index_row(&identity, root);
-        self.by_root.entry(root.to_vec()).or_default().push(identity.clone());
+        self.by_root
+            .entry(root.to_vec())
+            .or_default()
+            .push(identity.clone());
         self.rows.insert(identity, Entry { row_id, cells });
         row_id
     }
@@ -205,18 +251,29 @@ impl Keyed {
     }
 
     /// Replaces the rows of `roots` with `fresh` (root → rows, query order), emitting changes.
-    fn replace_roots(&mut self, roots: &BTreeSet<Vec<u8>>, mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>) -> Vec<RowChange> {
+    fn replace_roots(
+        &mut self,
+        roots: &BTreeSet<Vec<u8>>,
+        mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>,
+    ) -> Vec<RowChange> {
         let mut changes = Vec::new();
         for root in roots {
             let old_ids = self.by_root.remove(root).unwrap_or_default();
             self.unindex_root(root, &old_ids);
-            let mut old: HashMap<Vec<u8>, Entry> =
-                old_ids.iter().filter_map(|id| self.rows.remove(id).map(|e| (id.clone(), e))).collect();
+            let mut old: HashMap<Vec<u8>, Entry> = old_ids
+                .iter()
+                .filter_map(|id| self.rows.remove(id).map(|e| (id.clone(), e)))
+                .collect();
             for (identity, cells) in fresh.remove(root).unwrap_or_default() {
                 match old.remove(&identity) {
                     Some(e) => {
                         if e.cells != cells {
-                            changes.push(RowChange { kind: ChangeKind::Update, row_id: e.row_id, cells: cells.clone(), identity: identity.clone() });
+                            changes.push(RowChange {
+                                kind: ChangeKind::Update,
+                                row_id: e.row_id,
+                                cells: cells.clone(),
+                                identity: identity.clone(),
+                            });
                         }
                         self.insert_row(identity, root, cells, Some(e.row_id));
                     }
@@ -225,20 +282,34 @@ impl Keyed {
                             continue;
                         }
                         let id = self.insert_row(identity.clone(), root, cells.clone(), None);
-                        changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells, identity });
+                        changes.push(RowChange {
+                            kind: ChangeKind::Insert,
+                            row_id: id,
+                            cells,
+                            identity,
+                        });
                     }
                 }
             }
             let mut gone: Vec<(Vec<u8>, Entry)> = old.into_iter().collect();
             gone.sort_by_key(|(_, e)| e.row_id);
             for (identity, e) in gone {
-                changes.push(RowChange { kind: ChangeKind::Delete, row_id: e.row_id, cells: e.cells, identity });
+                changes.push(RowChange {
+                    kind: ChangeKind::Delete,
+                    row_id: e.row_id,
+                    cells: e.cells,
+                    identity,
+                });
             }
         }
         changes
     }
 
-    fn fetch_roots(&self, conn: &Connection, roots: &BTreeSet<Vec<u8>>) -> Result<HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>> {
+    fn fetch_roots(
+        &self,
+        conn: &Connection,
+        roots: &BTreeSet<Vec<u8>>,
+    ) -> Result<HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>> {
         let mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>> = HashMap::new();
         let all: Vec<&Vec<u8>> = roots.iter().collect();
         for chunk in all.chunks(KEYS_PER_QUERY) {
@@ -258,9 +329,19 @@ impl Keyed {
     pub fn refresh(&mut self, conn: &Connection, changes: &Changes) -> Result<Vec<RowChange>> {
         let mut roots: BTreeSet<Vec<u8>> = BTreeSet::new();
         for s in 0..self.sources.len() {
-            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
+            let Some(keys) = changes.get(&self.sources[s].table) else {
+                continue;
+            };
             if s == 0 {
-                roots.extend(keys.iter().filter(|k| pack::unpack(k).map(|v| v.len() == self.root_width()).unwrap_or(false)).cloned());
+                roots.extend(
+                    keys.iter()
+                        .filter(|k| {
+                            pack::unpack(k)
+                                .map(|v| v.len() == self.root_width())
+                                .unwrap_or(false)
+                        })
+                        .cloned(),
+                );
                 continue;
             }
             for k in keys {
@@ -314,7 +395,14 @@ impl Keyed {
     }
 
     pub fn export(&self) -> Vec<StoredRow> {
-        self.rows.iter().map(|(id, e)| StoredRow { row_id: e.row_id, identity: id.clone(), cells: e.cells.clone() }).collect()
+        self.rows
+            .iter()
+            .map(|(id, e)| StoredRow {
+                row_id: e.row_id,
+                identity: id.clone(),
+                cells: e.cells.clone(),
+            })
+            .collect()
     }
 
     pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
@@ -323,7 +411,9 @@ impl Keyed {
         self.by_source.iter_mut().for_each(HashMap::clear);
         let mut max = 0;
         for r in rows {
-            let Ok(vals) = pack::unpack(&r.identity) else { continue };
+            let Ok(vals) = pack::unpack(&r.identity) else {
+                continue;
+            };
             if vals.len() != self.id_cols {
                 continue;
             }

@@ -79,7 +79,12 @@ impl MatView {
     }
 
     /// Brings the result up to date after `changes` (on the current database state).
-    pub fn refresh(&mut self, conn: &Connection, tables: &std::collections::BTreeSet<String>, changes: &Changes) -> Result<Vec<RowChange>> {
+    pub fn refresh(
+        &mut self,
+        conn: &Connection,
+        tables: &std::collections::BTreeSet<String>,
+        changes: &Changes,
+    ) -> Result<Vec<RowChange>> {
         if !changes.keys().any(|t| tables.contains(t)) {
             return Ok(vec![]);
         }
@@ -142,12 +147,19 @@ impl MatView {
 }
 
 /// Reads all rows of a prepared query as values.
-pub(crate) fn read_rows(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+pub(crate) fn read_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[Value],
+) -> Result<Vec<Vec<Value>>> {
     let n = stmt.column_count();
     let mut out = Vec::new();
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(r) = rows.next()? {
-        out.push((0..n).map(|i| crate::stmt::value_at(r, i)).collect::<Result<Vec<_>>>()?);
+        out.push(
+            (0..n)
+                .map(|i| crate::stmt::value_at(r, i))
+                .collect::<Result<Vec<_>>>()?,
+        );
     }
     Ok(out)
 }

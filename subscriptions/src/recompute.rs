@@ -23,13 +23,21 @@ fn content_key(cells: &[Value]) -> Vec<u8> {
 
 impl Recompute {
     pub fn new(sql: String) -> Recompute {
-        Recompute { sql, rows: BTreeMap::new(), by_content: HashMap::new(), next_row_id: 1 }
+        Recompute {
+            sql,
+            rows: BTreeMap::new(),
+            by_content: HashMap::new(),
+            next_row_id: 1,
+        }
     }
 
     fn add(&mut self, cells: Vec<Value>) -> u64 {
         let id = self.next_row_id;
         self.next_row_id += 1;
-        self.by_content.entry(content_key(&cells)).or_default().push(id);
+        self.by_content
+            .entry(content_key(&cells))
+            .or_default()
+            .push(id);
         self.rows.insert(id, cells);
         id
     }
@@ -41,7 +49,10 @@ impl Recompute {
 
     pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
         let rows = self.run(conn)?;
-        Ok(rows.into_iter().map(|cells| (self.add(cells.clone()), cells)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|cells| (self.add(cells.clone()), cells))
+            .collect())
     }
 
     pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
@@ -88,17 +99,35 @@ impl Recompute {
             if i < pairs {
                 let cells = ins.next().expect("paired insert");
                 let identity = content_key(&cells);
-                self.by_content.entry(identity.clone()).or_default().push(*id);
+                self.by_content
+                    .entry(identity.clone())
+                    .or_default()
+                    .push(*id);
                 self.rows.insert(*id, cells.clone());
-                changes.push(RowChange { kind: ChangeKind::Update, row_id: *id, cells, identity });
+                changes.push(RowChange {
+                    kind: ChangeKind::Update,
+                    row_id: *id,
+                    cells,
+                    identity,
+                });
             } else {
-                changes.push(RowChange { kind: ChangeKind::Delete, row_id: *id, cells: old, identity: ok });
+                changes.push(RowChange {
+                    kind: ChangeKind::Delete,
+                    row_id: *id,
+                    cells: old,
+                    identity: ok,
+                });
             }
         }
         for cells in ins {
             let id = self.add(cells.clone());
             let identity = content_key(&cells);
-            changes.push(RowChange { kind: ChangeKind::Insert, row_id: id, cells, identity });
+            changes.push(RowChange {
+                kind: ChangeKind::Insert,
+                row_id: id,
+                cells,
+                identity,
+            });
         }
         Ok(changes)
     }
@@ -116,14 +145,24 @@ impl Recompute {
     }
 
     pub fn export(&self) -> Vec<StoredRow> {
-        self.rows.iter().map(|(id, c)| StoredRow { row_id: *id, identity: content_key(c), cells: c.clone() }).collect()
+        self.rows
+            .iter()
+            .map(|(id, c)| StoredRow {
+                row_id: *id,
+                identity: content_key(c),
+                cells: c.clone(),
+            })
+            .collect()
     }
 
     pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
         self.rows.clear();
         self.by_content.clear();
         for r in rows {
-            self.by_content.entry(content_key(&r.cells)).or_default().push(r.row_id);
+            self.by_content
+                .entry(content_key(&r.cells))
+                .or_default()
+                .push(r.row_id);
             self.rows.insert(r.row_id, r.cells);
         }
         for ids in self.by_content.values_mut() {

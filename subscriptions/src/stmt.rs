@@ -79,7 +79,11 @@ pub struct NotUtf8 {
 
 impl std::fmt::Display for NotUtf8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "column {} holds TEXT that is not valid UTF-8; store binary data as a BLOB", self.column + 1)
+        write!(
+            f,
+            "column {} holds TEXT that is not valid UTF-8; store binary data as a BLOB",
+            self.column + 1
+        )
     }
 }
 
@@ -101,6 +105,10 @@ pub fn owned(v: rusqlite::types::ValueRef<'_>) -> Option<Value> {
 /// Reads column `i` of a row as an owned value, with an error (never a panic) for non-UTF-8 TEXT.
 pub fn value_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
     owned(row.get_ref(i)?).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(NotUtf8 { column: i }))
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            Box::new(NotUtf8 { column: i }),
+        )
     })
 }

@@ -65,10 +65,20 @@ fn op() -> impl Strategy<Value = Op> {
     let k = 0i64..5;
     let s = prop_oneof![Just("p".to_string()), Just("q".to_string())];
     prop_oneof![
-        (k.clone(), proptest::option::of(0i64..3), proptest::option::of(prop_oneof![Just("p".to_string()), Just("q".to_string())]))
+        (
+            k.clone(),
+            proptest::option::of(0i64..3),
+            proptest::option::of(prop_oneof![Just("p".to_string()), Just("q".to_string())])
+        )
             .prop_map(|(a, b, c)| Op::UpsertA(a, b, c)),
-        (k.clone(), proptest::option::of(0i64..5), 0i64..3).prop_map(|(a, b, c)| Op::UpsertB(a, b, c)),
-        (0i64..3, s.clone(), proptest::option::of(0i64..5), proptest::option::of(prop_oneof![Just("p".to_string()), Just("q".to_string())]))
+        (k.clone(), proptest::option::of(0i64..5), 0i64..3)
+            .prop_map(|(a, b, c)| Op::UpsertB(a, b, c)),
+        (
+            0i64..3,
+            s.clone(),
+            proptest::option::of(0i64..5),
+            proptest::option::of(prop_oneof![Just("p".to_string()), Just("q".to_string())])
+        )
             .prop_map(|(a, b, c, d)| Op::UpsertC(a, b, c, d)),
         k.clone().prop_map(Op::DeleteA),
         k.clone().prop_map(Op::DeleteB),
@@ -93,15 +103,27 @@ fn apply(conn: &Connection, op: &Op, changes: &mut Changes) {
 
     match op {
         Op::UpsertA(k, x, y) => {
-            conn.execute("INSERT OR REPLACE INTO a VALUES (?1, ?2, ?3)", rusqlite::params_from_iter([i(*k), opt(x), txt(y)])).unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO a VALUES (?1, ?2, ?3)",
+                rusqlite::params_from_iter([i(*k), opt(x), txt(y)]),
+            )
+            .unwrap();
             touch("a", vec![i(*k)]);
         }
         Op::UpsertB(k, a, z) => {
-            conn.execute("INSERT OR REPLACE INTO b VALUES (?1, ?2, ?3)", rusqlite::params_from_iter([i(*k), opt(a), i(*z)])).unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO b VALUES (?1, ?2, ?3)",
+                rusqlite::params_from_iter([i(*k), opt(a), i(*z)]),
+            )
+            .unwrap();
             touch("b", vec![i(*k)]);
         }
         Op::UpsertC(k1, k2, b, w) => {
-            conn.execute("INSERT OR REPLACE INTO c VALUES (?1, ?2, ?3, ?4)", rusqlite::params_from_iter([i(*k1), Value::Text(k2.clone()), opt(b), txt(w)])).unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO c VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params_from_iter([i(*k1), Value::Text(k2.clone()), opt(b), txt(w)]),
+            )
+            .unwrap();
             touch("c", vec![i(*k1), Value::Text(k2.clone())]);
         }
         Op::DeleteA(k) => {
@@ -113,16 +135,22 @@ fn apply(conn: &Connection, op: &Op, changes: &mut Changes) {
             touch("b", vec![i(*k)]);
         }
         Op::DeleteC(k1, k2) => {
-            conn.execute("DELETE FROM c WHERE k1 = ?1 AND k2 = ?2", rusqlite::params![k1, k2]).unwrap();
+            conn.execute(
+                "DELETE FROM c WHERE k1 = ?1 AND k2 = ?2",
+                rusqlite::params![k1, k2],
+            )
+            .unwrap();
             touch("c", vec![i(*k1), Value::Text(k2.clone())]);
         }
         Op::MoveA(from, to) => {
-            conn.execute("UPDATE OR REPLACE a SET id = ?2 WHERE id = ?1", [from, to]).unwrap();
+            conn.execute("UPDATE OR REPLACE a SET id = ?2 WHERE id = ?1", [from, to])
+                .unwrap();
             touch("a", vec![i(*from)]);
             touch("a", vec![i(*to)]);
         }
         Op::MoveB(from, to) => {
-            conn.execute("UPDATE OR REPLACE b SET id = ?2 WHERE id = ?1", [from, to]).unwrap();
+            conn.execute("UPDATE OR REPLACE b SET id = ?2 WHERE id = ?1", [from, to])
+                .unwrap();
             touch("b", vec![i(*from)]);
             touch("b", vec![i(*to)]);
         }
@@ -153,11 +181,26 @@ fn plans_are_chosen_as_documented() {
     conn.execute_batch(SCHEMA).unwrap();
     for (q, keyed) in QUERIES {
         let a = analyze(&conn, &Statement::new(*q), &TestSchema).unwrap();
-        assert_eq!(matches!(a.plan, Plan::Keyed { .. }), *keyed, "{q}: {:?}", a.plan);
+        assert_eq!(
+            matches!(a.plan, Plan::Keyed { .. }),
+            *keyed,
+            "{q}: {:?}",
+            a.plan
+        );
     }
-    let a = analyze(&conn, &Statement::new("SELECT a.id FROM a WHERE a.id IN (SELECT a_id FROM b)"), &TestSchema).unwrap();
+    let a = analyze(
+        &conn,
+        &Statement::new("SELECT a.id FROM a WHERE a.id IN (SELECT a_id FROM b)"),
+        &TestSchema,
+    )
+    .unwrap();
     assert_eq!(a.tables.iter().collect::<Vec<_>>(), vec!["a", "b"]);
-    let a = analyze(&conn, &Statement::new("WITH t AS (SELECT * FROM c) SELECT * FROM t, json_each('[1]')"), &TestSchema).unwrap();
+    let a = analyze(
+        &conn,
+        &Statement::new("WITH t AS (SELECT * FROM c) SELECT * FROM t, json_each('[1]')"),
+        &TestSchema,
+    )
+    .unwrap();
     assert_eq!(a.tables.iter().collect::<Vec<_>>(), vec!["c"]);
 }
 
@@ -165,7 +208,8 @@ fn plans_are_chosen_as_documented() {
 fn bad_queries_are_refused_with_clear_errors() {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SCHEMA).unwrap();
-    conn.execute_batch("CREATE TABLE local_only (id INTEGER PRIMARY KEY)").unwrap();
+    conn.execute_batch("CREATE TABLE local_only (id INTEGER PRIMARY KEY)")
+        .unwrap();
     for (q, needle) in [
         ("SELECT * FROM nope", "no such table"),
         ("SELECT nope FROM a", "no such column"),
@@ -184,13 +228,40 @@ fn bad_queries_are_refused_with_clear_errors() {
 fn parameters_are_inlined_and_normalized_sql_dedupes() {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SCHEMA).unwrap();
-    let a1 = analyze(&conn, &Statement::with_params("SELECT * FROM a WHERE x = ? AND y = ?", vec![Value::Integer(1), Value::Text("it's".into())]), &TestSchema).unwrap();
-    let a2 = analyze(&conn, &Statement::new("select *  from A where X = 1 and Y = 'it''s'"), &TestSchema).unwrap();
+    let a1 = analyze(
+        &conn,
+        &Statement::with_params(
+            "SELECT * FROM a WHERE x = ? AND y = ?",
+            vec![Value::Integer(1), Value::Text("it's".into())],
+        ),
+        &TestSchema,
+    )
+    .unwrap();
+    let a2 = analyze(
+        &conn,
+        &Statement::new("select *  from A where X = 1 and Y = 'it''s'"),
+        &TestSchema,
+    )
+    .unwrap();
     assert_eq!(a1.normalized, a2.normalized);
-    let a3 = analyze(&conn, &Statement::new("SELECT * FROM a WHERE x = 2 AND y = 'it''s'"), &TestSchema).unwrap();
+    let a3 = analyze(
+        &conn,
+        &Statement::new("SELECT * FROM a WHERE x = 2 AND y = 'it''s'"),
+        &TestSchema,
+    )
+    .unwrap();
     assert_ne!(a1.normalized, a3.normalized);
-    let named = verdigris_subscriptions::stmt::Params::Named(vec![(":v".into(), Value::Blob(vec![1, 2]))]);
-    let a4 = analyze(&conn, &Statement { sql: "SELECT * FROM a WHERE y = :v".into(), params: named }, &TestSchema).unwrap();
+    let named =
+        verdigris_subscriptions::stmt::Params::Named(vec![(":v".into(), Value::Blob(vec![1, 2]))]);
+    let a4 = analyze(
+        &conn,
+        &Statement {
+            sql: "SELECT * FROM a WHERE y = :v".into(),
+            params: named,
+        },
+        &TestSchema,
+    )
+    .unwrap();
     assert!(a4.sql.contains("X'0102'"), "{}", a4.sql);
 }
 

@@ -25,8 +25,11 @@ async fn bench_replication_latency() {
         tokio::time::sleep_until(next.into()).await;
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            a.exec(json!([["INSERT INTO items (id, owner, val, n) VALUES (?1, 'a', 'v', ?1)", [i]]]))
-                .await;
+            a.exec(json!([[
+                "INSERT INTO items (id, owner, val, n) VALUES (?1, 'a', 'v', ?1)",
+                [i]
+            ]]))
+            .await;
         }));
     }
     for t in tasks {
@@ -85,7 +88,8 @@ async fn bench_catch_up_one_million_rows() {
     let start = Instant::now();
     let mut t = 0;
     while t * per_tx < total {
-        a.exec(insert_range("a", t * per_tx, ((t + 1) * per_tx).min(total))).await;
+        a.exec(insert_range("a", t * per_tx, ((t + 1) * per_tx).min(total)))
+            .await;
         t += 1;
     }
     let local = start.elapsed();

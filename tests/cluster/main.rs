@@ -2,6 +2,7 @@
 //! QUIC. Each test asserts convergence of the replicated table on every node.
 
 mod bench;
+mod hostile;
 mod stress;
 mod support;
 
@@ -61,7 +62,8 @@ async fn late_joiner_catches_up_by_sync_including_big_transactions() {
     wait_for_mesh(&[&a, &b]).await;
     // 100k rows: ten transactions of 10k rows each (each version is chunked on the wire).
     for t in 0..10 {
-        a.exec(insert_range("a", t * 10_000, (t + 1) * 10_000)).await;
+        a.exec(insert_range("a", t * 10_000, (t + 1) * 10_000))
+            .await;
     }
     eventually(120, "b to receive 100k rows", || async {
         b.count("items").await == 100_000
@@ -118,7 +120,11 @@ async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
     for k in &acked {
         assert!(ids.contains(k), "acknowledged write {k} was lost");
     }
-    assert!(acked.len() >= 250, "most writes were acknowledged: {}", acked.len());
+    assert!(
+        acked.len() >= 250,
+        "most writes were acknowledged: {}",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +143,11 @@ async fn partition_heals_and_converges() {
         .await;
     wait_converged(&[&a, &b], "SELECT id FROM items WHERE id = 1", 10).await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(c.count("items").await, 1, "the partitioned node saw nothing");
+    assert_eq!(
+        c.count("items").await,
+        1,
+        "the partitioned node saw nothing"
+    );
     assert_eq!(a.count("items").await, 1, "the majority saw nothing of C");
     c.admin(json!({"Cluster": "Heal"})).await;
     let rows = wait_converged(&[&a, &b, &c], ALL, 60).await;

@@ -7,7 +7,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,6 +47,11 @@ async fn many_nodes_converge_under_random_multi_row_writes() {
         }
         node.exec(json!(stmts)).await;
     }
-    let rows = wait_converged(&refs, "SELECT id, owner, val, n FROM items ORDER BY id", 120).await;
+    let rows = wait_converged(
+        &refs,
+        "SELECT id, owner, val, n FROM items ORDER BY id",
+        120,
+    )
+    .await;
     assert_eq!(rows.len(), expected_rows.len(), "seed {seed}");
 }

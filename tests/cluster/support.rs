@@ -174,7 +174,12 @@ impl TestNode {
     /// Rows of a query (cells as JSON).
     pub async fn query(&self, sql: &str) -> Vec<Vec<Value>> {
         let (status, body) = self.post("/v1/queries", json!(sql)).await;
-        assert_eq!(status, 200, "query failed: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "query failed: {}",
+            String::from_utf8_lossy(&body)
+        );
         let mut rows = Vec::new();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).expect("ndjson");

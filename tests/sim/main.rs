@@ -83,11 +83,17 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, msg: &Msg) {
-        if self.net.cut.contains(&(from.min(to), from.max(to))) || self.rng.random_bool(self.net.p_drop) {
+        if self.net.cut.contains(&(from.min(to), from.max(to)))
+            || self.rng.random_bool(self.net.p_drop)
+        {
             return;
         }
         let bytes = codec::encode(msg, 0);
-        let copies = if self.rng.random_bool(self.net.p_dup) { 2 } else { 1 };
+        let copies = if self.rng.random_bool(self.net.p_dup) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let at = self.now + 1 + self.rng.random_range(0..self.net.max_delay);
             self.seq += 1;
@@ -106,7 +112,11 @@ impl Sim {
             keys.push(k);
             stmts.push(Statement::with_params(
                 "INSERT INTO kv (k, v, w) VALUES (?1, ?2, ?3)",
-                vec![Value::Integer(k), Value::Text(format!("value-{k}-{}", "x".repeat(20))), Value::Integer(i)],
+                vec![
+                    Value::Integer(k),
+                    Value::Text(format!("value-{k}-{}", "x".repeat(20))),
+                    Value::Integer(i),
+                ],
             ));
         }
         let contended = self.rng.random_range(0..5i64);
@@ -114,7 +124,10 @@ impl Sim {
             "INSERT INTO kv (k, v, w) VALUES (?1, ?2, 0) ON CONFLICT (k) DO UPDATE SET v = excluded.v, w = w + 1",
             vec![Value::Integer(contended), Value::Text(format!("node{node}@{}", self.now))],
         ));
-        let out = self.nodes[node].store.transact(&stmts, None).expect("write");
+        let out = self.nodes[node]
+            .store
+            .transact(&stmts, None)
+            .expect("write");
         self.acked.extend(keys);
         let version = out.version.expect("a version");
         self.broadcast(node, version);
@@ -122,12 +135,22 @@ impl Sim {
 
     fn broadcast(&mut self, node: usize, version: u64) {
         let actor = self.nodes[node].actor;
-        let versions = self.nodes[node].store.changes(actor, version..=version).expect("feed");
+        let versions = self.nodes[node]
+            .store
+            .changes(actor, version..=version)
+            .expect("feed");
         for vc in versions {
             for chunk in chunk_version(vc, SIM_CHUNK_BYTES) {
                 for peer in 0..self.nodes.len() {
                     if peer != node {
-                        self.send(node, peer, &Msg::Change { chunk: chunk.clone(), ttl: 0 });
+                        self.send(
+                            node,
+                            peer,
+                            &Msg::Change {
+                                chunk: chunk.clone(),
+                                ttl: 0,
+                            },
+                        );
                     }
                 }
             }
@@ -156,7 +179,11 @@ impl Sim {
                 self.send(to, from, &Msg::SyncState(state));
             }
             Msg::SyncState(theirs) => {
-                let needs = compute_needs(&self.nodes[to].store.shared().book.read().unwrap(), me, &theirs);
+                let needs = compute_needs(
+                    &self.nodes[to].store.shared().book.read().unwrap(),
+                    me,
+                    &theirs,
+                );
                 self.send(to, from, &Msg::SyncRequest(needs));
             }
             Msg::SyncRequest(needs) => self.serve(to, from, needs),
@@ -168,13 +195,21 @@ impl Sim {
         for need in needs {
             let (actor, a, b, seqs) = match need {
                 Need::Full { actor, versions } => (actor, versions.0, versions.1, None),
-                Need::Partial { actor, version, seqs } => (actor, version, version, Some(seqs)),
+                Need::Partial {
+                    actor,
+                    version,
+                    seqs,
+                } => (actor, version, version, Some(seqs)),
             };
-            let versions = self.nodes[server].store.changes(actor, a..=b).expect("feed");
+            let versions = self.nodes[server]
+                .store
+                .changes(actor, a..=b)
+                .expect("feed");
             for vc in versions {
                 for chunk in chunk_version(vc, SIM_CHUNK_BYTES) {
                     let wanted = seqs.as_ref().is_none_or(|s: &Vec<(u64, u64)>| {
-                        s.iter().any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
+                        s.iter()
+                            .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
                     });
                     if wanted {
                         self.send(server, client, &Msg::SyncChunk(chunk));
@@ -220,7 +255,10 @@ impl Sim {
     }
 
     fn dumps(&self) -> Vec<Vec<(String, Vec<Vec<Value>>)>> {
-        self.nodes.iter().map(|n| n.store.dump_tables().expect("dump")).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.store.dump_tables().expect("dump"))
+            .collect()
     }
 }
 
@@ -239,7 +277,12 @@ fn run_seed(seed: u64) {
         sim.run_until(end, 0.03);
     }
     // Heal: a reliable network and sync rounds until every node is identical.
-    sim.net = Net { p_drop: 0.0, p_dup: 0.0, max_delay: 5, cut: HashSet::new() };
+    sim.net = Net {
+        p_drop: 0.0,
+        p_dup: 0.0,
+        max_delay: 5,
+        cut: HashSet::new(),
+    };
     let mut rounds = 0;
     loop {
         let end = sim.now + 100;
@@ -256,7 +299,10 @@ fn run_seed(seed: u64) {
             break;
         }
         rounds += 1;
-        assert!(rounds < 200, "seed {seed}: {n} nodes did not converge after healing");
+        assert!(
+            rounds < 200,
+            "seed {seed}: {n} nodes did not converge after healing"
+        );
     }
     let dump = &sim.dumps()[0];
     let keys: HashSet<i64> = dump[0]
@@ -275,7 +321,10 @@ fn run_seed(seed: u64) {
         assert_eq!(gaps, 0, "seed {seed}: gaps left after convergence");
     }
     assert!(!sim.acked.is_empty() && sim.delivered > 0);
-    assert!(sim.buffered > 0, "seed {seed}: no version arrived in pieces");
+    assert!(
+        sim.buffered > 0,
+        "seed {seed}: no version arrived in pieces"
+    );
 }
 
 fn seeds() -> Vec<u64> {

@@ -74,9 +74,19 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) if seen > limit as u64 => return Err(too_big()),
-            Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timed out reading the request body",
+                ))
+            }
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(error(StatusCode::BAD_REQUEST, format!("could not read request body: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read request body: {e}"),
+                ))
+            }
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
@@ -194,11 +204,19 @@ impl Api {
             return Ok(denied);
         }
         let raw_path = req.uri().path().to_string();
-        let path = if raw_path.len() > 1 { raw_path.trim_end_matches('/').to_string() } else { raw_path.clone() };
+        let path = if raw_path.len() > 1 {
+            raw_path.trim_end_matches('/').to_string()
+        } else {
+            raw_path.clone()
+        };
         let method = req.method().clone();
         let known = matches!(
             path.as_str(),
-            "/v1/transactions" | "/v1/queries" | "/v1/health" | "/v1/table_stats" | "/v1/subscriptions"
+            "/v1/transactions"
+                | "/v1/queries"
+                | "/v1/health"
+                | "/v1/table_stats"
+                | "/v1/subscriptions"
         ) || path.starts_with("/v1/subscriptions/")
             || path.starts_with("/v1/updates/");
         if !known {
@@ -231,9 +249,17 @@ impl Api {
                 subscriptions::updates(&self, &table).await
             }
             (m, p) => {
-                let allow = if p == "/v1/health" || p.starts_with("/v1/subscriptions/") { "GET" } else { "POST" };
-                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{m} is not allowed on {p}; use {allow}"));
-                r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                let allow = if p == "/v1/health" || p.starts_with("/v1/subscriptions/") {
+                    "GET"
+                } else {
+                    "POST"
+                };
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{m} is not allowed on {p}; use {allow}"),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
                 r
             }
         };

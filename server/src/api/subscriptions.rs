@@ -15,7 +15,10 @@ fn skip_rows(req: &Request<Incoming>) -> Result<bool, Response<Body>> {
     match query_param(req, "skip_rows") {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
-        Some(v) => Err(error(StatusCode::BAD_REQUEST, format!("skip_rows={v:?} must be true or false"))),
+        Some(v) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("skip_rows={v:?} must be true or false"),
+        )),
     }
 }
 
@@ -38,7 +41,14 @@ fn stream_response(a: Attach, updates: bool) -> Response<Body> {
         lagged: std::sync::Arc<std::sync::atomic::AtomicBool>,
         done: bool,
     }
-    let st = S { initial: Some(a.initial), rx: a.rx, last: a.start, a_id: a.id.clone(), lagged: a.lagged, done: false };
+    let st = S {
+        initial: Some(a.initial),
+        rx: a.rx,
+        last: a.start,
+        a_id: a.id.clone(),
+        lagged: a.lagged,
+        done: false,
+    };
     let body = stream::unfold(st, move |mut st| async move {
         if st.done {
             return None;
@@ -49,7 +59,9 @@ fn stream_response(a: Attach, updates: bool) -> Response<Body> {
             }
         }
         loop {
-            let Some(rx) = st.rx.as_mut() else { return None };
+            let Some(rx) = st.rx.as_mut() else {
+                return None;
+            };
             match rx.recv().await {
                 Some(b) if b.last_id != 0 && b.last_id <= st.last => continue,
                 Some(b) => {
@@ -78,7 +90,10 @@ fn stream_response(a: Attach, updates: bool) -> Response<Body> {
     });
     let mut r = Response::new(StreamBody::new(body).boxed());
     let h = r.headers_mut();
-    h.insert("content-type", "application/x-ndjson".parse().expect("header"));
+    h.insert(
+        "content-type",
+        "application/x-ndjson".parse().expect("header"),
+    );
     if let Ok(v) = a.id.parse() {
         h.insert("corro-query-id", v);
     }
@@ -99,7 +114,9 @@ pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let stmt = match parse_json(&body).and_then(|v| json::statement(&v).map_err(|e| error(StatusCode::BAD_REQUEST, e))) {
+    let stmt = match parse_json(&body)
+        .and_then(|v| json::statement(&v).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
+    {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -205,17 +205,17 @@ impl Broadcaster {
             sent: Vec::new(),
         };
         if local {
-            let at = self.queue.iter().position(|p| !p.local).unwrap_or(self.queue.len());
+            let at = self
+                .queue
+                .iter()
+                .position(|p| !p.local)
+                .unwrap_or(self.queue.len());
             self.queue.insert(at, p);
         } else {
             self.queue.push_back(p);
         }
         while self.queued_bytes > MAX_QUEUE_BYTES {
-            let victim = self
-                .queue
-                .iter()
-                .position(|p| !p.local)
-                .unwrap_or(0);
+            let victim = self.queue.iter().position(|p| !p.local).unwrap_or(0);
             match self.queue.remove(victim) {
                 Some(p) => {
                     self.queued_bytes -= p.frame.len();
@@ -252,8 +252,11 @@ impl Broadcaster {
                 keep.push_back(p);
                 continue;
             }
-            let candidates: Vec<SocketAddr> =
-                peers.iter().filter(|a| !p.sent.contains(a)).copied().collect();
+            let candidates: Vec<SocketAddr> = peers
+                .iter()
+                .filter(|a| !p.sent.contains(a))
+                .copied()
+                .collect();
             let chosen: Vec<SocketAddr> = candidates
                 .choose_multiple(&mut rng, FANOUT)
                 .copied()
@@ -319,12 +322,23 @@ pub async fn ingress(
                 continue;
             }
         };
-        let key = (chunk.actor, chunk.version, *chunk.seqs.start(), *chunk.seqs.end());
+        let key = (
+            chunk.actor,
+            chunk.version,
+            *chunk.seqs.start(),
+            *chunk.seqs.end(),
+        );
         if !seen.insert(key) || already_have(&book.book, &chunk) {
             continue;
         }
         if ttl > 0 {
-            let again = codec::encode(&Msg::Change { chunk: chunk.clone(), ttl: ttl - 1 }, cluster_id);
+            let again = codec::encode(
+                &Msg::Change {
+                    chunk: chunk.clone(),
+                    ttl: ttl - 1,
+                },
+                cluster_id,
+            );
             if rebroadcast.try_send(Bytes::from(again)).is_err() {
                 Counters::bump(&status.counters.broadcast_dropped);
             }
@@ -336,5 +350,7 @@ pub async fn ingress(
 }
 
 fn already_have(book: &RwLock<Bookie>, c: &crate::store::buffer::Chunk) -> bool {
-    book.read().expect("book lock").has_seqs(&c.actor, c.version, &c.seqs)
+    book.read()
+        .expect("book lock")
+        .has_seqs(&c.actor, c.version, &c.seqs)
 }

@@ -28,9 +28,14 @@ pub enum Msg {
     /// A SWIM (foca) packet.
     Swim(Vec<u8>),
     /// A broadcast piece of a version; `ttl` = how many more hops may re-broadcast it.
-    Change { chunk: Chunk, ttl: u8 },
+    Change {
+        chunk: Chunk,
+        ttl: u8,
+    },
     /// Opens a sync session.
-    SyncStart { actor: ActorId },
+    SyncStart {
+        actor: ActorId,
+    },
     SyncState(SyncState),
     SyncRequest(Vec<Need>),
     /// A piece of a version sent in answer to a sync request.

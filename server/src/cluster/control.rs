@@ -89,10 +89,15 @@ mod tests {
         let r = handle(&s, &json!({"Cluster": {"Partition": ["127.0.0.1:9"]}}));
         assert!(r.unwrap().is_ok());
         assert!(s.is_blocked(&a));
-        assert!(handle(&s, &json!({"Cluster": {"Partition": ["nope"]}})).unwrap().is_err());
+        assert!(handle(&s, &json!({"Cluster": {"Partition": ["nope"]}}))
+            .unwrap()
+            .is_err());
         assert!(handle(&s, &json!({"Cluster": "Heal"})).unwrap().is_ok());
         assert!(!s.is_blocked(&a));
-        assert_eq!(handle(&s, &json!({"Cluster": "Members"})), Some(Ok(json!([]))));
+        assert_eq!(
+            handle(&s, &json!({"Cluster": "Members"})),
+            Some(Ok(json!([])))
+        );
         assert!(handle(&s, &json!("Ping")).is_none());
     }
 }

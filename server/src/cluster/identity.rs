@@ -42,7 +42,9 @@ impl Identity for Actor {
 
 fn put_actor(w: &mut Writer, tag: u32, a: &Actor) {
     w.msg(tag, |m| {
-        m.bytes(1, &a.id.0).str(2, &a.addr.to_string()).u64(3, a.bump);
+        m.bytes(1, &a.id.0)
+            .str(2, &a.addr.to_string())
+            .u64(3, a.bump);
     });
 }
 
@@ -176,7 +178,10 @@ impl foca::Codec<Actor> for SwimCodec {
                 2 => inc = f.u16("incarnation")?,
                 3 => dst = Some(get_actor(f)?),
                 4 => k = Some(f.u64("message kind")?),
-                5 => n = u8::try_from(f.u64("probe number")?).map_err(|_| DecodeError::Invalid("probe number"))?,
+                5 => {
+                    n = u8::try_from(f.u64("probe number")?)
+                        .map_err(|_| DecodeError::Invalid("probe number"))?
+                }
                 6 => other = Some(get_actor(f)?),
                 _ => {}
             }
@@ -185,10 +190,22 @@ impl foca::Codec<Actor> for SwimCodec {
         let message = match k.ok_or(DecodeError::Missing("message kind"))? {
             0 => Message::Ping(n),
             1 => Message::Ack(n),
-            2 => Message::PingReq { target: other()?, probe_number: n },
-            3 => Message::IndirectPing { origin: other()?, probe_number: n },
-            4 => Message::IndirectAck { target: other()?, probe_number: n },
-            5 => Message::ForwardedAck { origin: other()?, probe_number: n },
+            2 => Message::PingReq {
+                target: other()?,
+                probe_number: n,
+            },
+            3 => Message::IndirectPing {
+                origin: other()?,
+                probe_number: n,
+            },
+            4 => Message::IndirectAck {
+                target: other()?,
+                probe_number: n,
+            },
+            5 => Message::ForwardedAck {
+                origin: other()?,
+                probe_number: n,
+            },
             6 => Message::Announce,
             7 => Message::Feed,
             8 => Message::Gossip,
@@ -208,11 +225,14 @@ impl foca::Codec<Actor> for SwimCodec {
         let mut w = Writer::new();
         put_actor(&mut w, 1, m.id());
         w.u64(2, u64::from(m.incarnation()));
-        w.u64(3, match m.state() {
-            State::Alive => 0,
-            State::Suspect => 1,
-            State::Down => 2,
-        });
+        w.u64(
+            3,
+            match m.state() {
+                State::Alive => 0,
+                State::Suspect => 1,
+                State::Down => 2,
+            },
+        );
         put_item(&mut buf, &w.finish())
     }
 
@@ -252,7 +272,9 @@ mod tests {
     fn actor(n: u8) -> Actor {
         Actor {
             id: ActorId([n; 16]),
-            addr: format!("127.0.0.1:{}", 4000 + u16::from(n)).parse().unwrap(),
+            addr: format!("127.0.0.1:{}", 4000 + u16::from(n))
+                .parse()
+                .unwrap(),
             bump: 1_700_000_000_000 + u64::from(n),
         }
     }
@@ -262,13 +284,24 @@ mod tests {
         let msgs = vec![
             Message::Ping(3),
             Message::Ack(4),
-            Message::PingReq { target: actor(3), probe_number: 9 },
-            Message::ForwardedAck { origin: actor(4), probe_number: 1 },
+            Message::PingReq {
+                target: actor(3),
+                probe_number: 9,
+            },
+            Message::ForwardedAck {
+                origin: actor(4),
+                probe_number: 1,
+            },
             Message::Announce,
             Message::TurnUndead,
         ];
         for message in msgs {
-            let h = Header { src: actor(1), src_incarnation: 7, dst: actor(2), message };
+            let h = Header {
+                src: actor(1),
+                src_incarnation: 7,
+                dst: actor(2),
+                message,
+            };
             let mut buf = Vec::new();
             SwimCodec.encode_header(&h, &mut buf).unwrap();
             let m = Member::new(actor(5), 2, State::Suspect);
@@ -290,7 +323,12 @@ mod tests {
 
     #[test]
     fn encoding_into_a_full_buffer_fails_without_writing() {
-        let h = Header { src: actor(1), src_incarnation: 0, dst: actor(2), message: Message::Ping(1) };
+        let h = Header {
+            src: actor(1),
+            src_incarnation: 0,
+            dst: actor(2),
+            message: Message::Ping(1),
+        };
         let mut small = [0u8; 10];
         let mut slice = &mut small[..];
         assert!(SwimCodec.encode_header(&h, &mut slice).is_err());

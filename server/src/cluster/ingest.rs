@@ -77,7 +77,10 @@ async fn apply_batch(node: &Arc<Node>, status: &Arc<Status>, batch: Vec<(Chunk, 
     .await;
     match result {
         Ok((Ok(report), gaps)) => {
-            status.counters.changes_ingested.fetch_add(n, Ordering::Relaxed);
+            status
+                .counters
+                .changes_ingested
+                .fetch_add(n, Ordering::Relaxed);
             status.gaps.store(gaps, Ordering::Relaxed);
             for (a, v, e) in &report.apply.failed {
                 tracing::warn!(actor = %a, version = v, error = %e, "remote version failed to apply");

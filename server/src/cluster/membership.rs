@@ -101,7 +101,11 @@ pub fn start(
     tokio::spawn(driver.run(node, me, datagrams, seeds, stop));
 }
 
-async fn send_loop(t: Arc<Transport>, mut rx: mpsc::Receiver<(SocketAddr, Bytes)>, status: Arc<Status>) {
+async fn send_loop(
+    t: Arc<Transport>,
+    mut rx: mpsc::Receiver<(SocketAddr, Bytes)>,
+    status: Arc<Status>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT));
     while let Some((addr, data)) = rx.recv().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -244,7 +248,9 @@ impl Driver {
                     changed = true;
                 }
                 OwnedNotification::Defunct => {
-                    tracing::warn!("declared down by the cluster; rejoining with a renewed identity");
+                    tracing::warn!(
+                        "declared down by the cluster; rejoining with a renewed identity"
+                    );
                 }
                 _ => {}
             }
@@ -322,15 +328,25 @@ async fn persist_members(node: &Arc<Node>, members: Vec<MemberView>) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        conn.execute_batch("SAVEPOINT vd_members; DELETE FROM __vd_members;")?;
-        for m in &members {
-            let id = ActorId::parse(&m.actor_id).unwrap_or_default();
-            conn.execute(
-                "INSERT OR REPLACE INTO __vd_members (actor, address, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![&id.0[..], m.address.to_string(), m.state, now],
-            )?;
+        conn.execute_batch("SAVEPOINT vd_members")?;
+        let write = || -> anyhow::Result<()> {
+            conn.execute("DELETE FROM __vd_members", [])?;
+            for m in &members {
+                let id = ActorId::parse(&m.actor_id).unwrap_or_default();
+                conn.execute(
+                    "INSERT OR REPLACE INTO __vd_members (actor, address, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![&id.0[..], m.address.to_string(), m.state, now],
+                )?;
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => conn.execute_batch("RELEASE vd_members")?,
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO vd_members; RELEASE vd_members")?;
+                return Err(e);
+            }
         }
-        conn.execute_batch("RELEASE vd_members")?;
         Ok(())
     })
     .await;

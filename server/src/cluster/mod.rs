@@ -57,7 +57,9 @@ async fn resolve(bootstrap: &[String]) -> Vec<SocketAddr> {
     for b in bootstrap {
         match tokio::net::lookup_host(b.as_str()).await {
             Ok(addrs) => out.extend(addrs),
-            Err(e) => tracing::warn!(entry = %b, error = %e, "cannot resolve gossip.bootstrap entry"),
+            Err(e) => {
+                tracing::warn!(entry = %b, error = %e, "cannot resolve gossip.bootstrap entry")
+            }
         }
     }
     out

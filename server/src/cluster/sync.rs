@@ -87,7 +87,10 @@ pub async fn client_loop(ctx: Arc<SyncCtx>, nudge: Arc<Notify>, mut stop: watch:
                 }
             }
         });
-        let received: usize = futures_util::future::join_all(sessions).await.into_iter().sum();
+        let received: usize = futures_util::future::join_all(sessions)
+            .await
+            .into_iter()
+            .sum();
         let gaps = ctx.shared.book.read().expect("book lock").gap_count();
         ctx.status.gaps.store(gaps, Ordering::Relaxed);
         // Behind: go again soon. Up to date: back off.
@@ -105,6 +108,15 @@ async fn read_msg(recv: &mut RecvStream, cluster_id: u16) -> Result<Option<Msg>>
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(f))) => Ok(Some(codec::decode(&f, cluster_id)?)),
         Ok(Err(e)) => Err(e),
+    }
+}
+
+fn count_rejection(status: &Status, e: &anyhow::Error) {
+    match e.downcast_ref::<super::wire::DecodeError>() {
+        Some(super::wire::DecodeError::WrongCluster { .. }) => {
+            Counters::bump(&status.counters.wrong_cluster)
+        }
+        _ => Counters::bump(&status.counters.malformed),
     }
 }
 
@@ -150,7 +162,7 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
             Ok(Some(Msg::SyncDone)) | Ok(None) => break,
             Ok(Some(other)) => bail!("unexpected message {other:?}"),
             Err(e) => {
-                Counters::bump(&ctx.status.counters.malformed);
+                count_rejection(&ctx.status, &e);
                 return Err(e);
             }
         }
@@ -192,9 +204,13 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
         Ok(Some(Msg::SyncStart { .. })) => {}
         Ok(other) => bail!("expected SyncStart, got {other:?}"),
         Err(e) => {
-            Counters::bump(&ctx.status.counters.malformed);
+            count_rejection(&ctx.status, &e);
             let why = format!("{e:#}");
-            let _ = write_frame(&mut send, &codec::encode(&Msg::Reject(why.clone()), ctx.cluster_id)).await;
+            let _ = write_frame(
+                &mut send,
+                &codec::encode(&Msg::Reject(why.clone()), ctx.cluster_id),
+            )
+            .await;
             let _ = send.finish();
             return Err(e);
         }
@@ -203,7 +219,11 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
         let book = ctx.shared.book.read().expect("book lock");
         state_of(&book, ctx.node.actor)
     };
-    write_frame(&mut send, &codec::encode(&Msg::SyncState(state), ctx.cluster_id)).await?;
+    write_frame(
+        &mut send,
+        &codec::encode(&Msg::SyncState(state), ctx.cluster_id),
+    )
+    .await?;
     let needs = match read_msg(&mut recv, ctx.cluster_id).await? {
         Some(Msg::SyncRequest(n)) => n,
         None => return Ok(()),

@@ -36,7 +36,10 @@ pub struct SyncState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
     /// Every change of versions `a..=b`.
-    Full { actor: ActorId, versions: (u64, u64) },
+    Full {
+        actor: ActorId,
+        versions: (u64, u64),
+    },
     /// Some seq ranges of one version.
     Partial {
         actor: ActorId,

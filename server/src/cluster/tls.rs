@@ -223,10 +223,15 @@ pub fn generate_leaf(ca_key: &Path, out: &Path, server_ip: Option<&str>) -> Resu
     let year = this_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 1, 12, 31);
-    let name = if server_ip.is_some() { "server" } else { "client" };
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("Verdigris gossip {name}"));
+    let name = if server_ip.is_some() {
+        "server"
+    } else {
+        "client"
+    };
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Verdigris gossip {name}"),
+    );
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
     let cert = params.signed_by(&key, &issuer)?;
     write_pair(out, name, &cert.pem(), &key.serialize_pem())

@@ -250,7 +250,12 @@ async fn serve_connection(t: Arc<Transport>, inbound: Arc<Inbound>, conn: Connec
     }
 }
 
-async fn read_broadcasts(status: Arc<Status>, inbound: Arc<Inbound>, peer: SocketAddr, mut s: RecvStream) {
+async fn read_broadcasts(
+    status: Arc<Status>,
+    inbound: Arc<Inbound>,
+    peer: SocketAddr,
+    mut s: RecvStream,
+) {
     for _ in 0..MAX_FRAMES_PER_STREAM {
         match tokio::time::timeout(SEND_TIMEOUT, read_frame(&mut s)).await {
             Ok(Ok(Some(frame))) => {

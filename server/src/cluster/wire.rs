@@ -44,7 +44,10 @@ impl fmt::Display for DecodeError {
             DecodeError::Missing(what) => write!(f, "missing {what}"),
             DecodeError::Version(v) => write!(f, "unsupported format version {v}"),
             DecodeError::WrongCluster { ours, theirs } => {
-                write!(f, "message for cluster {theirs}, this node is in cluster {ours}")
+                write!(
+                    f,
+                    "message for cluster {theirs}, this node is in cluster {ours}"
+                )
             }
         }
     }
@@ -292,10 +295,7 @@ mod tests {
         // A bytes field claiming 2^60 bytes.
         let mut buf = vec![(4 << 3) | 2];
         put_varint(&mut buf, 1 << 60);
-        assert_eq!(
-            Reader::new(&buf).next_field(),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(Reader::new(&buf).next_field(), Err(DecodeError::Truncated));
         // An over-long varint.
         let buf = [0xffu8; 11];
         assert_eq!(Reader::new(&buf).next_field(), Err(DecodeError::BadVarint));

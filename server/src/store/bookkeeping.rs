@@ -266,7 +266,8 @@ impl Bookie {
     }
 
     pub fn record_known(&mut self, a: ActorId, versions: RangeInclusive<u64>) {
-        self.entry(a).record_known(*versions.start(), *versions.end());
+        self.entry(a)
+            .record_known(*versions.start(), *versions.end());
     }
 
     /// Total number of missing versions over every actor (for `/v1/health`).
@@ -293,7 +294,10 @@ mod tests {
         assert!(!b.record_partial(2, 0, 3, 9, 0));
         assert_eq!(b.gap_count(), 2, "one gap and one partial");
         assert!(b.has_seqs(2, 1, 3) && !b.has_seqs(2, 3, 4));
-        assert!(b.record_partial(2, 4, 9, 9, 0), "complete once 0..=9 is covered");
+        assert!(
+            b.record_partial(2, 4, 9, 9, 0),
+            "complete once 0..=9 is covered"
+        );
         b.record_known(2, 2);
         b.record_known(4, 4);
         assert_eq!(b.gap_count(), 0);

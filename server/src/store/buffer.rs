@@ -49,7 +49,9 @@ impl Chunk {
             && self.seqs.start() <= self.seqs.end()
             && *self.seqs.end() <= self.last_seq
             && self.changes.iter().all(|c| {
-                self.seqs.contains(&c.seq) && c.site_id == self.actor && c.db_version == self.version
+                self.seqs.contains(&c.seq)
+                    && c.site_id == self.actor
+                    && c.db_version == self.version
             })
     }
 }
@@ -88,8 +90,13 @@ fn decode_seqs(mut b: &[u8]) -> Option<RangeSet> {
 impl Store {
     /// Rebuilds the in-memory bookkeeping from `__vd_versions` and `__vd_partials`.
     pub(crate) fn load_bookkeeping(&mut self) -> Result<()> {
-        let sites: HashMap<u32, ActorId> =
-            self.shared.sites.read().expect("sites lock").all().collect();
+        let sites: HashMap<u32, ActorId> = self
+            .shared
+            .sites
+            .read()
+            .expect("sites lock")
+            .all()
+            .collect();
         let mut per_site: HashMap<u32, Booked> = HashMap::new();
         {
             let mut stmt = self
@@ -118,7 +125,8 @@ impl Store {
                 .prepare("SELECT site, db_version, last_seq, ts, seqs FROM __vd_partials")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let seqs = decode_seqs(&r.get::<_, Vec<u8>>(4)?).context("corrupt __vd_partials")?;
+                let seqs =
+                    decode_seqs(&r.get::<_, Vec<u8>>(4)?).context("corrupt __vd_partials")?;
                 let b = per_site.entry(r.get(0)?).or_default();
                 let (v, last_seq, ts): (u64, u64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
                 for (x, y) in seqs.iter() {
@@ -156,7 +164,9 @@ impl Store {
                     shared.get(&c.actor).cloned().unwrap_or_default()
                 });
                 if booked.has_seqs(c.version, *c.seqs.start(), *c.seqs.end())
-                    || sets.iter().any(|s| s.actor == c.actor && s.version == c.version)
+                    || sets
+                        .iter()
+                        .any(|s| s.actor == c.actor && s.version == c.version)
                 {
                     report.dropped += 1;
                     continue;
@@ -204,7 +214,9 @@ impl Store {
                     .prepare_cached("DELETE FROM __vd_buffer WHERE site = ?1 AND db_version = ?2")?
                     .execute(params![site, v])?;
                 self.conn
-                    .prepare_cached("DELETE FROM __vd_partials WHERE site = ?1 AND db_version = ?2")?
+                    .prepare_cached(
+                        "DELETE FROM __vd_partials WHERE site = ?1 AND db_version = ?2",
+                    )?
                     .execute(params![site, v])?;
             }
             Ok(())
@@ -240,7 +252,17 @@ impl Store {
             "INSERT OR IGNORE INTO __vd_buffer (site, db_version, seq, tbl, pk, cid, val, col_version, cl) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for c in changes {
-            stmt.execute(params![site, version, c.seq, c.table, c.pk, c.cid, c.val, c.col_version, c.cl])?;
+            stmt.execute(params![
+                site,
+                version,
+                c.seq,
+                c.table,
+                c.pk,
+                c.cid,
+                c.val,
+                c.col_version,
+                c.cl
+            ])?;
         }
         Ok(())
     }
@@ -289,3 +311,7 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
+
+#[cfg(test)]
+#[path = "buffer_tests.rs"]
+mod tests;

@@ -94,8 +94,6 @@ impl Capture {
         self.invalid = None;
     }
 
-
-
     fn entry(
         &mut self,
         table: u32,

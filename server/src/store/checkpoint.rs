@@ -27,7 +27,9 @@ impl Drop for Checkpointer {
 fn wal_size(db: &Path) -> u64 {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
-    std::fs::metadata(PathBuf::from(p)).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(PathBuf::from(p))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 pub fn spawn(db: &Path) -> Checkpointer {

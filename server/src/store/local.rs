@@ -5,7 +5,8 @@
 use super::catalog::Catalog;
 use super::exec::{bind, Statement};
 use super::rows::{
-    insert_new_clock, insert_new_clocks, load_clock, CLOCK_BATCH, next_even, next_odd, put_clock, record_version, TouchedRows,
+    insert_new_clock, insert_new_clocks, load_clock, next_even, next_odd, put_clock,
+    record_version, TouchedRows, CLOCK_BATCH,
 };
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
@@ -93,12 +94,17 @@ impl Store {
             (c.take(), c.invalid.take())
         };
         let ran = match (ran, invalid) {
-            (Ok(_), Some(message)) => Err(TxError::Client { index: stmts.len().saturating_sub(1), message }),
+            (Ok(_), Some(message)) => Err(TxError::Client {
+                index: stmts.len().saturating_sub(1),
+                message,
+            }),
             (r, _) => r,
         };
         let result = ran.and_then(|results| {
             let mut changed = Vec::new();
-            let version = self.record_local(effects, &mut changed).map_err(TxError::Internal)?;
+            let version = self
+                .record_local(effects, &mut changed)
+                .map_err(TxError::Internal)?;
             Ok((results, version, changed))
         });
         match result {
@@ -109,7 +115,11 @@ impl Store {
                 }
                 if let Some(v) = version {
                     self.local_max = v;
-                    self.notify_commit(super::Committed { versions: vec![(self.actor, v)], local: true, changed });
+                    self.notify_commit(super::Committed {
+                        versions: vec![(self.actor, v)],
+                        local: true,
+                        changed,
+                    });
                 }
                 Ok(TxOutcome {
                     results,
@@ -194,13 +204,18 @@ impl Store {
         let site = self.local_site;
         let seq = std::cell::Cell::new(0u64);
         let next = || {
-            let s = Stamp { site, db_version: version, seq: seq.get() };
+            let s = Stamp {
+                site,
+                db_version: version,
+                seq: seq.get(),
+            };
             seq.set(seq.get() + 1);
             s
         };
         let mut touched = TouchedRows::default();
         // Clocks of inserted rows, written in batches per table.
-        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, Vec<u8>, RowClock)>> = Default::default();
+        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, Vec<u8>, RowClock)>> =
+            Default::default();
         for e in effects {
             let t = catalog
                 .by_id(e.table)
@@ -293,11 +308,17 @@ impl Store {
 
     /// Writes the clocks of inserted rows; a row that already had one (re-insert after a
     /// delete) starts a new life with the next odd causal length.
-    fn write_fresh_clocks(&self, t: &super::catalog::TableInfo, rows: Vec<(Vec<Value>, Vec<u8>, RowClock)>) -> Result<()> {
+    fn write_fresh_clocks(
+        &self,
+        t: &super::catalog::TableInfo,
+        rows: Vec<(Vec<Value>, Vec<u8>, RowClock)>,
+    ) -> Result<()> {
         let inserted = if rows.len() == CLOCK_BATCH {
             insert_new_clocks(&self.conn, t, &rows)?
         } else {
-            rows.iter().map(|(pk, _, clock)| insert_new_clock(&self.conn, t, pk, clock)).collect::<Result<Vec<bool>>>()?
+            rows.iter()
+                .map(|(pk, _, clock)| insert_new_clock(&self.conn, t, pk, clock))
+                .collect::<Result<Vec<bool>>>()?
         };
         for ((pk, _, mut clock), done) in rows.into_iter().zip(inserted) {
             if !done {

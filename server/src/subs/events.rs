@@ -19,11 +19,17 @@ pub fn row(out: &mut Vec<u8>, row_id: u64, cells: &[Value]) {
 }
 
 pub fn eoq(out: &mut Vec<u8>, time: f64, change_id: u64) {
-    line(out, json!({ "eoq": { "time": time, "change_id": change_id } }));
+    line(
+        out,
+        json!({ "eoq": { "time": time, "change_id": change_id } }),
+    );
 }
 
 pub fn change(out: &mut Vec<u8>, c: &RowChange, change_id: u64) {
-    line(out, json!({ "change": [c.kind.as_str(), c.row_id, json::cells(&c.cells), change_id] }));
+    line(
+        out,
+        json!({ "change": [c.kind.as_str(), c.row_id, json::cells(&c.cells), change_id] }),
+    );
 }
 
 pub fn notify(out: &mut Vec<u8>, kind: &str, pk: &[Value]) {

@@ -44,7 +44,10 @@ pub struct SubsConfig {
 
 impl Default for SubsConfig {
     fn default() -> Self {
-        SubsConfig { retention: 10_000, idle_ttl: Duration::from_secs(600) }
+        SubsConfig {
+            retention: 10_000,
+            idle_ttl: Duration::from_secs(600),
+        }
     }
 }
 
@@ -145,7 +148,12 @@ struct CatalogSchema(Arc<crate::store::catalog::Catalog>);
 impl Schema for CatalogSchema {
     fn primary_key(&self, table: &str) -> Option<Vec<String>> {
         let t = self.0.get(table)?;
-        Some(t.pk_cols.iter().map(|i| t.columns[*i].name.clone()).collect())
+        Some(
+            t.pk_cols
+                .iter()
+                .map(|i| t.columns[*i].name.clone())
+                .collect(),
+        )
     }
 }
 
@@ -167,11 +175,21 @@ impl Manager {
     /// Opens the registry in `dir`, restores persisted subscriptions (re-running each and
     /// diffing against its stored rows, so changes missed while down become new change ids),
     /// and starts the matcher thread.
-    pub fn open(dir: &Path, reads: Arc<ReadPool>, shared: Arc<Shared>, config: SubsConfig) -> Result<Arc<Manager>> {
+    pub fn open(
+        dir: &Path,
+        reads: Arc<ReadPool>,
+        shared: Arc<Shared>,
+        config: SubsConfig,
+    ) -> Result<Arc<Manager>> {
         let persist = Persist::open(dir)?;
         let stored = persist.load()?;
         let m = Arc::new(Manager {
-            state: Mutex::new(State { subs: HashMap::new(), by_key: HashMap::new(), persist, updates: HashMap::new() }),
+            state: Mutex::new(State {
+                subs: HashMap::new(),
+                by_key: HashMap::new(),
+                persist,
+                updates: HashMap::new(),
+            }),
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             reads,
@@ -180,11 +198,19 @@ impl Manager {
         });
         m.restore(stored)?;
         let worker = Arc::downgrade(&m);
-        std::thread::Builder::new().name("vd-matcher".into()).spawn(move || matcher_loop(worker))?;
+        std::thread::Builder::new()
+            .name("vd-matcher".into())
+            .spawn(move || matcher_loop(worker))?;
         Ok(m)
     }
 
-    fn restore(&self, stored: Vec<(persist::StoredSub, Vec<verdigris_subscriptions::matview::StoredRow>)>) -> Result<()> {
+    fn restore(
+        &self,
+        stored: Vec<(
+            persist::StoredSub,
+            Vec<verdigris_subscriptions::matview::StoredRow>,
+        )>,
+    ) -> Result<()> {
         let conn = self.reads.get()?;
         let schema = CatalogSchema(self.shared.catalog());
         let mut st = lock(&self.state);
@@ -214,7 +240,8 @@ impl Manager {
                 }])?;
             }
             tracing::info!(id = %sub.id, rows = sub.mv.len(), caught_up = changes.len(), "restored subscription");
-            st.by_key.insert(analysis.normalized.clone(), sub.id.clone());
+            st.by_key
+                .insert(analysis.normalized.clone(), sub.id.clone());
             st.subs.insert(sub.id.clone(), sub);
         }
         Ok(())
@@ -248,12 +275,22 @@ impl Manager {
         self.wake.notify_one();
     }
 
-    fn analyze(&self, conn: &crate::store::reader::PooledConn, stmt: &Statement) -> Result<Analysis, SubsError> {
-        analyze(conn, stmt, &CatalogSchema(self.shared.catalog())).map_err(|e| SubsError::BadRequest(e.0))
+    fn analyze(
+        &self,
+        conn: &crate::store::reader::PooledConn,
+        stmt: &Statement,
+    ) -> Result<Analysis, SubsError> {
+        analyze(conn, stmt, &CatalogSchema(self.shared.catalog()))
+            .map_err(|e| SubsError::BadRequest(e.0))
     }
 
     /// `POST /v1/subscriptions`: subscribe (or join the identical existing subscription).
-    pub fn subscribe(&self, stmt: &Statement, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+    pub fn subscribe(
+        &self,
+        stmt: &Statement,
+        from: Option<u64>,
+        skip_rows: bool,
+    ) -> Result<Attach, SubsError> {
         let conn = self.reads.get()?;
         let analysis = self.analyze(&conn, stmt)?;
         let mut st = lock(&self.state);
@@ -272,7 +309,8 @@ impl Manager {
         let _ = conn.execute_batch("COMMIT");
         let rows = rows.map_err(|e| SubsError::BadRequest(format!("query failed: {e}")))?;
         let id = ActorId::random().hyphenated();
-        st.persist.create(&id, &analysis.sql, &mv.export(), mv.next_row_id())?;
+        st.persist
+            .create(&id, &analysis.sql, &mv.export(), mv.next_row_id())?;
         let mut sub = new_sub(id.clone(), &analysis, mv);
         let mut initial = Vec::new();
         if !skip_rows {
@@ -290,21 +328,41 @@ impl Manager {
     }
 
     /// `GET /v1/subscriptions/{id}`.
-    pub fn attach(&self, id: &str, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+    pub fn attach(
+        &self,
+        id: &str,
+        from: Option<u64>,
+        skip_rows: bool,
+    ) -> Result<Attach, SubsError> {
         let mut st = lock(&self.state);
         self.attach_locked(&mut st, id, from, skip_rows)
     }
 
-    fn attach_locked(&self, st: &mut State, id: &str, from: Option<u64>, skip_rows: bool) -> Result<Attach, SubsError> {
+    fn attach_locked(
+        &self,
+        st: &mut State,
+        id: &str,
+        from: Option<u64>,
+        skip_rows: bool,
+    ) -> Result<Attach, SubsError> {
         let (last, columns) = match st.subs.get(id) {
             Some(s) => (s.last_change_id, s.columns.clone()),
-            None => return Err(SubsError::NotFound(format!("could not find subscription with id {id}"))),
+            None => {
+                return Err(SubsError::NotFound(format!(
+                    "could not find subscription with id {id}"
+                )))
+            }
         };
         let mut initial = Vec::new();
         let start = match from {
             Some(from) if from > 0 => {
                 if from > last {
-                    events::error(&mut initial, &format!("from={from} is ahead of this subscription's last change id {last}"));
+                    events::error(
+                        &mut initial,
+                        &format!(
+                            "from={from} is ahead of this subscription's last change id {last}"
+                        ),
+                    );
                     return Ok(closed(st, id, initial));
                 }
                 let (min, changes) = st.persist.changes_after(id, from)?;
@@ -346,15 +404,30 @@ impl Manager {
     pub fn updates(&self, table: &str) -> Result<Attach, SubsError> {
         let catalog = self.shared.catalog();
         let Some(t) = catalog.get(table) else {
-            return Err(SubsError::BadRequest(format!("table not found in schema: {table}")));
+            return Err(SubsError::BadRequest(format!(
+                "table not found in schema: {table}"
+            )));
         };
         let key = t.name.to_ascii_lowercase();
         let mut st = lock(&self.state);
-        let h = st.updates.entry(key).or_insert_with(|| UpdatesHandle { id: ActorId::random().hyphenated(), listeners: vec![] });
+        let h = st.updates.entry(key).or_insert_with(|| UpdatesHandle {
+            id: ActorId::random().hyphenated(),
+            listeners: vec![],
+        });
         let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
-        h.listeners.push(Listener { tx, lagged: lagged.clone() });
-        Ok(Attach { id: h.id.clone(), hash: String::new(), initial: Bytes::new(), rx: Some(rx), start: 0, lagged })
+        h.listeners.push(Listener {
+            tx,
+            lagged: lagged.clone(),
+        });
+        Ok(Attach {
+            id: h.id.clone(),
+            hash: String::new(),
+            initial: Bytes::new(),
+            rx: Some(rx),
+            start: 0,
+            lagged,
+        })
     }
 
     pub fn list(&self) -> Vec<SubInfo> {
@@ -399,7 +472,11 @@ impl Manager {
         let mut produced: Vec<(String, u64, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
         for sub in st.subs.values_mut() {
             let full = sub.tables.iter().any(|t| whole.contains(t));
-            let result = if full { sub.mv.recompute(&conn) } else { sub.mv.refresh(&conn, &sub.tables, &changes) };
+            let result = if full {
+                sub.mv.recompute(&conn)
+            } else {
+                sub.mv.refresh(&conn, &sub.tables, &changes)
+            };
             match result {
                 Ok(ch) if !ch.is_empty() => {
                     let first = sub.last_change_id + 1;
@@ -449,18 +526,31 @@ impl Manager {
     }
 
     /// `/v1/updates` notifications: "update" if the row exists now, else "delete".
-    fn updates_round(&self, st: &State, conn: &rusqlite::Connection, changes: &Changes) -> Vec<(String, Bytes)> {
+    fn updates_round(
+        &self,
+        st: &State,
+        conn: &rusqlite::Connection,
+        changes: &Changes,
+    ) -> Vec<(String, Bytes)> {
         let catalog = self.shared.catalog();
         let mut out = Vec::new();
         for (table, h) in &st.updates {
-            let (Some(keys), Some(t)) = (changes.get(table), catalog.get(table)) else { continue };
+            let (Some(keys), Some(t)) = (changes.get(table), catalog.get(table)) else {
+                continue;
+            };
             if h.listeners.is_empty() {
                 continue;
             }
-            let sql = format!("SELECT 1 FROM {} WHERE {}", crate::store::catalog::quote(&t.name), t.sql.pk_where);
+            let sql = format!(
+                "SELECT 1 FROM {} WHERE {}",
+                crate::store::catalog::quote(&t.name),
+                t.sql.pk_where
+            );
             let mut buf = Vec::new();
             for k in keys {
-                let Ok(vals) = crate::crdt::pack::unpack(k) else { continue };
+                let Ok(vals) = crate::crdt::pack::unpack(k) else {
+                    continue;
+                };
                 let exists = conn
                     .prepare_cached(&sql)
                     .and_then(|mut s| s.exists(rusqlite::params_from_iter(&vals)))
@@ -517,7 +607,14 @@ fn listener(sub: &Sub, initial: Bytes, start: u64) -> (Attach, Listener) {
     let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
     let lagged = Arc::new(AtomicBool::new(false));
     (
-        Attach { id: sub.id.clone(), hash: sub.hash.clone(), initial, rx: Some(rx), start, lagged: lagged.clone() },
+        Attach {
+            id: sub.id.clone(),
+            hash: sub.hash.clone(),
+            initial,
+            rx: Some(rx),
+            start,
+            lagged: lagged.clone(),
+        },
         Listener { tx, lagged },
     )
 }
@@ -525,18 +622,30 @@ fn listener(sub: &Sub, initial: Bytes, start: u64) -> (Attach, Listener) {
 /// An attach that only sends `initial` (an error) and ends.
 fn closed(st: &State, id: &str, initial: Vec<u8>) -> Attach {
     let hash = st.subs.get(id).map(|s| s.hash.clone()).unwrap_or_default();
-    Attach { id: id.to_string(), hash, initial: Bytes::from(initial), rx: None, start: 0, lagged: Arc::new(AtomicBool::new(false)) }
+    Attach {
+        id: id.to_string(),
+        hash,
+        initial: Bytes::from(initial),
+        rx: None,
+        start: 0,
+        lagged: Arc::new(AtomicBool::new(false)),
+    }
 }
 
 /// Sends a batch to every listener; a listener whose queue is full is dropped and flagged.
 fn publish(listeners: &mut Vec<Listener>, last_id: u64, bytes: Bytes) {
-    listeners.retain(|l| match l.tx.try_send(Batch { last_id, bytes: bytes.clone() }) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            l.lagged.store(true, Ordering::SeqCst);
-            false
+    listeners.retain(|l| {
+        match l.tx.try_send(Batch {
+            last_id,
+            bytes: bytes.clone(),
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                l.lagged.store(true, Ordering::SeqCst);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     });
 }
 

@@ -68,15 +68,31 @@ impl Persist {
         let subs: Vec<StoredSub> = self
             .conn
             .prepare("SELECT id, sql, last_change_id, next_row_id FROM subs ORDER BY created_at")?
-            .query_map([], |r| Ok(StoredSub { id: r.get(0)?, sql: r.get(1)?, last_change_id: r.get(2)?, next_row_id: r.get(3)? }))?
+            .query_map([], |r| {
+                Ok(StoredSub {
+                    id: r.get(0)?,
+                    sql: r.get(1)?,
+                    last_change_id: r.get(2)?,
+                    next_row_id: r.get(3)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?;
         for s in subs {
-            let mut stmt = self.conn.prepare_cached("SELECT row_id, identity, cells FROM sub_rows WHERE sub = ?1")?;
-            let raw: Vec<(u64, Vec<u8>, Vec<u8>)> =
-                stmt.query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT row_id, identity, cells FROM sub_rows WHERE sub = ?1")?;
+            let raw: Vec<(u64, Vec<u8>, Vec<u8>)> = stmt
+                .query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             let rows = raw
                 .into_iter()
-                .map(|(row_id, identity, cells)| Ok(StoredRow { row_id, identity, cells: cells_of(&cells)? }))
+                .map(|(row_id, identity, cells)| {
+                    Ok(StoredRow {
+                        row_id,
+                        identity,
+                        cells: cells_of(&cells)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             out.push((s, rows));
         }
@@ -84,12 +100,23 @@ impl Persist {
     }
 
     /// Stores a new subscription with its initial rows.
-    pub fn create(&mut self, id: &str, sql: &str, rows: &[StoredRow], next_row_id: u64) -> Result<()> {
+    pub fn create(
+        &mut self,
+        id: &str,
+        sql: &str,
+        rows: &[StoredRow],
+        next_row_id: u64,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
         tx.execute("INSERT INTO subs (id, sql, last_change_id, next_row_id, created_at) VALUES (?1, ?2, 0, ?3, ?4)", params![id, sql, next_row_id, now])?;
         {
-            let mut stmt = tx.prepare_cached("INSERT INTO sub_rows (sub, row_id, identity, cells) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sub_rows (sub, row_id, identity, cells) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for r in rows {
                 stmt.execute(params![id, r.row_id, r.identity, cells_blob(&r.cells)])?;
             }
@@ -109,7 +136,8 @@ impl Persist {
                     .execute(params![w.sub, id, ch.kind.as_str(), ch.row_id, blob])?;
                 match ch.kind {
                     ChangeKind::Delete => {
-                        tx.prepare_cached("DELETE FROM sub_rows WHERE sub = ?1 AND row_id = ?2")?.execute(params![w.sub, ch.row_id])?;
+                        tx.prepare_cached("DELETE FROM sub_rows WHERE sub = ?1 AND row_id = ?2")?
+                            .execute(params![w.sub, ch.row_id])?;
                     }
                     ChangeKind::Insert | ChangeKind::Update => {
                         let identity = &ch.identity;
@@ -120,8 +148,10 @@ impl Persist {
                 id += 1;
             }
             let last = id - 1;
-            tx.prepare_cached("UPDATE subs SET last_change_id = ?2, next_row_id = ?3 WHERE id = ?1")?
-                .execute(params![w.sub, last, w.next_row_id])?;
+            tx.prepare_cached(
+                "UPDATE subs SET last_change_id = ?2, next_row_id = ?3 WHERE id = ?1",
+            )?
+            .execute(params![w.sub, last, w.next_row_id])?;
             if last > w.retention {
                 tx.prepare_cached("DELETE FROM sub_changes WHERE sub = ?1 AND change_id <= ?2")?
                     .execute(params![w.sub, last - w.retention])?;
@@ -136,7 +166,9 @@ impl Persist {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM sub_rows WHERE sub = ?1", [id])?;
         {
-            let mut stmt = tx.prepare_cached("INSERT INTO sub_rows (sub, row_id, identity, cells) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sub_rows (sub, row_id, identity, cells) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for r in rows {
                 stmt.execute(params![id, r.row_id, r.identity, cells_blob(&r.cells)])?;
             }
@@ -146,7 +178,11 @@ impl Persist {
     }
 
     /// Changes after `from`, oldest first, and the smallest retained id (None if the log is empty).
-    pub fn changes_after(&self, id: &str, from: u64) -> Result<(Option<u64>, Vec<(u64, RowChange)>)> {
+    pub fn changes_after(
+        &self,
+        id: &str,
+        from: u64,
+    ) -> Result<(Option<u64>, Vec<(u64, RowChange)>)> {
         let min: Option<u64> = self
             .conn
             .prepare_cached("SELECT min(change_id) FROM sub_changes WHERE sub = ?1")?
@@ -156,12 +192,23 @@ impl Persist {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT change_id, kind, row_id, cells FROM sub_changes WHERE sub = ?1 AND change_id > ?2 ORDER BY change_id")?;
-        let raw: Vec<(u64, String, u64, Vec<u8>)> =
-            stmt.query_map(params![id, from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
+        let raw: Vec<(u64, String, u64, Vec<u8>)> = stmt
+            .query_map(params![id, from], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(raw.len());
         for (cid, kind, row_id, cells) in raw {
             let kind = ChangeKind::parse(&kind).context("corrupt change kind")?;
-            out.push((cid, RowChange { kind, row_id, cells: cells_of(&cells)?, identity: Vec::new() }));
+            out.push((
+                cid,
+                RowChange {
+                    kind,
+                    row_id,
+                    cells: cells_of(&cells)?,
+                    identity: Vec::new(),
+                },
+            ));
         }
         Ok((min, out))
     }
