@@ -120,7 +120,8 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
             let target = target.clone();
             rt.spawn(async move {
                 let (mut last, mut events) = (0u64, 0u64);
-                while last < target.load(std::sync::atomic::Ordering::SeqCst) {
+                let give_up = Instant::now() + Duration::from_secs(30);
+                while last < target.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < give_up {
                     match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                         Ok(Some(b)) => {
                             events += b.last_id - last;
@@ -130,7 +131,7 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
                         Err(_) => {}
                     }
                 }
-                events
+                (events, last)
             })
         })
         .collect();
@@ -150,9 +151,13 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
     target.store(final_id, std::sync::atomic::Ordering::SeqCst);
     let delivered: u64 = rt.block_on(async {
         let mut total = 0;
+        let mut short = 0;
         for c in counters {
-            total += c.await.unwrap();
+            let (events, last) = c.await.unwrap();
+            total += events;
+            short += (last < final_id) as usize;
         }
+        assert_eq!(short, 0, "{short} listeners did not receive every change");
         total
     });
     let secs = start.elapsed().as_secs_f64();

@@ -17,6 +17,10 @@ use std::ops::ControlFlow;
 pub trait Schema {
     /// Primary-key column names of a replicated table (`None`: not a replicated table).
     fn primary_key(&self, table: &str) -> Option<Vec<String>>;
+    /// All column names of a replicated table (`None`: unknown; the engine is then conservative).
+    fn columns(&self, _table: &str) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// A query the engine refuses, with a message for the client (an HTTP 400).
@@ -67,16 +71,21 @@ impl Plan {
 
 #[derive(Debug, Clone)]
 pub struct Analysis {
-    /// The query with parameters inlined as literals (what is executed).
+    /// The query as executed by keyed plans (parameters inlined), or as written.
     pub sql: String,
+    /// What re-run plans execute: the client's statement with its parameters (keyed plans:
+    /// `sql` without parameters).
+    pub exec: Statement,
     /// Normalized text: the dedupe key (same query, different spacing or keyword case → same key).
     pub normalized: String,
     /// Lower-cased names of the replicated tables the query reads (FROM, JOINs, subqueries, CTE bodies).
     pub tables: BTreeSet<String>,
     pub columns: Vec<String>,
     pub plan: Plan,
-    /// The parsed query with parameters inlined.
-    pub query: Query,
+    /// The parsed query with parameters inlined (`None` when re-run verbatim).
+    pub query: Option<Query>,
+    /// Set when the query belongs to a parameter family (see [`crate::family`]).
+    pub family: Option<crate::family::FamilyInfo>,
 }
 
 const AGGREGATES: &[&str] = &[
@@ -172,42 +181,57 @@ fn inline_params(stmt: &mut Ast, params: &Params) -> Result<(), SubError> {
 }
 
 /// Analyzes a subscription query. `conn` is a read connection used to validate it with SQLite.
-pub fn analyze(
-    conn: &Connection,
-    stmt: &Statement,
-    schema: &dyn Schema,
-) -> Result<Analysis, SubError> {
-    let mut asts = Parser::parse_sql(&SQLiteDialect {}, &stmt.sql)
-        .map_err(|e| SubError(format!("query does not parse: {e}")))?;
-    if asts.len() != 1 {
-        return err("a subscription takes exactly one SELECT statement");
-    }
-    let mut ast = asts.pop().expect("one statement");
-    if !matches!(ast, Ast::Query(_)) {
+pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Result<Analysis, SubError> {
+    // SQLite itself validates the statement as written: tables, columns, functions, parameters.
+    let mut prepared = conn.prepare(&stmt.sql).map_err(|e| match e {
+        rusqlite::Error::MultipleStatement => SubError("a subscription takes exactly one SELECT statement".into()),
+        e => SubError(e.to_string()),
+    })?;
+    let first_word = stmt.sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_ascii_uppercase();
+    if !prepared.readonly() || prepared.column_count() == 0 || !matches!(first_word.as_str(), "SELECT" | "WITH" | "VALUES") {
         return err("subscriptions only accept SELECT queries");
     }
+    crate::stmt::bind(&mut prepared, &stmt.params).map_err(SubError)?;
+    // Column names as SQLite reports them for the query as written (what /v1/queries shows).
+    let columns: Vec<String> = prepared.column_names().iter().map(|c| c.to_string()).collect();
+    drop(prepared);
+    let mut tables = read_tables(conn, &stmt.sql, schema)?;
+
+    // The rewriting plans work on sqlparser's AST printed back to SQL; use them only when that
+    // round trip is faithful. Otherwise the query is re-run verbatim with its parameters.
+    let verbatim = |reason: String, tables: BTreeSet<String>| -> Result<Analysis, SubError> {
+        if tables.is_empty() {
+            return err("the query reads no replicated table, so it would never change; query it with /v1/queries instead");
+        }
+        Ok(Analysis {
+            sql: stmt.sql.clone(),
+            exec: stmt.clone(),
+            normalized: format!("{}\u{0}{:?}", stmt.sql.trim(), stmt.params),
+            tables,
+            columns: columns.clone(),
+            plan: Plan::Recompute { reason },
+            query: None,
+            family: None,
+        })
+    };
+    let mut asts = match Parser::parse_sql(&SQLiteDialect {}, &stmt.sql) {
+        Ok(a) if a.len() == 1 && matches!(a[0], Ast::Query(_)) => a,
+        Ok(_) => return err("subscriptions only accept one SELECT query"),
+        Err(_) => return verbatim("uses SQLite syntax the rewriter does not handle; re-run as written".into(), tables),
+    };
+    if let Some(why) = unfaithful_literals(&stmt.sql) {
+        return verbatim(why, tables);
+    }
+    let mut ast = asts.pop().expect("one statement");
     inline_params(&mut ast, &stmt.params)?;
     let sql = ast.to_string();
-    // SQLite validates tables, columns and functions, and tells us the column names.
-    let prepared = conn.prepare(&sql).map_err(|e| SubError(e.to_string()))?;
-    if !prepared.readonly() {
-        return err("subscriptions only accept read-only SELECT queries");
+    match conn.prepare(&sql) {
+        Ok(p) if p.parameter_count() == 0 && p.column_count() == columns.len() => {}
+        _ => return verbatim("its parameters or syntax cannot be rewritten safely; re-run as written".into(), tables),
     }
-    let columns: Vec<String> = prepared
-        .column_names()
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    drop(prepared);
-    let Ast::Query(query) = ast else {
-        unreachable!("checked above")
-    };
+    let Ast::Query(query) = ast else { unreachable!("checked above") };
     let mut ctes = BTreeSet::new();
-    let _ = sqlparser::ast::visit_statements(&Ast::Query(query.clone()), |_| {
-        ControlFlow::<()>::Continue(())
-    });
     collect_ctes(&query, &mut ctes);
-    let mut tables = BTreeSet::new();
     let mut problem = None;
     let _ = visit_relations(&*query, |name| {
         if let Some(t) = ident_of(name) {
@@ -215,10 +239,8 @@ pub fn analyze(
             if !ctes.contains(&lower) && problem.is_none() {
                 if schema.primary_key(&t).is_some() {
                     tables.insert(lower);
-                } else if !is_table_function(&lower) {
-                    problem = Some(format!(
-                        "table {t} is not a replicated table (not in the schema files); subscriptions can only follow replicated tables"
-                    ));
+                } else if !is_table_function(&lower) && !is_local_table(conn, &t) {
+                    problem = Some(format!("table {t} does not exist"));
                 }
             }
         }
@@ -232,14 +254,103 @@ pub fn analyze(
     }
     let plan = choose_plan(&query, schema);
     let normalized = normalize(&query);
-    Ok(Analysis {
-        sql,
-        normalized,
-        tables,
-        columns,
-        plan,
-        query: *query,
-    })
+    let family = match &plan {
+        Plan::Keyed { sources } => {
+            let refs: Vec<String> = sources.iter().map(|s| s.reference.clone()).collect();
+            crate::family::detect(conn, &query, &refs, normalize)
+        }
+        Plan::Recompute { .. } => None,
+    };
+    // Re-run plans execute the query exactly as the client wrote it.
+    let exec = match plan {
+        Plan::Keyed { .. } => Statement::new(sql.clone()),
+        Plan::Recompute { .. } => stmt.clone(),
+    };
+    Ok(Analysis { sql, exec, normalized, tables, columns, plan, query: Some(*query), family })
+}
+
+/// Numeric literals sqlparser reads differently from SQLite (hex, digit separators).
+fn unfaithful_literals(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < b.len() && b[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                    i += 1;
+                }
+                let lit = &sql[start..i];
+                if lit.contains('_') || lit.starts_with("0x") || lit.starts_with("0X") {
+                    return Some(format!("uses the numeric literal {lit}; re-run as written"));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `name` is an existing (non-replicated) table or view of the database.
+fn is_local_table(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .unwrap_or(false)
+}
+
+/// Every table SQLite opens to run `sql` (from its bytecode: `OpenRead` root pages), as the
+/// replicated tables it depends on; a non-replicated table is an error.
+fn read_tables(conn: &Connection, sql: &str, schema: &dyn Schema) -> Result<BTreeSet<String>, SubError> {
+    let mut pages: BTreeSet<i64> = BTreeSet::new();
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).map_err(|e| SubError(e.to_string()))?;
+    let mut rows = stmt.raw_query();
+    while let Ok(Some(r)) = rows.next() {
+        let op: String = r.get(1).unwrap_or_default();
+        if op == "OpenRead" {
+            if let Ok(p2) = r.get::<_, i64>(3) {
+                pages.insert(p2);
+            }
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    let mut out = BTreeSet::new();
+    for page in pages {
+        let name: Option<String> = conn
+            .query_row("SELECT tbl_name FROM sqlite_schema WHERE rootpage = ?1", [page], |r| r.get(0))
+            .ok();
+        let Some(name) = name else { continue };
+        if schema.primary_key(&name).is_some() {
+            out.insert(name.to_ascii_lowercase());
+        } else if !name.to_ascii_lowercase().starts_with("sqlite_") {
+            return err(format!(
+                "table {name} is not a replicated table (not in the schema files); subscriptions can only follow replicated tables"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn is_table_function(name: &str) -> bool {
@@ -294,6 +405,39 @@ fn choose_plan(q: &Query, schema: &dyn Schema) -> Plan {
         Ok(sources) => Plan::Keyed { sources },
         Err(reason) => Plan::Recompute { reason },
     }
+}
+
+/// The first LEFT-joined source whose columns the WHERE clause may read.
+fn where_touches_nullable(w: &Expr, sources: &[Source], schema: &dyn Schema) -> Option<String> {
+    let nullable: Vec<&Source> = sources.iter().filter(|s| s.nullable).collect();
+    if nullable.is_empty() {
+        return None;
+    }
+    let mut hit = None;
+    let _ = visit_expressions(w, |e| {
+        match e {
+            Expr::CompoundIdentifier(ids) if ids.len() >= 2 => {
+                let r = quote(&ids[ids.len() - 2].value);
+                if let Some(s) = nullable.iter().find(|s| s.reference.eq_ignore_ascii_case(&r)) {
+                    hit = Some(s.table.clone());
+                }
+            }
+            Expr::Identifier(id) => {
+                for s in &nullable {
+                    let may = match schema.columns(&s.table) {
+                        Some(cols) => cols.iter().any(|c| c.eq_ignore_ascii_case(&id.value)),
+                        None => true,
+                    };
+                    if may {
+                        hit = Some(s.table.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if hit.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    hit
 }
 
 fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> {
@@ -374,6 +518,13 @@ fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> 
         .all(|s| refs.insert(s.reference.to_ascii_lowercase()))
     {
         return Err("references the same table twice without distinct aliases".into());
+    }
+    // A WHERE predicate on a LEFT-joined table can hide a root's rows while the root is still
+    // joined; the materialization then cannot tell which roots a change to that table affects.
+    if let Some(w) = &sel.selection {
+        if let Some(t) = where_touches_nullable(w, &sources, schema) {
+            return Err(format!("filters on the LEFT-joined table {t} in WHERE"));
+        }
     }
     // No subqueries, aggregates or window functions anywhere in the statement.
     let mut reason = None;

@@ -22,7 +22,7 @@ use sqlparser::parser::Parser;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Keys per restricted query.
-const KEYS_PER_QUERY: usize = 400;
+pub(crate) const KEYS_PER_QUERY: usize = 400;
 
 #[derive(Debug)]
 struct Entry {
@@ -59,20 +59,24 @@ fn select_mut(q: &mut Query) -> &mut sqlparser::ast::Select {
     }
 }
 
+fn id_items(sources: &[Source]) -> Vec<SelectItem> {
+    let mut ids = Vec::new();
+    for s in sources {
+        for k in &s.pk {
+            ids.push(SelectItem::ExprWithAlias {
+                expr: parse_expr(&format!("{}.{}", s.reference, crate::analyze::quote(k))),
+                alias: Ident::with_quote('"', format!("__vd_id_{}", ids.len())),
+            });
+        }
+    }
+    ids
+}
+
 impl Keyed {
     pub fn new(query: &Query, sources: Vec<Source>) -> Keyed {
         let mut base = query.clone();
-        let mut ids = Vec::new();
-        let mut n = 0;
-        for s in &sources {
-            for k in &s.pk {
-                ids.push(SelectItem::ExprWithAlias {
-                    expr: parse_expr(&format!("{}.{}", s.reference, crate::analyze::quote(k))),
-                    alias: Ident::with_quote('"', format!("__vd_id_{n}")),
-                });
-                n += 1;
-            }
-        }
+        let mut ids = id_items(&sources);
+        let n = ids.len();
         let sel = select_mut(&mut base);
         ids.append(&mut sel.projection);
         sel.projection = ids;
@@ -167,7 +171,7 @@ impl Keyed {
     }
 
     /// Splits a fetched row into (identity, root key, per-source keys, cells).
-    fn split(&self, mut row: Vec<Value>) -> (Vec<u8>, Vec<u8>, Vec<Value>) {
+    pub(crate) fn split(&self, mut row: Vec<Value>) -> (Vec<u8>, Vec<u8>, Vec<Value>) {
         let cells = row.split_off(self.id_cols);
         let identity = pack::pack(row.iter().map(ValueRef::from));
         let root = pack::pack(row[..self.root_width()].iter().map(ValueRef::from));
@@ -251,7 +255,7 @@ impl Keyed {
     }
 
     /// Replaces the rows of `roots` with `fresh` (root → rows, query order), emitting changes.
-    fn replace_roots(
+    pub(crate) fn replace_roots(
         &mut self,
         roots: &BTreeSet<Vec<u8>>,
         mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>,
@@ -326,28 +330,29 @@ impl Keyed {
         Ok(fresh)
     }
 
-    pub fn refresh(&mut self, conn: &Connection, changes: &Changes) -> Result<Vec<RowChange>> {
-        let mut roots: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for s in 0..self.sources.len() {
-            let Some(keys) = changes.get(&self.sources[s].table) else {
-                continue;
-            };
-            if s == 0 {
-                roots.extend(
-                    keys.iter()
-                        .filter(|k| {
-                            pack::unpack(k)
-                                .map(|v| v.len() == self.root_width())
-                                .unwrap_or(false)
-                        })
-                        .cloned(),
-                );
-                continue;
-            }
+    /// Roots whose current rows were built from a changed key of a non-root source.
+    pub(crate) fn old_roots(&self, changes: &Changes) -> BTreeSet<Vec<u8>> {
+        let mut roots = BTreeSet::new();
+        for s in 1..self.sources.len() {
+            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
             for k in keys {
                 if let Some(rs) = self.by_source[s].get(k) {
                     roots.extend(rs.iter().cloned());
                 }
+            }
+        }
+        roots
+    }
+
+    /// Changed root keys, plus the roots that now join to a changed key of another source.
+    pub(crate) fn probe_roots(&self, conn: &Connection, changes: &Changes) -> Result<BTreeSet<Vec<u8>>> {
+        let mut roots = BTreeSet::new();
+        for s in 0..self.sources.len() {
+            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
+            if s == 0 {
+                let w = self.root_width();
+                roots.extend(keys.iter().filter(|k| pack::unpack(k).map(|v| v.len() == w).unwrap_or(false)).cloned());
+                continue;
             }
             let keys: Vec<&Vec<u8>> = keys.iter().collect();
             for chunk in keys.chunks(KEYS_PER_QUERY) {
@@ -361,6 +366,36 @@ impl Keyed {
                 }
             }
         }
+        Ok(roots)
+    }
+
+    pub(crate) fn has_root(&self, root: &[u8]) -> bool {
+        self.by_root.contains_key(root)
+    }
+
+    /// `query` (a family fetch: member index first) with identity columns after its first
+    /// column and restricted to `roots`; `None` if a key does not unpack.
+    pub(crate) fn restrict(&self, query: &Query, roots: &[&Vec<u8>]) -> (Option<String>, Vec<Value>) {
+        let params = Self::unpack_keys(roots.iter().copied());
+        if params.len() != roots.len() * self.root_width() {
+            return (None, params);
+        }
+        let mut q = query.clone();
+        let pred = self.key_predicate(0, roots.len());
+        let sel = select_mut(&mut q);
+        let rest = sel.projection.split_off(1);
+        sel.projection.extend(id_items(&self.sources));
+        sel.projection.extend(rest);
+        sel.selection = Some(match sel.selection.take() {
+            Some(w) => parse_expr(&format!("({w}) AND ({pred})")),
+            None => parse_expr(&pred),
+        });
+        (Some(q.to_string()), params)
+    }
+
+    pub fn refresh(&mut self, conn: &Connection, changes: &Changes) -> Result<Vec<RowChange>> {
+        let mut roots = self.probe_roots(conn, changes)?;
+        roots.extend(self.old_roots(changes));
         if roots.is_empty() {
             return Ok(vec![]);
         }

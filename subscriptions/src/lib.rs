@@ -14,6 +14,7 @@
 //!   server).
 
 pub mod analyze;
+pub mod family;
 pub mod keyed;
 pub mod matview;
 pub mod pack;

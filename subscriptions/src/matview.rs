@@ -65,8 +65,8 @@ pub enum MatView {
 impl MatView {
     pub fn new(a: &Analysis) -> MatView {
         match &a.plan {
-            Plan::Keyed { sources } => MatView::Keyed(Keyed::new(&a.query, sources.clone())),
-            Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.sql.clone())),
+            Plan::Keyed { sources } => MatView::Keyed(Keyed::new(a.query.as_ref().expect("keyed plans have a query"), sources.clone())),
+            Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.exec.clone())),
         }
     }
 
@@ -153,7 +153,8 @@ pub(crate) fn read_rows(
 ) -> Result<Vec<Vec<Value>>> {
     let n = stmt.column_count();
     let mut out = Vec::new();
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    // With no parameters given, keep whatever the caller bound (`raw_query` does not re-bind).
+    let mut rows = if params.is_empty() { stmt.raw_query() } else { stmt.query(rusqlite::params_from_iter(params))? };
     while let Some(r) = rows.next()? {
         out.push(
             (0..n)

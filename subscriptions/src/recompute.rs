@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug)]
 pub struct Recompute {
-    sql: String,
+    stmt: crate::stmt::Statement,
     rows: BTreeMap<u64, Vec<Value>>,
     by_content: HashMap<Vec<u8>, Vec<u64>>,
     pub next_row_id: u64,
@@ -22,9 +22,9 @@ fn content_key(cells: &[Value]) -> Vec<u8> {
 }
 
 impl Recompute {
-    pub fn new(sql: String) -> Recompute {
+    pub fn new(stmt: crate::stmt::Statement) -> Recompute {
         Recompute {
-            sql,
+            stmt,
             rows: BTreeMap::new(),
             by_content: HashMap::new(),
             next_row_id: 1,
@@ -43,7 +43,8 @@ impl Recompute {
     }
 
     fn run(&self, conn: &Connection) -> Result<Vec<Vec<Value>>> {
-        let mut stmt = conn.prepare_cached(&self.sql)?;
+        let mut stmt = conn.prepare_cached(&self.stmt.sql)?;
+        crate::stmt::bind(&mut stmt, &self.stmt.params).map_err(|e| rusqlite::Error::InvalidParameterName(e))?;
         read_rows(&mut stmt, &[])
     }
 

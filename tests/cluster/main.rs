@@ -5,6 +5,7 @@ mod bench;
 mod hostile;
 mod stress;
 mod support;
+mod tls;
 
 use serde_json::json;
 use support::*;

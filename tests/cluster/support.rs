@@ -34,15 +34,20 @@ impl NodeDir {
         self.dir.path()
     }
 
-    fn write_config(&self, bootstrap: &[SocketAddr], gossip_port: u16, extra: &str) -> PathBuf {
+    fn write_config(&self, bootstrap: &[SocketAddr], gossip_port: u16, tls: &str) -> PathBuf {
         let d = self.path();
         let boot: Vec<String> = bootstrap.iter().map(|a| format!("\"{a}\"")).collect();
         let text = format!(
             "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\
              [api]\naddr = \"127.0.0.1:0\"\n\
-             [gossip]\naddr = \"127.0.0.1:{gossip_port}\"\nplaintext = true\nbootstrap = [{boot}]\n\
+             [gossip]\naddr = \"127.0.0.1:{gossip_port}\"\nbootstrap = [{boot}]\n{security}\n\
              [admin]\npath = \"{admin}\"\n\
-             [perf]\nmin_sync_backoff = 1\nmax_sync_backoff = 2\n{extra}",
+             [perf]\nmin_sync_backoff = 1\nmax_sync_backoff = 2\n{tls}",
+            security = if tls.is_empty() {
+                "plaintext = true"
+            } else {
+                ""
+            },
             db = d.join("state.db").display(),
             schema = d.join("schema.sql").display(),
             boot = boot.join(", "),
@@ -60,7 +65,13 @@ impl NodeDir {
 
     /// Starts an agent with a fixed gossip port (0 = any).
     pub fn start_on(&self, bootstrap: &[SocketAddr], gossip_port: u16) -> TestNode {
-        let config = self.write_config(bootstrap, gossip_port, "");
+        self.start_with(bootstrap, gossip_port, "")
+    }
+
+    /// Starts an agent whose config ends with `tls` (a `[gossip.tls]` section); plaintext
+    /// gossip when empty.
+    pub fn start_with(&self, bootstrap: &[SocketAddr], gossip_port: u16, tls: &str) -> TestNode {
+        let config = self.write_config(bootstrap, gossip_port, tls);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

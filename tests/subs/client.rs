@@ -29,7 +29,11 @@ pub fn parse_change(ev: &Value) -> Change {
         .and_then(Value::as_array)
         .unwrap_or_else(|| panic!("expected a change event, got {ev}"));
     assert_eq!(ev.as_object().map(|o| o.len()), Some(1), "one key: {ev}");
-    assert_eq!(arr.len(), 4, "change is [kind, row_id, cells, change_id]: {ev}");
+    assert_eq!(
+        arr.len(),
+        4,
+        "change is [kind, row_id, cells, change_id]: {ev}"
+    );
     let kind = arr[0].as_str().expect("change kind string").to_string();
     assert!(
         ["insert", "update", "delete"].contains(&kind.as_str()),
@@ -50,14 +54,17 @@ pub fn parse_change(ev: &Value) -> Change {
 pub fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
-        && groups
-            .iter()
-            .all(|g| g.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+        && groups.iter().all(|g| {
+            g.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
 }
 
 /// Is `s` 16 lowercase hex digits?
 pub fn is_hash(s: &str) -> bool {
-    s.len() == 16 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    s.len() == 16
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 /// Rows as a sorted multiset (for order-insensitive comparison).
@@ -92,24 +99,28 @@ pub struct Sub {
 
 impl Sub {
     /// Wraps a 200 subscription response; checks the id/hash headers.
-    pub fn from_stream(stream: LineStream) -> Sub {
-        assert_eq!(
-            stream.status.as_u16(),
-            200,
-            "{}: expected 200, headers {:?}",
-            stream.what,
-            stream.headers
-        );
+    pub async fn from_stream(stream: LineStream) -> Sub {
+        if stream.status.as_u16() != 200 {
+            let what = stream.what.clone();
+            let r = stream.into_resp(EVENT_TIMEOUT).await;
+            panic!("{what}: expected 200, got {}: {}", r.status, r.text());
+        }
         let id = stream
             .header("corro-query-id")
             .unwrap_or_else(|| panic!("{}: no corro-query-id header", stream.what))
             .to_string();
-        assert!(is_uuid(&id), "corro-query-id is not a lowercase UUID: {id:?}");
+        assert!(
+            is_uuid(&id),
+            "corro-query-id is not a lowercase UUID: {id:?}"
+        );
         let hash = stream
             .header("corro-query-hash")
             .unwrap_or_else(|| panic!("{}: no corro-query-hash header", stream.what))
             .to_string();
-        assert!(is_hash(&hash), "corro-query-hash is not 16 hex digits: {hash:?}");
+        assert!(
+            is_hash(&hash),
+            "corro-query-hash is not 16 hex digits: {hash:?}"
+        );
         Sub {
             id,
             hash,
@@ -126,7 +137,7 @@ impl Sub {
 
     /// `POST /v1/subscriptions` (+ `query`, e.g. `?skip_rows=true`), expecting a snapshot.
     pub async fn post(api: &Api, stmt: &Value) -> Sub {
-        let mut s = Sub::from_stream(api.open_post("/v1/subscriptions", stmt).await);
+        let mut s = Sub::from_stream(api.open_post("/v1/subscriptions", stmt).await).await;
         s.read_snapshot().await;
         s
     }
@@ -134,10 +145,16 @@ impl Sub {
     /// `GET /v1/subscriptions/{id}`, expecting a snapshot.
     pub async fn get(api: &Api, id: &str) -> Sub {
         let s = api.open_get(&format!("/v1/subscriptions/{id}")).await;
-        let mut s = Sub::from_stream(s);
+        let mut s = Sub::from_stream(s).await;
         assert_eq!(s.id, id, "GET answered for another subscription");
         s.read_snapshot().await;
         s
+    }
+
+    /// `GET /v1/subscriptions/{id}` as given (not checked against the returned id); the
+    /// snapshot is left unread.
+    pub async fn get_any(api: &Api, id: &str) -> Sub {
+        Sub::from_stream(api.open_get(&format!("/v1/subscriptions/{id}")).await).await
     }
 
     /// `GET /v1/subscriptions/{id}?from=N`: only changes after `from` follow.
@@ -145,7 +162,7 @@ impl Sub {
         let s = api
             .open_get(&format!("/v1/subscriptions/{id}?from={from}"))
             .await;
-        let mut s = Sub::from_stream(s);
+        let mut s = Sub::from_stream(s).await;
         assert_eq!(s.id, id, "GET answered for another subscription");
         s.last = from;
         s
@@ -182,7 +199,10 @@ impl Sub {
                 let rid = pair[0].as_u64().unwrap_or_else(|| panic!("row id: {ev}"));
                 let cells = pair[1].as_array().expect("cells").clone();
                 assert_eq!(cells.len(), self.columns.len(), "row width: {ev}");
-                assert!(self.rows.insert(rid, cells).is_none(), "duplicate row id: {ev}");
+                assert!(
+                    self.rows.insert(rid, cells).is_none(),
+                    "duplicate row id: {ev}"
+                );
                 self.seen_ids.insert(rid);
             } else if let Some(e) = ev.get("eoq") {
                 assert!(e["time"].is_number(), "eoq time: {ev}");
@@ -199,7 +219,7 @@ impl Sub {
     }
 
     /// Validates a change against the state and applies it.
-    fn apply(&mut self, c: &Change) {
+    pub fn apply(&mut self, c: &Change) {
         assert_eq!(
             c.id,
             self.last + 1,
@@ -316,8 +336,5 @@ impl Sub {
 
 /// Sorted cells of the given rows map, for comparing two subscribers' states exactly.
 pub fn rows_json(rows: &BTreeMap<u64, Vec<Value>>) -> Value {
-    json!(rows
-        .iter()
-        .map(|(k, v)| json!([k, v]))
-        .collect::<Vec<_>>())
+    json!(rows.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>())
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Writes per phase before checking whether the slow subscriber was cut off.
-const PHASE_WRITES: usize = 1500;
+const PHASE_WRITES: usize = 2500;
 /// Overall limit for provoking the disconnection.
 const LAG_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -43,7 +43,11 @@ fn dechunk(raw: &[u8]) -> (Vec<u8>, bool) {
             return (out, false);
         }
         out.extend_from_slice(&raw[start..start + size]);
-        assert_eq!(&raw[start + size..start + size + 2], b"\r\n", "chunk terminator");
+        assert_eq!(
+            &raw[start + size..start + size + 2],
+            b"\r\n",
+            "chunk terminator"
+        );
         pos = start + size + 2;
     }
 }
@@ -71,7 +75,10 @@ impl RawSub {
         );
         conn.write_all(head.as_bytes()).await.unwrap();
         conn.write_all(&body).await.unwrap();
-        let mut s = RawSub { conn, raw: Vec::new() };
+        let mut s = RawSub {
+            conn,
+            raw: Vec::new(),
+        };
         // Read just the response head: the listener is registered once it is sent.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !s.raw.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -90,7 +97,8 @@ impl RawSub {
     async fn drain(&mut self, idle: Duration) {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            if self.parts().2 {
+            // The final zero-size chunk (checked fully by `parts`).
+            if self.raw.ends_with(b"\r\n0\r\n\r\n") && self.parts().2 {
                 return;
             }
             match tokio::time::timeout(idle, self.conn.read(&mut buf)).await {
@@ -119,25 +127,31 @@ impl RawSub {
 async fn slow_subscriber_is_cut_off_and_can_resume() {
     let dir = NodeDir::with_schema(SCHEMA);
     let node = dir.start();
-    let w = node.http1();
-    w.write(&json!([["INSERT INTO t VALUES (1, ?, 0), (2, 'other', 0)", [value(0)]]]))
-        .await;
+    let w = node.http1().with_nodelay();
+    w.write(&json!([[
+        "INSERT INTO t VALUES (1, ?, 0), (2, 'other', 0)",
+        [value(0)]
+    ]]))
+    .await;
     let sql = "SELECT id, a FROM t WHERE id = 1";
-    let mut slow = RawSub::open(&node.http1(), sql).await;
+    let mut slow = RawSub::open(&node.http1().with_nodelay(), sql).await;
     let head = slow.parts().0;
     assert!(head.starts_with("http/1.1 200"), "{head}");
 
     // An active subscriber of the same subscription, and one of another subscription.
-    let mut active = Sub::post(&node.h2c(), &json!(sql)).await;
+    let mut active = Sub::post(&node.h2c().with_nodelay(), &json!(sql)).await;
     assert_eq!(active.eoq_change_id, 0);
     let id = active.id.clone();
     assert!(head.contains(&format!("corro-query-id: {id}")), "{head}");
     let other_q = json!("SELECT id, b FROM t WHERE id = 2");
-    let mut other = Sub::post(&node.http1(), &other_q).await;
+    let mut other = Sub::post(&node.http1().with_nodelay(), &other_q).await;
     let reader = tokio::spawn(async move {
         // Reads until the final value; validates every event on the way.
         loop {
-            let c = active.change().await;
+            let c = active
+                .try_change(Duration::from_secs(120))
+                .await
+                .expect("active subscriber: no change for 120 s");
             if c.cells[1].as_str().is_some_and(|s| s.starts_with("final")) {
                 return active;
             }
@@ -146,14 +160,19 @@ async fn slow_subscriber_is_cut_off_and_can_resume() {
 
     let deadline = tokio::time::Instant::now() + LAG_DEADLINE;
     let mut i = 0;
+    let t0 = std::time::Instant::now();
     let cut_off = loop {
+        eprintln!("phase start at {:?}, {i} writes", t0.elapsed());
         for _ in 0..PHASE_WRITES {
             i += 1;
             w.write(&json!([["UPDATE t SET a = ? WHERE id = 1", [value(i)]]]))
                 .await;
         }
-        w.write(&json!([["UPDATE t SET b = ? WHERE id = 2", [i]]])).await;
+        w.write(&json!([["UPDATE t SET b = ? WHERE id = 2", [i]]]))
+            .await;
+        eprintln!("phase writes done at {:?}, {i} writes", t0.elapsed());
         slow.drain(Duration::from_secs(3)).await;
+        eprintln!("drained at {:?}, {} bytes", t0.elapsed(), slow.raw.len());
         if slow.parts().2 {
             break true;
         }
@@ -161,7 +180,8 @@ async fn slow_subscriber_is_cut_off_and_can_resume() {
             break false;
         }
     };
-    w.write(&json!(["UPDATE t SET a = 'final' WHERE id = 1"])).await;
+    w.write(&json!(["UPDATE t SET a = 'final' WHERE id = 1"]))
+        .await;
     let (_, body, _) = slow.parts();
     let lines: Vec<Value> = body
         .split(|b| *b == b'\n')
@@ -195,9 +215,13 @@ async fn slow_subscriber_is_cut_off_and_can_resume() {
         .await
         .expect("active subscriber did not reach the final value in 60 s")
         .expect("active subscriber task failed");
-    assert!(last < active.last, "cut off before the end ({last} of {})", active.last);
+    assert!(
+        last < active.last,
+        "cut off before the end ({last} of {})",
+        active.last
+    );
     for proto in [Proto::Http1, Proto::H2c] {
-        let mut r = Sub::resume(&node.api(proto), &id, last).await;
+        let mut r = Sub::resume(&node.api(proto).with_nodelay(), &id, last).await;
         r.until_id(active.last).await;
         assert_eq!(r.changes[..], active.changes[last as usize..]);
     }

@@ -133,8 +133,14 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
         (Ok(f), Ok(s)) => (f, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    if id.len() != 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a subscription id (a UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427)"));
+    let groups: Vec<&str> = id.split('-').collect();
+    let layout_ok = groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
+    if !layout_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a subscription id (a UUID like 1b4e28ba-2fa1-41d2-883f-0016d3cca427)"),
+        );
     }
     let subs = api.node.subs.clone();
     let id = id.to_ascii_lowercase();

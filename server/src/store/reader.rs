@@ -63,6 +63,10 @@ impl ReadPool {
         })
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn get(self: &Arc<Self>) -> Result<PooledConn> {
         let existing = self.idle.lock().expect("pool lock").pop();
         let conn = match existing {
@@ -85,6 +89,14 @@ impl ReadPool {
             pool: self.clone(),
         })
     }
+}
+
+/// Opens a read-only connection configured like the pool's (without a guard).
+pub fn open_read_connection(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    super::configure_connection(&conn, false)?;
+    Ok(conn)
 }
 
 /// What a query produces, in order: `Columns`, any number of `Row`s, then `End` or `Error`.

@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use verdigris_subscriptions::matview::Changes;
+use verdigris_subscriptions::family::FamilyInfo;
 use verdigris_subscriptions::{analyze, Analysis, MatView, Schema};
 
 /// Messages queued per listener before it is considered too slow.
@@ -97,6 +98,8 @@ struct Sub {
     last_change_id: u64,
     listeners: Vec<Listener>,
     idle_since: Instant,
+    /// Family key and member index, for subscriptions evaluated with their family.
+    family: Option<(String, u64)>,
 }
 
 /// Info for admin/introspection.
@@ -117,6 +120,39 @@ struct State {
     by_key: HashMap<String, String>,
     persist: Persist,
     updates: HashMap<String, UpdatesHandle>,
+    /// The matcher's own read connection: it holds the families' member tables (TEMP).
+    conn: rusqlite::Connection,
+    families: HashMap<String, Family>,
+}
+
+/// Subscriptions that differ only in one value (see `verdigris_subscriptions::family`).
+struct Family {
+    info: FamilyInfo,
+    next_idx: u64,
+    members: HashMap<u64, String>,
+}
+
+impl State {
+    fn join_family(&mut self, info: &FamilyInfo, sub_id: &str) -> Result<u64> {
+        let fam = self.families.entry(info.key.clone()).or_insert_with(|| Family { info: info.clone(), next_idx: 0, members: HashMap::new() });
+        let idx = fam.next_idx;
+        fam.next_idx += 1;
+        info.add_member(&self.conn, idx)?;
+        fam.members.insert(idx, sub_id.to_string());
+        Ok(idx)
+    }
+
+    fn leave_family(&mut self, sub: &Sub) {
+        if let Some((key, idx)) = &sub.family {
+            if let Some(fam) = self.families.get_mut(key) {
+                let _ = fam.info.remove_member(&self.conn, *idx);
+                fam.members.remove(idx);
+                if fam.members.is_empty() {
+                    self.families.remove(key);
+                }
+            }
+        }
+    }
 }
 
 struct UpdatesHandle {
@@ -157,6 +193,10 @@ impl Schema for CatalogSchema {
     }
 }
 
+fn shared_db_path(reads: &ReadPool) -> std::path::PathBuf {
+    reads.path().to_path_buf()
+}
+
 /// 64-bit FNV-1a: the stable query hash sent as `corro-query-hash`.
 pub fn query_hash(sql: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -182,9 +222,12 @@ impl Manager {
         config: SubsConfig,
     ) -> Result<Arc<Manager>> {
         let persist = Persist::open(dir)?;
+        let conn = crate::store::reader::open_read_connection(&shared_db_path(&reads))?;
         let stored = persist.load()?;
         let m = Arc::new(Manager {
             state: Mutex::new(State {
+                conn,
+                families: HashMap::new(),
                 subs: HashMap::new(),
                 by_key: HashMap::new(),
                 persist,
@@ -211,11 +254,10 @@ impl Manager {
             Vec<verdigris_subscriptions::matview::StoredRow>,
         )>,
     ) -> Result<()> {
-        let conn = self.reads.get()?;
         let schema = CatalogSchema(self.shared.catalog());
         let mut st = lock(&self.state);
         for (s, rows) in stored {
-            let analysis = match analyze(&conn, &Statement::new(s.sql.clone()), &schema) {
+            let analysis = match analyze(&st.conn, &Statement::new(s.sql.clone()), &schema) {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(id = %s.id, error = %e, "dropping a stored subscription that no longer analyzes");
@@ -225,8 +267,11 @@ impl Manager {
             };
             let mut mv = MatView::new(&analysis);
             mv.import(rows, s.next_row_id);
-            let changes = mv.recompute(&conn)?;
+            let changes = mv.recompute(&st.conn)?;
             let mut sub = new_sub(s.id.clone(), &analysis, mv);
+            if let Some(f) = &analysis.family {
+                sub.family = Some((f.key.clone(), st.join_family(f, &s.id)?));
+            }
             sub.last_change_id = s.last_change_id;
             if !changes.is_empty() {
                 let first = sub.last_change_id + 1;
@@ -304,14 +349,18 @@ impl Manager {
         }
         let start = Instant::now();
         let mut mv = MatView::new(&analysis);
-        conn.execute_batch("BEGIN").map_err(anyhow::Error::from)?;
-        let rows = mv.initial(&conn);
-        let _ = conn.execute_batch("COMMIT");
+        drop(conn);
+        st.conn.execute_batch("BEGIN").map_err(anyhow::Error::from)?;
+        let rows = mv.initial(&st.conn);
+        let _ = st.conn.execute_batch("COMMIT");
         let rows = rows.map_err(|e| SubsError::BadRequest(format!("query failed: {e}")))?;
         let id = ActorId::random().hyphenated();
         st.persist
             .create(&id, &analysis.sql, &mv.export(), mv.next_row_id())?;
         let mut sub = new_sub(id.clone(), &analysis, mv);
+        if let Some(f) = &analysis.family {
+            sub.family = Some((f.key.clone(), st.join_family(f, &id)?));
+        }
         let mut initial = Vec::new();
         if !skip_rows {
             events::columns(&mut initial, &sub.columns);
@@ -467,29 +516,72 @@ impl Manager {
         if changes.is_empty() && whole.is_empty() {
             return Ok(true);
         }
-        let conn = self.reads.get()?;
-        conn.execute_batch("BEGIN")?;
+        st.conn.execute_batch("BEGIN")?;
         let mut produced: Vec<(String, u64, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
-        for sub in st.subs.values_mut() {
-            let full = sub.tables.iter().any(|t| whole.contains(t));
-            let result = if full {
-                sub.mv.recompute(&conn)
-            } else {
-                sub.mv.refresh(&conn, &sub.tables, &changes)
-            };
-            match result {
-                Ok(ch) if !ch.is_empty() => {
+        {
+            let State { subs, families, conn, .. } = &mut *st;
+            // Family members are refreshed together; everything else one by one.
+            let mut groups: HashMap<String, Vec<(u64, &mut verdigris_subscriptions::keyed::Keyed)>> = HashMap::new();
+            let mut results: Vec<(&mut Sub, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
+            let mut member_of: HashMap<(String, u64), String> = HashMap::new();
+            let mut touched_families: BTreeSet<String> = BTreeSet::new();
+            let mut singles: Vec<&mut Sub> = Vec::new();
+            for sub in subs.values_mut() {
+                let full = sub.tables.iter().any(|t| whole.contains(t));
+                let touched = changes.keys().any(|t| sub.tables.contains(t));
+                let in_family = !full && sub.family.is_some() && matches!(sub.mv, MatView::Keyed(_));
+                if !in_family {
+                    singles.push(sub);
+                    continue;
+                }
+                if touched {
+                    let (key, idx) = sub.family.clone().expect("family member");
+                    member_of.insert((key.clone(), idx), sub.id.clone());
+                    touched_families.insert(key.clone());
+                    if let MatView::Keyed(k) = &mut sub.mv {
+                        groups.entry(key).or_default().push((idx, k));
+                    }
+                }
+            }
+            let mut family_changes: HashMap<String, Vec<verdigris_subscriptions::RowChange>> = HashMap::new();
+            for (key, mut members) in groups {
+                let Some(fam) = families.get(&key) else { continue };
+                match fam.info.refresh(conn, &mut members, &changes) {
+                    Ok(out) => {
+                        for (idx, ch) in out {
+                            if let Some(id) = member_of.get(&(key.clone(), idx)) {
+                                family_changes.insert(id.clone(), ch);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(family = %key, error = %e, "family refresh failed"),
+                }
+            }
+            for sub in singles {
+                let full = sub.tables.iter().any(|t| whole.contains(t));
+                let result = if full { sub.mv.recompute(conn) } else { sub.mv.refresh(conn, &sub.tables, &changes) };
+                match result {
+                    Ok(ch) if !ch.is_empty() => results.push((sub, ch)),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription refresh failed"),
+                }
+            }
+            for (sub, ch) in results {
+                let first = sub.last_change_id + 1;
+                sub.last_change_id += ch.len() as u64;
+                produced.push((sub.id.clone(), first, ch));
+            }
+            for (id, ch) in family_changes {
+                if let Some(sub) = subs.get_mut(&id) {
                     let first = sub.last_change_id + 1;
                     sub.last_change_id += ch.len() as u64;
-                    produced.push((sub.id.clone(), first, ch));
+                    produced.push((id, first, ch));
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription refresh failed"),
             }
+            let _ = touched_families;
         }
-        let notifications = self.updates_round(&st, &conn, &changes);
-        let _ = conn.execute_batch("COMMIT");
-        drop(conn);
+        let notifications = self.updates_round(&st, &st.conn, &changes);
+        let _ = st.conn.execute_batch("COMMIT");
         let writes: Vec<RoundWrite<'_>> = produced
             .iter()
             .map(|(id, first, ch)| RoundWrite {
@@ -501,7 +593,11 @@ impl Manager {
             })
             .collect();
         if !writes.is_empty() {
-            st.persist.write_round(&writes)?;
+            // The in-memory state already moved on: publish even if the disk write failed, so
+            // listeners never see a gap (the change log then misses this round for `from=`).
+            if let Err(e) = st.persist.write_round(&writes) {
+                tracing::error!(error = %format!("{e:#}"), "could not persist a subscription round");
+            }
         }
         drop(writes);
         for (id, first, ch) in produced {
@@ -579,6 +675,7 @@ impl Manager {
             .collect();
         for id in expired {
             if let Some(s) = st.subs.remove(&id) {
+                st.leave_family(&s);
                 st.by_key.retain(|_, v| *v != id);
                 st.persist.delete(&id)?;
                 tracing::info!(id = %s.id, "removed idle subscription");
@@ -600,6 +697,7 @@ fn new_sub(id: String, a: &Analysis, mv: MatView) -> Sub {
         last_change_id: 0,
         listeners: vec![],
         idle_since: Instant::now(),
+        family: None,
     }
 }
 
