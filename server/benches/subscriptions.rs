@@ -121,7 +121,9 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
             rt.spawn(async move {
                 let (mut last, mut events) = (0u64, 0u64);
                 let give_up = Instant::now() + Duration::from_secs(30);
-                while last < target.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < give_up {
+                while last < target.load(std::sync::atomic::Ordering::SeqCst)
+                    && Instant::now() < give_up
+                {
                     match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                         Ok(Some(b)) => {
                             events += b.last_id - last;

@@ -181,19 +181,38 @@ fn inline_params(stmt: &mut Ast, params: &Params) -> Result<(), SubError> {
 }
 
 /// Analyzes a subscription query. `conn` is a read connection used to validate it with SQLite.
-pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Result<Analysis, SubError> {
+pub fn analyze(
+    conn: &Connection,
+    stmt: &Statement,
+    schema: &dyn Schema,
+) -> Result<Analysis, SubError> {
     // SQLite itself validates the statement as written: tables, columns, functions, parameters.
     let mut prepared = conn.prepare(&stmt.sql).map_err(|e| match e {
-        rusqlite::Error::MultipleStatement => SubError("a subscription takes exactly one SELECT statement".into()),
+        rusqlite::Error::MultipleStatement => {
+            SubError("a subscription takes exactly one SELECT statement".into())
+        }
         e => SubError(e.to_string()),
     })?;
-    let first_word = stmt.sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("").to_ascii_uppercase();
-    if !prepared.readonly() || prepared.column_count() == 0 || !matches!(first_word.as_str(), "SELECT" | "WITH" | "VALUES") {
+    let first_word = stmt
+        .sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    if !prepared.readonly()
+        || prepared.column_count() == 0
+        || !matches!(first_word.as_str(), "SELECT" | "WITH" | "VALUES")
+    {
         return err("subscriptions only accept SELECT queries");
     }
     crate::stmt::bind(&mut prepared, &stmt.params).map_err(SubError)?;
     // Column names as SQLite reports them for the query as written (what /v1/queries shows).
-    let columns: Vec<String> = prepared.column_names().iter().map(|c| c.to_string()).collect();
+    let columns: Vec<String> = prepared
+        .column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     drop(prepared);
     let mut tables = read_tables(conn, &stmt.sql, schema)?;
 
@@ -217,7 +236,12 @@ pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Resu
     let mut asts = match Parser::parse_sql(&SQLiteDialect {}, &stmt.sql) {
         Ok(a) if a.len() == 1 && matches!(a[0], Ast::Query(_)) => a,
         Ok(_) => return err("subscriptions only accept one SELECT query"),
-        Err(_) => return verbatim("uses SQLite syntax the rewriter does not handle; re-run as written".into(), tables),
+        Err(_) => {
+            return verbatim(
+                "uses SQLite syntax the rewriter does not handle; re-run as written".into(),
+                tables,
+            )
+        }
     };
     if let Some(why) = unfaithful_literals(&stmt.sql) {
         return verbatim(why, tables);
@@ -227,9 +251,16 @@ pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Resu
     let sql = ast.to_string();
     match conn.prepare(&sql) {
         Ok(p) if p.parameter_count() == 0 && p.column_count() == columns.len() => {}
-        _ => return verbatim("its parameters or syntax cannot be rewritten safely; re-run as written".into(), tables),
+        _ => {
+            return verbatim(
+                "its parameters or syntax cannot be rewritten safely; re-run as written".into(),
+                tables,
+            )
+        }
     }
-    let Ast::Query(query) = ast else { unreachable!("checked above") };
+    let Ast::Query(query) = ast else {
+        unreachable!("checked above")
+    };
     let mut ctes = BTreeSet::new();
     collect_ctes(&query, &mut ctes);
     let mut problem = None;
@@ -266,7 +297,16 @@ pub fn analyze(conn: &Connection, stmt: &Statement, schema: &dyn Schema) -> Resu
         Plan::Keyed { .. } => Statement::new(sql.clone()),
         Plan::Recompute { .. } => stmt.clone(),
     };
-    Ok(Analysis { sql, exec, normalized, tables, columns, plan, query: Some(*query), family })
+    Ok(Analysis {
+        sql,
+        exec,
+        normalized,
+        tables,
+        columns,
+        plan,
+        query: Some(*query),
+        family,
+    })
 }
 
 /// Numeric literals sqlparser reads differently from SQLite (hex, digit separators).
@@ -291,9 +331,12 @@ fn unfaithful_literals(sql: &str) -> Option<String> {
                     i += 1;
                 }
             }
-            c if c.is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) => {
+            c if c.is_ascii_digit()
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
+            {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.')
+                {
                     i += 1;
                 }
                 let lit = &sql[start..i];
@@ -322,9 +365,15 @@ fn is_local_table(conn: &Connection, name: &str) -> bool {
 
 /// Every table SQLite opens to run `sql` (from its bytecode: `OpenRead` root pages), as the
 /// replicated tables it depends on; a non-replicated table is an error.
-fn read_tables(conn: &Connection, sql: &str, schema: &dyn Schema) -> Result<BTreeSet<String>, SubError> {
+fn read_tables(
+    conn: &Connection,
+    sql: &str,
+    schema: &dyn Schema,
+) -> Result<BTreeSet<String>, SubError> {
     let mut pages: BTreeSet<i64> = BTreeSet::new();
-    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).map_err(|e| SubError(e.to_string()))?;
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN {sql}"))
+        .map_err(|e| SubError(e.to_string()))?;
     let mut rows = stmt.raw_query();
     while let Ok(Some(r)) = rows.next() {
         let op: String = r.get(1).unwrap_or_default();
@@ -339,7 +388,11 @@ fn read_tables(conn: &Connection, sql: &str, schema: &dyn Schema) -> Result<BTre
     let mut out = BTreeSet::new();
     for page in pages {
         let name: Option<String> = conn
-            .query_row("SELECT tbl_name FROM sqlite_schema WHERE rootpage = ?1", [page], |r| r.get(0))
+            .query_row(
+                "SELECT tbl_name FROM sqlite_schema WHERE rootpage = ?1",
+                [page],
+                |r| r.get(0),
+            )
             .ok();
         let Some(name) = name else { continue };
         if schema.primary_key(&name).is_some() {
@@ -418,7 +471,10 @@ fn where_touches_nullable(w: &Expr, sources: &[Source], schema: &dyn Schema) -> 
         match e {
             Expr::CompoundIdentifier(ids) if ids.len() >= 2 => {
                 let r = quote(&ids[ids.len() - 2].value);
-                if let Some(s) = nullable.iter().find(|s| s.reference.eq_ignore_ascii_case(&r)) {
+                if let Some(s) = nullable
+                    .iter()
+                    .find(|s| s.reference.eq_ignore_ascii_case(&r))
+                {
                     hit = Some(s.table.clone());
                 }
             }
@@ -435,7 +491,11 @@ fn where_touches_nullable(w: &Expr, sources: &[Source], schema: &dyn Schema) -> 
             }
             _ => {}
         }
-        if hit.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if hit.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
     hit
 }

@@ -8,6 +8,7 @@
 //!    `T.pk IN (P)`; WHERE dropped, a superset is fine);
 //! 3. the query re-runs restricted to those roots, and each root's rows are replaced, emitting
 //!    insert / update / delete by identity.
+//!
 //! Recomputing whole roots (not single result rows) is what makes LEFT JOINs exact: a root
 //! whose last match disappears gets its NULL-extended row back, and vice versa.
 
@@ -20,6 +21,9 @@ use sqlparser::ast::{Distinct, Expr, Ident, Query, SelectItem, SetExpr};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Fresh rows per root key: (identity, cells), in query order.
+pub(crate) type RootRows = HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>;
 
 /// Keys per restricted query.
 pub(crate) const KEYS_PER_QUERY: usize = 400;
@@ -258,7 +262,7 @@ impl Keyed {
     pub(crate) fn replace_roots(
         &mut self,
         roots: &BTreeSet<Vec<u8>>,
-        mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>,
+        mut fresh: RootRows,
     ) -> Vec<RowChange> {
         let mut changes = Vec::new();
         for root in roots {
@@ -309,12 +313,8 @@ impl Keyed {
         changes
     }
 
-    fn fetch_roots(
-        &self,
-        conn: &Connection,
-        roots: &BTreeSet<Vec<u8>>,
-    ) -> Result<HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>> {
-        let mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>> = HashMap::new();
+    fn fetch_roots(&self, conn: &Connection, roots: &BTreeSet<Vec<u8>>) -> Result<RootRows> {
+        let mut fresh: RootRows = HashMap::new();
         let all: Vec<&Vec<u8>> = roots.iter().collect();
         for chunk in all.chunks(KEYS_PER_QUERY) {
             let params = Self::unpack_keys(chunk.iter().copied());
@@ -334,7 +334,9 @@ impl Keyed {
     pub(crate) fn old_roots(&self, changes: &Changes) -> BTreeSet<Vec<u8>> {
         let mut roots = BTreeSet::new();
         for s in 1..self.sources.len() {
-            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
+            let Some(keys) = changes.get(&self.sources[s].table) else {
+                continue;
+            };
             for k in keys {
                 if let Some(rs) = self.by_source[s].get(k) {
                     roots.extend(rs.iter().cloned());
@@ -345,13 +347,23 @@ impl Keyed {
     }
 
     /// Changed root keys, plus the roots that now join to a changed key of another source.
-    pub(crate) fn probe_roots(&self, conn: &Connection, changes: &Changes) -> Result<BTreeSet<Vec<u8>>> {
+    pub(crate) fn probe_roots(
+        &self,
+        conn: &Connection,
+        changes: &Changes,
+    ) -> Result<BTreeSet<Vec<u8>>> {
         let mut roots = BTreeSet::new();
         for s in 0..self.sources.len() {
-            let Some(keys) = changes.get(&self.sources[s].table) else { continue };
+            let Some(keys) = changes.get(&self.sources[s].table) else {
+                continue;
+            };
             if s == 0 {
                 let w = self.root_width();
-                roots.extend(keys.iter().filter(|k| pack::unpack(k).map(|v| v.len() == w).unwrap_or(false)).cloned());
+                roots.extend(
+                    keys.iter()
+                        .filter(|k| pack::unpack(k).map(|v| v.len() == w).unwrap_or(false))
+                        .cloned(),
+                );
                 continue;
             }
             let keys: Vec<&Vec<u8>> = keys.iter().collect();
@@ -375,7 +387,11 @@ impl Keyed {
 
     /// `query` (a family fetch: member index first) with identity columns after its first
     /// column and restricted to `roots`; `None` if a key does not unpack.
-    pub(crate) fn restrict(&self, query: &Query, roots: &[&Vec<u8>]) -> (Option<String>, Vec<Value>) {
+    pub(crate) fn restrict(
+        &self,
+        query: &Query,
+        roots: &[&Vec<u8>],
+    ) -> (Option<String>, Vec<Value>) {
         let params = Self::unpack_keys(roots.iter().copied());
         if params.len() != roots.len() * self.root_width() {
             return (None, params);
@@ -408,7 +424,7 @@ impl Keyed {
         let mut stmt = conn.prepare_cached(&self.full_sql)?;
         let rows = read_rows(&mut stmt, &[])?;
         drop(stmt);
-        let mut fresh: HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>> = HashMap::new();
+        let mut fresh: RootRows = HashMap::new();
         for row in rows {
             let (identity, root, cells) = self.split(row);
             fresh.entry(root).or_default().push((identity, cells));

@@ -65,7 +65,10 @@ pub enum MatView {
 impl MatView {
     pub fn new(a: &Analysis) -> MatView {
         match &a.plan {
-            Plan::Keyed { sources } => MatView::Keyed(Keyed::new(a.query.as_ref().expect("keyed plans have a query"), sources.clone())),
+            Plan::Keyed { sources } => MatView::Keyed(Keyed::new(
+                a.query.as_ref().expect("keyed plans have a query"),
+                sources.clone(),
+            )),
             Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.exec.clone())),
         }
     }
@@ -154,7 +157,11 @@ pub(crate) fn read_rows(
     let n = stmt.column_count();
     let mut out = Vec::new();
     // With no parameters given, keep whatever the caller bound (`raw_query` does not re-bind).
-    let mut rows = if params.is_empty() { stmt.raw_query() } else { stmt.query(rusqlite::params_from_iter(params))? };
+    let mut rows = if params.is_empty() {
+        stmt.raw_query()
+    } else {
+        stmt.query(rusqlite::params_from_iter(params))?
+    };
     while let Some(r) = rows.next()? {
         out.push(
             (0..n)

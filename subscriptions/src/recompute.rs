@@ -44,7 +44,8 @@ impl Recompute {
 
     fn run(&self, conn: &Connection) -> Result<Vec<Vec<Value>>> {
         let mut stmt = conn.prepare_cached(&self.stmt.sql)?;
-        crate::stmt::bind(&mut stmt, &self.stmt.params).map_err(|e| rusqlite::Error::InvalidParameterName(e))?;
+        crate::stmt::bind(&mut stmt, &self.stmt.params)
+            .map_err(rusqlite::Error::InvalidParameterName)?;
         read_rows(&mut stmt, &[])
     }
 

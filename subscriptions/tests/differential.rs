@@ -385,7 +385,8 @@ proptest! {
 fn syntax_outside_the_rewriter_is_run_verbatim() {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SCHEMA).unwrap();
-    conn.execute_batch("INSERT INTO a VALUES (1, 16, 'b_x'), (2, 17, 'bx'), (3, NULL, 'c')").unwrap();
+    conn.execute_batch("INSERT INTO a VALUES (1, 16, 'b_x'), (2, 17, 'bx'), (3, NULL, 'c')")
+        .unwrap();
     let cases: Vec<Statement> = vec![
         Statement::new("SELECT id FROM a WHERE x > 0x10"),
         Statement::new("SELECT 0x10, id FROM a"),
@@ -393,7 +394,10 @@ fn syntax_outside_the_rewriter_is_run_verbatim() {
         Statement::new("SELECT id FROM a WHERE y GLOB 'b*'"),
         Statement::new("SELECT id, x << 1, ~x FROM a"),
         Statement::new("SELECT id, x+1, upper(y)||'!' FROM a"),
-        Statement::with_params("SELECT id FROM a WHERE y LIKE ? ESCAPE ?", vec![Value::Text("b!_%".into()), Value::Text("!".into())]),
+        Statement::with_params(
+            "SELECT id FROM a WHERE y LIKE ? ESCAPE ?",
+            vec![Value::Text("b!_%".into()), Value::Text("!".into())],
+        ),
     ];
     for st in cases {
         let a = analyze(&conn, &st, &TestSchema).unwrap_or_else(|e| panic!("{}: {e}", st.sql));
@@ -409,13 +413,18 @@ fn syntax_outside_the_rewriter_is_run_verbatim() {
         }
         drop(rows);
         let mut mv = MatView::new(&a);
-        let mut client: BTreeMap<u64, Vec<Value>> = mv.initial(&conn).unwrap().into_iter().collect();
+        let mut client: BTreeMap<u64, Vec<Value>> =
+            mv.initial(&conn).unwrap().into_iter().collect();
         expected.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
         assert_eq!(sorted(&client), expected, "{}", st.sql);
         // A change reaches it.
-        conn.execute("UPDATE a SET x = 40, y = 'b_y' WHERE id = 3", []).unwrap();
+        conn.execute("UPDATE a SET x = 40, y = 'b_y' WHERE id = 3", [])
+            .unwrap();
         let mut changes: Changes = HashMap::new();
-        changes.entry("a".into()).or_default().insert(key(&[Value::Integer(3)]));
+        changes
+            .entry("a".into())
+            .or_default()
+            .insert(key(&[Value::Integer(3)]));
         for ch in mv.refresh(&conn, &a.tables, &changes).unwrap() {
             match ch.kind {
                 ChangeKind::Delete => {
@@ -435,6 +444,7 @@ fn syntax_outside_the_rewriter_is_run_verbatim() {
         }
         fresh_rows.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
         assert_eq!(sorted(&client), fresh_rows, "{} after a change", st.sql);
-        conn.execute("UPDATE a SET x = NULL, y = 'c' WHERE id = 3", []).unwrap();
+        conn.execute("UPDATE a SET x = NULL, y = 'c' WHERE id = 3", [])
+            .unwrap();
     }
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod hostile;
 mod stress;
+mod subs;
 mod support;
 mod tls;
 

@@ -135,7 +135,10 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
     };
     let groups: Vec<&str> = id.split('-').collect();
     let layout_ok = groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
     if !layout_ok {
         return error(
             StatusCode::BAD_REQUEST,

@@ -122,7 +122,14 @@ impl Store {
             start = end;
         }
         let site = self.site_ordinal(&set.actor)?;
-        record_version(&self.conn, site, set.version, set.last_seq, set.ts, &touched)?;
+        record_version(
+            &self.conn,
+            site,
+            set.version,
+            set.last_seq,
+            set.ts,
+            &touched,
+        )?;
         Ok(())
     }
 

@@ -63,12 +63,20 @@ pub fn read_versions(
     while let Some(r) = rows.next()? {
         let version: u64 = r.get(0)?;
         let touched: Vec<u8> = r.get(3)?;
-        let mut v = VersionChanges { actor, version, last_seq: r.get(1)?, ts: r.get::<_, i64>(2)? as u64, changes: vec![] };
+        let mut v = VersionChanges {
+            actor,
+            version,
+            last_seq: r.get(1)?,
+            ts: r.get::<_, i64>(2)? as u64,
+            changes: vec![],
+        };
         let mut entries = decode_touched(&touched).context("corrupt row list in __vd_versions")?;
         entries.sort_unstable();
         entries.dedup();
         for (tbl, pk_blob) in entries {
-            let Some(t) = catalog.by_id(tbl) else { continue };
+            let Some(t) = catalog.by_id(tbl) else {
+                continue;
+            };
             version_changes(conn, t, site, pk_blob, &mut v)?;
         }
         out.push(v);
@@ -80,14 +88,26 @@ pub fn read_versions(
 }
 
 /// Appends the surviving changes of `v` held by one row.
-fn version_changes(conn: &Connection, t: &TableInfo, site: u32, pk_blob: &[u8], v: &mut VersionChanges) -> Result<()> {
+fn version_changes(
+    conn: &Connection,
+    t: &TableInfo,
+    site: u32,
+    pk_blob: &[u8],
+    v: &mut VersionChanges,
+) -> Result<()> {
     let pk = pack::unpack(pk_blob).context("corrupt key in __vd_versions")?;
-    let Some(clock) = load_clock(conn, t, &pk)? else { return Ok(()) };
+    let Some(clock) = load_clock(conn, t, &pk)? else {
+        return Ok(());
+    };
     let mine = |s: &crate::crdt::clock::Stamp| s.site == site && s.db_version == v.version;
     if !clock.row_stamp.iter().any(mine) && !clock.cells.iter().any(|c| mine(&c.stamp)) {
         return Ok(());
     }
-    let values = if clock.cl % 2 == 1 { load_row(conn, t, &pk)? } else { None };
+    let values = if clock.cl % 2 == 1 {
+        load_row(conn, t, &pk)?
+    } else {
+        None
+    };
     let change = |cid: String, val: Value, col_version: i64, seq: u64| Change {
         table: t.name.clone(),
         pk: pk_blob.to_vec(),
@@ -100,13 +120,24 @@ fn version_changes(conn: &Connection, t: &TableInfo, site: u32, pk_blob: &[u8], 
         cl: clock.cl,
     };
     if let Some(s) = clock.row_stamp.filter(mine) {
-        v.changes.push(change(SENTINEL.to_string(), Value::Null, clock.cl, s.seq));
+        v.changes
+            .push(change(SENTINEL.to_string(), Value::Null, clock.cl, s.seq));
     }
     for cell in clock.cells.iter().filter(|c| mine(&c.stamp)) {
         let col = cell.col as usize;
-        let Some(column) = t.columns.get(col) else { continue };
-        let val = values.as_ref().and_then(|r| r.get(col).cloned()).unwrap_or(Value::Null);
-        v.changes.push(change(column.name.clone(), val, cell.col_version, cell.stamp.seq));
+        let Some(column) = t.columns.get(col) else {
+            continue;
+        };
+        let val = values
+            .as_ref()
+            .and_then(|r| r.get(col).cloned())
+            .unwrap_or(Value::Null);
+        v.changes.push(change(
+            column.name.clone(),
+            val,
+            cell.col_version,
+            cell.stamp.seq,
+        ));
     }
     Ok(())
 }

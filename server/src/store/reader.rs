@@ -93,8 +93,11 @@ impl ReadPool {
 
 /// Opens a read-only connection configured like the pool's (without a guard).
 pub fn open_read_connection(path: &std::path::Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("opening {} read-only", path.display()))?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {} read-only", path.display()))?;
     super::configure_connection(&conn, false)?;
     Ok(conn)
 }
@@ -156,8 +159,9 @@ pub fn run_query(
         match rows.next() {
             Ok(Some(r)) => {
                 row_id += 1;
-                let cells: rusqlite::Result<Vec<Value>> =
-                    (0..n).map(|i| verdigris_subscriptions::stmt::value_at(r, i)).collect();
+                let cells: rusqlite::Result<Vec<Value>> = (0..n)
+                    .map(|i| verdigris_subscriptions::stmt::value_at(r, i))
+                    .collect();
                 match cells {
                     Ok(cells) => {
                         if !sink(QueryEvent::Row(row_id, cells)) {

@@ -2,8 +2,8 @@
 //! write path and remote merges.
 
 use super::catalog::{clock_table, quote, TableInfo};
-use crate::crdt::pack;
 use crate::crdt::clock::{get_varint, put_varint, RowClock};
+use crate::crdt::pack;
 use anyhow::{anyhow, Result};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -85,7 +85,14 @@ pub fn decode_touched(mut b: &[u8]) -> Option<Vec<(u32, &[u8])>> {
     Some(out)
 }
 
-pub fn record_version(conn: &Connection, site: u32, version: u64, last_seq: u64, ts: u64, rows: &TouchedRows) -> Result<()> {
+pub fn record_version(
+    conn: &Connection,
+    site: u32,
+    version: u64,
+    last_seq: u64,
+    ts: u64,
+    rows: &TouchedRows,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO __vd_versions (site, db_version, last_seq, ts, rows) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -114,9 +121,17 @@ pub const CLOCK_BATCH: usize = 64;
 
 /// Inserts the clocks of `rows` (key values, packed key, clock) that have none, in one
 /// statement; returns, per row, whether it was inserted (false: a clock existed).
-pub fn insert_new_clocks(conn: &Connection, t: &TableInfo, rows: &[(Vec<Value>, Vec<u8>, RowClock)]) -> Result<Vec<bool>> {
+pub fn insert_new_clocks(
+    conn: &Connection,
+    t: &TableInfo,
+    rows: &[(Vec<Value>, Vec<u8>, RowClock)],
+) -> Result<Vec<bool>> {
     let nk = t.pk_cols.len();
-    let keys: Vec<String> = t.pk_cols.iter().map(|i| quote(&t.columns[*i].name)).collect();
+    let keys: Vec<String> = t
+        .pk_cols
+        .iter()
+        .map(|i| quote(&t.columns[*i].name))
+        .collect();
     let tuple = format!("({})", vec!["?"; nk + 1].join(", "));
     let sql = format!(
         "INSERT INTO {} ({}, clock) VALUES {} ON CONFLICT DO NOTHING RETURNING {}",
@@ -134,8 +149,13 @@ pub fn insert_new_clocks(conn: &Connection, t: &TableInfo, rows: &[(Vec<Value>, 
     let mut inserted = std::collections::HashSet::with_capacity(rows.len());
     let mut res = stmt.query(params_from_iter(params))?;
     while let Some(r) = res.next()? {
-        let vals: Vec<Value> = (0..nk).map(|i| crate::store::exec::value_at(r, i)).collect::<rusqlite::Result<_>>()?;
+        let vals: Vec<Value> = (0..nk)
+            .map(|i| crate::store::exec::value_at(r, i))
+            .collect::<rusqlite::Result<_>>()?;
         inserted.insert(pack::pack_owned(&vals));
     }
-    Ok(rows.iter().map(|(_, blob, _)| inserted.contains(blob)).collect())
+    Ok(rows
+        .iter()
+        .map(|(_, blob, _)| inserted.contains(blob))
+        .collect())
 }

@@ -193,9 +193,9 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
             bail!("table {name}: primary key column {} must be NOT NULL (e.g. `{} {} NOT NULL PRIMARY KEY`)", c.name, c.name, c.decl_type);
         }
     }
-    for c in cols
+    if let Some(c) = cols
         .iter()
-        .filter(|c| c.pk == 0 && c.not_null && c.default.is_none())
+        .find(|c| c.pk == 0 && c.not_null && c.default.is_none())
     {
         bail!("table {name}: column {} is NOT NULL without a DEFAULT; give it a DEFAULT or make it nullable (a row may be created from a partial set of replicated columns)", c.name);
     }

@@ -422,9 +422,14 @@ fn concurrent_conflicting_writes_pick_one_winner() {
 #[test]
 fn batched_inserts_handle_reinserted_rows() {
     let mut s = store();
-    let gen = |n: i64| format!("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) INSERT INTO users SELECT i, 'x' || i, i FROM n", n - 1);
+    let gen = |n: i64| {
+        format!("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) INSERT INTO users SELECT i, 'x' || i, i FROM n", n - 1)
+    };
     assert_eq!(tx(&mut s, &[&gen(200)]), Some(1));
-    assert_eq!(s.changes(s.actor_id(), 1..=1).unwrap()[0].changes.len(), 400);
+    assert_eq!(
+        s.changes(s.actor_id(), 1..=1).unwrap()[0].changes.len(),
+        400
+    );
     tx(&mut s, &["DELETE FROM users WHERE id % 2 = 0"]);
     tx(&mut s, &["DELETE FROM users", &gen(300)]);
     let v3 = &s.changes(s.actor_id(), 3..=3).unwrap()[0].changes;

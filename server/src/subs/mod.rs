@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use verdigris_subscriptions::matview::Changes;
 use verdigris_subscriptions::family::FamilyInfo;
+use verdigris_subscriptions::matview::Changes;
 use verdigris_subscriptions::{analyze, Analysis, MatView, Schema};
 
 /// Messages queued per listener before it is considered too slow.
@@ -134,7 +134,14 @@ struct Family {
 
 impl State {
     fn join_family(&mut self, info: &FamilyInfo, sub_id: &str) -> Result<u64> {
-        let fam = self.families.entry(info.key.clone()).or_insert_with(|| Family { info: info.clone(), next_idx: 0, members: HashMap::new() });
+        let fam = self
+            .families
+            .entry(info.key.clone())
+            .or_insert_with(|| Family {
+                info: info.clone(),
+                next_idx: 0,
+                members: HashMap::new(),
+            });
         let idx = fam.next_idx;
         fam.next_idx += 1;
         info.add_member(&self.conn, idx)?;
@@ -350,7 +357,9 @@ impl Manager {
         let start = Instant::now();
         let mut mv = MatView::new(&analysis);
         drop(conn);
-        st.conn.execute_batch("BEGIN").map_err(anyhow::Error::from)?;
+        st.conn
+            .execute_batch("BEGIN")
+            .map_err(anyhow::Error::from)?;
         let rows = mv.initial(&st.conn);
         let _ = st.conn.execute_batch("COMMIT");
         let rows = rows.map_err(|e| SubsError::BadRequest(format!("query failed: {e}")))?;
@@ -519,9 +528,17 @@ impl Manager {
         st.conn.execute_batch("BEGIN")?;
         let mut produced: Vec<(String, u64, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
         {
-            let State { subs, families, conn, .. } = &mut *st;
+            let State {
+                subs,
+                families,
+                conn,
+                ..
+            } = &mut *st;
             // Family members are refreshed together; everything else one by one.
-            let mut groups: HashMap<String, Vec<(u64, &mut verdigris_subscriptions::keyed::Keyed)>> = HashMap::new();
+            let mut groups: HashMap<
+                String,
+                Vec<(u64, &mut verdigris_subscriptions::keyed::Keyed)>,
+            > = HashMap::new();
             let mut results: Vec<(&mut Sub, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
             let mut member_of: HashMap<(String, u64), String> = HashMap::new();
             let mut touched_families: BTreeSet<String> = BTreeSet::new();
@@ -529,7 +546,8 @@ impl Manager {
             for sub in subs.values_mut() {
                 let full = sub.tables.iter().any(|t| whole.contains(t));
                 let touched = changes.keys().any(|t| sub.tables.contains(t));
-                let in_family = !full && sub.family.is_some() && matches!(sub.mv, MatView::Keyed(_));
+                let in_family =
+                    !full && sub.family.is_some() && matches!(sub.mv, MatView::Keyed(_));
                 if !in_family {
                     singles.push(sub);
                     continue;
@@ -543,9 +561,12 @@ impl Manager {
                     }
                 }
             }
-            let mut family_changes: HashMap<String, Vec<verdigris_subscriptions::RowChange>> = HashMap::new();
+            let mut family_changes: HashMap<String, Vec<verdigris_subscriptions::RowChange>> =
+                HashMap::new();
             for (key, mut members) in groups {
-                let Some(fam) = families.get(&key) else { continue };
+                let Some(fam) = families.get(&key) else {
+                    continue;
+                };
                 match fam.info.refresh(conn, &mut members, &changes) {
                     Ok(out) => {
                         for (idx, ch) in out {
@@ -559,11 +580,17 @@ impl Manager {
             }
             for sub in singles {
                 let full = sub.tables.iter().any(|t| whole.contains(t));
-                let result = if full { sub.mv.recompute(conn) } else { sub.mv.refresh(conn, &sub.tables, &changes) };
+                let result = if full {
+                    sub.mv.recompute(conn)
+                } else {
+                    sub.mv.refresh(conn, &sub.tables, &changes)
+                };
                 match result {
                     Ok(ch) if !ch.is_empty() => results.push((sub, ch)),
                     Ok(_) => {}
-                    Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription refresh failed"),
+                    Err(e) => {
+                        tracing::error!(id = %sub.id, error = %e, "subscription refresh failed")
+                    }
                 }
             }
             for (sub, ch) in results {
