@@ -107,6 +107,15 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Re
     Ok(buf.freeze())
 }
 
+/// Reads the body under the size limit and parses it as JSON.
+pub async fn read_json(
+    api: &Api,
+    req: Request<Incoming>,
+) -> Result<serde_json::Value, Response<Body>> {
+    let body = read_body(req, api.node.config.api.max_body_bytes).await?;
+    parse_json(&body)
+}
+
 /// Parses a JSON body, with a 400 that says what is wrong.
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Response<Body>> {
     if body.iter().all(u8::is_ascii_whitespace) {

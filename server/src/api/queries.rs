@@ -1,7 +1,7 @@
 //! `POST /v1/queries[?timeout=<secs>]`: one read-only statement, answered as NDJSON:
 //! `{"columns":[…]}`, `{"row":[n,[cells]]}`…, then `{"eoq":{"time":s}}` or `{"error":…}`.
 
-use super::{error, json, numeric_param, parse_json, read_body, Api, Body};
+use super::{error, json, numeric_param, Api, Body};
 use crate::store::reader::{run_query, QueryError, QueryEvent};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody};
@@ -36,11 +36,7 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Err(r) => return r,
     };
     let timeout = (timeout > 0.0).then(|| Duration::from_secs_f64(timeout));
-    let body = match read_body(req, api.node.config.api.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let value = match parse_json(&body) {
+    let value = match super::read_json(api, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };

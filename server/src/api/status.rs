@@ -1,6 +1,6 @@
 //! `GET /v1/health` and `POST /v1/table_stats`.
 
-use super::{error, json_response, numeric_param, parse_json, read_body, Api, Body};
+use super::{error, json_response, numeric_param, Api, Body};
 use crate::store::catalog::quote;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -46,11 +46,7 @@ pub async fn health(api: &Api, req: Request<Incoming>) -> Response<Body> {
 
 /// `{"tables": [...]}` → total row count over the existing ones, and the names that do not exist.
 pub async fn table_stats(api: &Api, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(req, api.node.config.api.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let v = match parse_json(&body) {
+    let v = match super::read_json(api, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };

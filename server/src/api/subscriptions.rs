@@ -1,7 +1,7 @@
 //! `POST /v1/subscriptions[?from=&skip_rows=]`, `GET /v1/subscriptions/{id}[?from=&skip_rows=]`
 //! and `POST /v1/updates/{table}`: NDJSON streams of subscription events.
 
-use super::{error, json, numeric_param, parse_json, query_param, read_body, Api, Body};
+use super::{error, json, numeric_param, query_param, Api, Body};
 use crate::subs::{Attach, SubsError};
 use bytes::Bytes;
 use futures_util::stream;
@@ -110,11 +110,8 @@ pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
         (Ok(f), Ok(s)) => (f, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let body = match read_body(req, api.node.config.api.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let stmt = match parse_json(&body)
+    let stmt = match super::read_json(api, req)
+        .await
         .and_then(|v| json::statement(&v).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
     {
         Ok(s) => s,

@@ -1,7 +1,7 @@
 //! `POST /v1/transactions[?timeout=<secs>]`: a JSON array of statements run as one atomic
 //! transaction on the writer.
 
-use super::{error, json, json_response, numeric_param, parse_json, read_body, Api, Body};
+use super::{error, json, json_response, numeric_param, Api, Body};
 use crate::store::local::TxError;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -13,11 +13,7 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Ok(t) => t.filter(|t| *t > 0.0).map(Duration::from_secs_f64),
         Err(r) => return r,
     };
-    let body = match read_body(req, api.node.config.api.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let value = match parse_json(&body) {
+    let value = match super::read_json(api, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -161,22 +161,6 @@ impl Persist {
         Ok(())
     }
 
-    /// Rewrites all rows of a subscription (after a restart recompute with identity changes).
-    pub fn replace_rows(&mut self, id: &str, rows: &[StoredRow]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM sub_rows WHERE sub = ?1", [id])?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO sub_rows (sub, row_id, identity, cells) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for r in rows {
-                stmt.execute(params![id, r.row_id, r.identity, cells_blob(&r.cells)])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Changes after `from`, oldest first, and the smallest retained id (None if the log is empty).
     pub fn changes_after(
         &self,
