@@ -138,8 +138,14 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
         })
         .collect();
     let start = Instant::now();
-    for _ in 0..writes {
+    // One round per commit: wait for the matcher to publish before the next write, so the
+    // figure measures fan-out rather than coalescing.
+    for i in 1..=writes {
         write(&node, "UPDATE items SET val = val + 1 WHERE id = 1".into());
+        let wait = Instant::now() + Duration::from_secs(5);
+        while node.subs.list()[0].last_change_id < i && Instant::now() < wait {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let final_id = loop {

@@ -91,7 +91,13 @@ async fn execute(node: &Arc<Node>, cmd: &Value) -> Vec<Value> {
                 None => err("malformed cluster command".into()),
             }
         }
-        other => err(format!("unknown admin command {other}; known: \"Ping\", \"Reload\", {{\"Cluster\":\"Members\"}}")),
+        Value::Object(o) if o.get("Subs").and_then(Value::as_str) == Some("List") => {
+            let list = node.subs.list();
+            vec![json!({ "Json": list }), json!("Success")]
+        }
+        other => err(format!(
+            "unknown admin command {other}; known: \"Ping\", \"Reload\", {{\"Cluster\":\"Members\"}}, {{\"Subs\":\"List\"}}"
+        )),
     }
 }
 

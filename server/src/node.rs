@@ -81,7 +81,10 @@ impl Node {
             &config.db.subscriptions_dir(),
             reads.clone(),
             store.shared(),
-            crate::subs::SubsConfig::default(),
+            crate::subs::SubsConfig {
+                retention: config.db.subscription_log_retention,
+                idle_ttl: std::time::Duration::from_secs(config.db.subscription_idle_secs),
+            },
         )
         .context("opening subscriptions")?;
         let notify = subs.clone();

@@ -22,6 +22,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin;
 mod api;
 mod client;
 mod concurrency;

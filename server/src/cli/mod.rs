@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cluster::cli::ClusterCmd,
     },
+    /// Subscriptions on the running node (through the admin socket).
+    Subs {
+        #[command(subcommand)]
+        cmd: SubsCmd,
+    },
     /// Generate the TLS certificates gossip needs (CA, server, client).
     Tls {
         #[command(subcommand)]
@@ -102,6 +107,12 @@ pub enum Command {
         #[arg(long)]
         actor_id: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubsCmd {
+    /// List subscriptions: id, hash, SQL, maintenance plan, tables, rows, last change id, listeners.
+    List,
 }
 
 /// Loads the config named by `-c`, or the embedded default, and applies the global overrides.
@@ -161,6 +172,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::Cluster { cmd } => rt()?.block_on(crate::cluster::cli::cluster(&config, cmd)),
         Command::Tls { cmd } => crate::cluster::cli::tls(cmd),
+        Command::Subs { cmd: SubsCmd::List } => rt()?.block_on(async {
+            let replies =
+                crate::admin::request(&config.admin.path, serde_json::json!({"Subs": "List"}))
+                    .await?;
+            for r in replies {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(r.get("Json").unwrap_or(&r))?
+                );
+            }
+            Ok(())
+        }),
         Command::Backup { path } => {
             backup::backup(&config.db.path, &path)?;
             println!(

@@ -36,7 +36,7 @@ pub(super) const SCHEMA: &[(&str, &[KeySpec])] = {
     const fn a(name: &'static str, aliases: &'static [&'static str], kind: Kind) -> KeySpec { KeySpec { name, aliases, kind } }
     &[
         ("", &[k("db", Section), k("api", Section), k("gossip", Section), k("admin", Section), k("perf", Section), k("log", Section)]),
-        ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int)]),
+        ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int), k("subscription_log_retention", Int), k("subscription_idle_secs", Int)]),
         ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int)]),
         ("api.authz", &[a("bearer-token", &["authorization", "bearer"], Str)]),
         ("gossip", &[a("addr", &["bind_addr"], Str), k("external_addr", Str), k("bootstrap", List), k("plaintext", Bool), k("tls", Section), k("cluster_id", Int), k("max_mtu", Int), k("idle_timeout_secs", Int), k("member_id", Int)]),

@@ -88,6 +88,12 @@ pub struct DbConfig {
     pub subscriptions_path: Option<PathBuf>,
     /// `db.cache_size_kib` (default -1048576, i.e. 1 GiB): SQLite `cache_size`.
     pub cache_size_kib: i64,
+    /// `db.subscription_log_retention` (Verdigris; default 10000): change-log entries kept per
+    /// subscription for `from=` resumes.
+    pub subscription_log_retention: u64,
+    /// `db.subscription_idle_secs` (Verdigris; default 600): a subscription with no listener
+    /// for this long is removed.
+    pub subscription_idle_secs: u64,
 }
 
 impl DbConfig {
@@ -531,6 +537,8 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
         cache_size_kib: r
             .get("db.cache_size_kib", "an integer", Value::as_integer)?
             .unwrap_or(-1_048_576),
+        subscription_log_retention: r.count("db.subscription_log_retention", 10_000)? as u64,
+        subscription_idle_secs: r.unsigned("db.subscription_idle_secs", 600)?,
         path,
     };
 
