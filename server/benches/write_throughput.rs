@@ -49,6 +49,30 @@ fn raw(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
     start.elapsed().as_secs_f64() / n as f64
 }
 
+/// The store's executor on a table outside the schema: same statement path, no CRDT work.
+fn plain_tx(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
+    let mut store = Store::open(&dir.join(format!("plain-{batch}.db"))).unwrap();
+    store
+        .transact(
+            &[Statement::new(
+                SCHEMA.replace("NOT NULL PRIMARY KEY", "PRIMARY KEY"),
+            )],
+            None,
+        )
+        .unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let stmts: Vec<Statement> = (i..(i + batch).min(n))
+            .map(|j| Statement::with_params(INSERT, row(j)))
+            .collect();
+        let out = store.transact(&stmts, None).unwrap();
+        assert!(out.version.is_none());
+        i += batch;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
 fn store_tx(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
     let mut store = Store::open(&dir.join(format!("store-{batch}.db"))).unwrap();
     store.apply_schema(SCHEMA).unwrap();
@@ -133,15 +157,18 @@ fn main() {
     for batch in [1i64, 100] {
         let rows = if batch == 1 { n / 4 } else { n };
         let r = raw(dir.path(), rows, batch);
+        let p = plain_tx(dir.path(), rows, batch);
         let s = store_tx(dir.path(), rows, batch);
         let h = http(dir.path(), rows, batch);
         println!(
-            "{:<22} {:>12.2} {:>12.2} {:>12.2} {:>13.2}x {:>13.2}x",
+            "{:<16} {:>11.2} {:>13.2} {:>13.2} {:>12.2} {:>9.2}x {:>11.2}x {:>9.2}x",
             format!("{batch}-row"),
             r * 1e6,
+            p * 1e6,
             s * 1e6,
             h * 1e6,
             s / r,
+            s / p,
             h / r
         );
     }

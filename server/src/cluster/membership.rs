@@ -35,6 +35,17 @@ fn foca_config(members: usize, packet_limit: usize) -> foca::Config {
     let n = NonZeroU32::new(members.max(1) as u32).expect("nonzero");
     let mut c = foca::Config::new_lan(n);
     c.max_packet_size = NonZeroUsize::new(packet_limit).expect("nonzero");
+    // Heal partitions: keep announcing to members we consider down (both sides of a split do
+    // this, so a 2-vs-2 split re-merges), and now and then to a random live member.
+    let one = NonZeroUsize::new(1).expect("nonzero");
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(3),
+        num_members: NonZeroUsize::new(2).expect("nonzero"),
+    });
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_secs(10),
+        num_members: one,
+    });
     c
 }
 
@@ -161,7 +172,7 @@ impl Driver {
                     if self.foca.num_members() == 0 && last_announce.elapsed() >= announce_every {
                         self.announce(&seeds);
                         last_announce = Instant::now();
-                        announce_every = (announce_every * 2).min(Duration::from_secs(30));
+                        announce_every = (announce_every * 2).min(Duration::from_secs(8));
                     } else if self.foca.num_members() > 0 {
                         announce_every = Duration::from_secs(2);
                     }

@@ -78,6 +78,8 @@ fn defaults_fill_unset_keys() {
         schema_paths: vec![],
         subscriptions_path: None,
         cache_size_kib: -1_048_576,
+        subscription_log_retention: 10_000,
+        subscription_idle_secs: 600,
     };
     assert_eq!(cfg.db, db);
     let api = ApiConfig {
