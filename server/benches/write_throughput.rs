@@ -143,8 +143,15 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("local write throughput, {n} rows of (INTEGER PK, TEXT, INTEGER, REAL)");
     println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>14} {:>14}",
-        "transaction size", "raw µs/row", "store µs/row", "http µs/row", "store/raw", "http/raw"
+        "{:<16} {:>11} {:>13} {:>13} {:>12} {:>10} {:>12} {:>10}",
+        "transaction",
+        "raw µs/row",
+        "plain µs/row",
+        "store µs/row",
+        "http µs/row",
+        "store/raw",
+        "store/plain",
+        "http/raw"
     );
     // VERDIGRIS_BENCH_ONLY=store runs only the in-process store path (for profiling).
     if std::env::var("VERDIGRIS_BENCH_ONLY").as_deref() == Ok("store") {

@@ -3,7 +3,6 @@
 
 use super::catalog::{clock_table, quote, TableInfo};
 use crate::crdt::clock::{get_varint, put_varint, RowClock};
-use crate::crdt::pack;
 use anyhow::{anyhow, Result};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -134,11 +133,10 @@ pub fn insert_new_clocks(
         .collect();
     let tuple = format!("({})", vec!["?"; nk + 1].join(", "));
     let sql = format!(
-        "INSERT INTO {} ({}, clock) VALUES {} ON CONFLICT DO NOTHING RETURNING {}",
+        "INSERT INTO {} ({}, clock) VALUES {} ON CONFLICT DO NOTHING",
         quote(&clock_table(&t.name)),
         keys.join(", "),
         vec![tuple.as_str(); rows.len()].join(", "),
-        keys.join(", ")
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut params: Vec<Value> = Vec::with_capacity(rows.len() * (nk + 1));
@@ -146,16 +144,18 @@ pub fn insert_new_clocks(
         params.extend(pk.iter().cloned());
         params.push(Value::Blob(clock.encode()));
     }
-    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
-    let mut res = stmt.query(params_from_iter(params))?;
-    while let Some(r) = res.next()? {
-        let vals: Vec<Value> = (0..nk)
-            .map(|i| crate::store::exec::value_at(r, i))
-            .collect::<rusqlite::Result<_>>()?;
-        inserted.insert(pack::pack_owned(&vals));
+    let inserted = stmt.execute(params_from_iter(params))?;
+    if inserted == rows.len() {
+        return Ok(vec![true; rows.len()]);
     }
-    Ok(rows
-        .iter()
-        .map(|(_, blob, _)| inserted.contains(blob))
-        .collect())
+    // Some keys already had a clock (re-inserts after deletes): tell them apart by content.
+    rows.iter()
+        .map(|(pk, _, clock)| {
+            let mut get = conn.prepare_cached(&t.sql.clock_get)?;
+            let stored: Option<Vec<u8>> = get
+                .query_row(params_from_iter(pk), |r| r.get(0))
+                .optional()?;
+            Ok(stored == Some(clock.encode()))
+        })
+        .collect()
 }
