@@ -55,6 +55,14 @@ async fn transaction_sql_errors_are_400_naming_the_problem() {
         ),
         (json!(["UPDATE users SET nope = 1"]), vec!["nope"]),
         (
+            json!(["INSERT INTO users (id) VALUES (5)", "COMMIT"]),
+            vec!["transaction control"],
+        ),
+        (
+            json!(["BEGIN", "INSERT INTO users (id) VALUES (6)"]),
+            vec!["transaction control"],
+        ),
+        (
             json!(["INSERT INTO users (id) VALUES (1)"]),
             vec!["constraint", "users.id"],
         ),
@@ -218,6 +226,7 @@ async fn query_errors_are_400_before_streaming() {
             vec!["read-only"],
         ),
         (json!("DELETE FROM users"), vec!["read-only"]),
+        (json!("BEGIN"), vec!["returns no rows"]),
         (json!("CREATE TABLE q (a)"), vec!["read-only"]),
         (json!("SELECT 1; SELECT 2"), vec!["multiple"]),
         (json!(["SELECT ?", [1, 2]]), vec!["parameter"]),

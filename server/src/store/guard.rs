@@ -115,6 +115,10 @@ fn authorize(st: &GuardState, ctx: AuthContext<'_>) -> Authorization {
                 "`{table_name}` is a replicated table: change its schema in the schema files (db.schema_paths) and run `verdigris reload`"
             ))
         }
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
+            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) is not allowed: each request already runs as one transaction"
+                .to_string(),
+        ),
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
             Some("ATTACH and DETACH are not allowed through the API".to_string())
         }

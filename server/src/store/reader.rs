@@ -134,6 +134,11 @@ pub fn prepare<'c>(
             "statement is not read-only: /v1/queries only runs reads; send writes to /v1/transactions".into(),
         ));
     }
+    if stmt.column_count() == 0 {
+        return Err(QueryError::Client(
+            "statement returns no rows: /v1/queries runs queries (SELECT, WITH, VALUES); send writes to /v1/transactions".into(),
+        ));
+    }
     bind(&mut stmt, &s.params).map_err(QueryError::Client)?;
     Ok(stmt)
 }

@@ -443,3 +443,40 @@ fn batched_inserts_handle_reinserted_rows() {
     other.apply_changesets(&to_sets(&s)).unwrap();
     assert_eq!(other.dump_tables().unwrap(), s.dump_tables().unwrap());
 }
+
+/// Clients cannot end, nest or partially roll back the request's transaction: that would
+/// commit rows without their clocks, or leave captured effects for rows that were rolled back.
+#[test]
+fn transaction_control_statements_are_refused() {
+    let mut s = store();
+    for stmts in [
+        vec!["BEGIN"],
+        vec!["INSERT INTO users VALUES (1, 'a', 1)", "COMMIT"],
+        vec![
+            "SAVEPOINT x",
+            "INSERT INTO users VALUES (2, 'b', 1)",
+            "ROLLBACK TO x",
+        ],
+        vec!["ROLLBACK"],
+    ] {
+        let st: Vec<Statement> = stmts.iter().map(|q| Statement::new(*q)).collect();
+        match s.transact(&st, None) {
+            Err(local::TxError::Client { message, .. }) => assert!(
+                message.contains("transaction control"),
+                "{stmts:?}: {message}"
+            ),
+            other => panic!("{stmts:?}: {other:?}"),
+        }
+    }
+    assert_eq!(s.version_count().unwrap(), 0);
+    let n: i64 = s
+        .conn()
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    // The store still works normally afterwards.
+    assert_eq!(
+        tx(&mut s, &["INSERT INTO users VALUES (3, 'c', 1)"]),
+        Some(1)
+    );
+}
