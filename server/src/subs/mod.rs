@@ -371,13 +371,14 @@ impl Manager {
             sub.family = Some((f.key.clone(), st.join_family(f, &id)?));
         }
         let mut initial = Vec::new();
+        // `skip_rows` suppresses the snapshot entirely (columns, rows and eoq), as Corrosion does.
         if !skip_rows {
             events::columns(&mut initial, &sub.columns);
             for (rid, cells) in &rows {
                 events::row(&mut initial, *rid, cells);
             }
+            events::eoq(&mut initial, start.elapsed().as_secs_f64(), 0);
         }
-        events::eoq(&mut initial, start.elapsed().as_secs_f64(), 0);
         let (attach, listener) = listener(&sub, Bytes::from(initial), 0);
         sub.listeners.push(listener);
         st.by_key.insert(analysis.normalized.clone(), id.clone());
@@ -447,8 +448,8 @@ impl Manager {
                     for (rid, cells) in sub.mv.snapshot() {
                         events::row(&mut initial, rid, &cells);
                     }
+                    events::eoq(&mut initial, 0.0, last);
                 }
-                events::eoq(&mut initial, 0.0, last);
                 last
             }
         };
