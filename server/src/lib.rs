@@ -12,3 +12,4 @@ pub mod crdt;
 pub mod node;
 pub mod store;
 pub mod subs;
+pub mod watchdog;

@@ -22,6 +22,8 @@ pub struct Node {
     pub cluster: Arc<crate::cluster::status::Status>,
     /// Subscriptions (kept current by commit notifications from the store).
     pub subs: Arc<crate::subs::Manager>,
+    /// Stall detection (see [`crate::watchdog`]).
+    pub watchdog: Arc<crate::watchdog::Watchdog>,
     _lock: File,
 }
 
@@ -97,6 +99,7 @@ impl Node {
             started: Instant::now(),
             cluster: Arc::default(),
             subs,
+            watchdog: Arc::default(),
             _lock: lock,
         }))
     }

@@ -15,6 +15,7 @@ const ALL: &str = "SELECT id, owner, val, n FROM items ORDER BY id";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge() {
+    let _serial = serial();
     let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);
@@ -58,6 +59,7 @@ async fn three_nodes_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_catches_up_by_sync_including_big_transactions() {
+    let _serial = serial();
     let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);
@@ -86,6 +88,7 @@ async fn late_joiner_catches_up_by_sync_including_big_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
+    let _serial = serial();
     let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);
@@ -131,6 +134,7 @@ async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_heals_and_converges() {
+    let _serial = serial();
     let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);

@@ -73,6 +73,7 @@ async fn follow(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_writes_from_other_nodes() {
+    let _serial = serial();
     let (da, db) = (NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);

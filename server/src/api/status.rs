@@ -33,6 +33,9 @@ pub async fn health(api: &Api, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let h = api.node.health();
+    if let Some(problem) = api.node.watchdog.problem() {
+        return error(failure, format!("node is stalled: {problem}"));
+    }
     let unhealthy = max_gaps.is_some_and(|g| h.gaps > g)
         || max_queue.is_some_and(|q| h.queue_size > q)
         || (max_lag.is_some_and(|l| h.p99_lag > l)

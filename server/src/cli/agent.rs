@@ -13,6 +13,11 @@ pub async fn run(config: Config) -> Result<()> {
     let addrs = config.api.addr.clone();
     let db = config.db.path.clone();
     let node = tokio::task::spawn_blocking(move || Node::open(config)).await??;
+    crate::watchdog::Watchdog::start(
+        node.clone(),
+        crate::watchdog::Limits::default(),
+        std::time::Duration::from_secs(1),
+    );
     let listeners = api::bind(&addrs).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "verdigris agent {} started", env!("CARGO_PKG_VERSION"))?;
