@@ -673,14 +673,14 @@ impl Api {
         self
     }
 
-    /// Sends a request with a body; `headers` are added to the client's own.
-    pub async fn send(
+    /// Builds a request to this node: the client's own headers, then `headers`.
+    pub fn request(
         &self,
-        method: Method,
+        method: &Method,
         path: &str,
         body: ReqBody,
         headers: &[(&str, &str)],
-    ) -> Resp {
+    ) -> Request<ReqBody> {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("http://{}{}", self.addr, path));
@@ -693,7 +693,18 @@ impl Api {
                 HeaderValue::from_bytes(v.as_bytes()).expect("header value"),
             );
         }
-        let req = req.body(body).expect("request");
+        req.body(body).expect("request")
+    }
+
+    /// Sends a request with a body; `headers` are added to the client's own.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: ReqBody,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let req = self.request(&method, path, body, headers);
         let what = format!("{method} {path} ({:?})", self.proto);
         let fut = async {
             let resp = self

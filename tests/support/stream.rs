@@ -4,8 +4,8 @@
 use super::{full, Api, Proto, ReqBody, Resp, HTTP_TIMEOUT};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, StatusCode, Version};
+use hyper::header::HeaderMap;
+use hyper::{Method, StatusCode, Version};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -157,19 +157,7 @@ impl Api {
         body: ReqBody,
         headers: &[(&str, &str)],
     ) -> LineStream {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://{}{}", self.addr, path));
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        for (k, v) in headers {
-            req = req.header(
-                HeaderName::from_bytes(k.as_bytes()).expect("header name"),
-                HeaderValue::from_bytes(v.as_bytes()).expect("header value"),
-            );
-        }
-        let req = req.body(body).expect("request");
+        let req = self.request(&method, path, body, headers);
         let what = format!("{method} {path} ({:?})", self.proto);
         let resp = tokio::time::timeout(HTTP_TIMEOUT, self.client.request(req))
             .await
