@@ -5,6 +5,7 @@
 
 use super::status::{Counters, Status};
 use crate::crdt::hlc::{ntp64_to_secs, wall_ntp64};
+use crate::crdt::ActorId;
 use crate::node::Node;
 use crate::store::buffer::Chunk;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,9 @@ use tokio::sync::mpsc;
 /// Most changes applied in one transaction (a version completed from the buffer may exceed
 /// it: versions are applied whole).
 pub const MAX_BATCH_CHANGES: usize = 20_000;
+/// A batch that ends in the middle of a version keeps taking that version's chunks up to this
+/// many changes, so the version is assembled in memory instead of buffered in the database.
+pub const MAX_ASSEMBLY_CHANGES: usize = 120_000;
 
 /// Where a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +41,10 @@ async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk
     let wait = Duration::from_millis(node.config.perf.apply_queue_timeout.max(1));
     while let Some(first) = rx.recv().await {
         let mut cost = first.0.changes.len() + 1;
+        let mut open = open_version(&first.0);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
-        while cost < MAX_BATCH_CHANGES {
+        while cost < MAX_BATCH_CHANGES || (open.is_some() && cost < MAX_ASSEMBLY_CHANGES) {
             let next = match rx.try_recv() {
                 Ok(c) => Some(c),
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -52,11 +57,22 @@ async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk
             };
             let Some(c) = next else { break };
             cost += c.0.changes.len() + 1;
+            open = match open_version(&c.0) {
+                Some(v) => Some(v),
+                // The version's last chunk: it is whole (if nothing was lost on the way).
+                None if open == Some((c.0.actor, c.0.version)) => None,
+                None => open,
+            };
             batch.push(c);
         }
         status.queue_size.store(rx.len() as u64, Ordering::Relaxed);
         apply_batch(&node, &status, batch).await;
     }
+}
+
+/// The version a chunk belongs to when more of its chunks are still to come.
+fn open_version(c: &Chunk) -> Option<(ActorId, u64)> {
+    (*c.seqs.end() < c.last_seq).then_some((c.actor, c.version))
 }
 
 async fn apply_batch(node: &Arc<Node>, status: &Arc<Status>, batch: Vec<(Chunk, Source)>) {

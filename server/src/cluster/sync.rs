@@ -38,8 +38,6 @@ const PEERS_PER_ROUND: usize = 3;
 const MAX_NEEDS_PER_SESSION: usize = 4096;
 /// Sessions served at once; more are rejected as busy.
 const MAX_SERVED: usize = 3;
-/// Versions read from the database per step when serving a range.
-const SERVE_BATCH_VERSIONS: u64 = 32;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -238,33 +236,60 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
     Ok(())
 }
 
-/// Reads versions `a..=b` of `actor` and encodes their chunks, keeping those that overlap
-/// `seqs` when given.
-async fn read_chunks(
+/// Frames read ahead of the peer when serving (each about [`CHUNK_BYTES`]).
+const SERVE_READ_AHEAD: usize = 64;
+
+/// Reads versions `a..=b` of `actor` on a blocking thread and streams their encoded chunks,
+/// keeping those that overlap `seqs` when given. Reading runs ahead of the network by at most
+/// [`SERVE_READ_AHEAD`] frames, so the database read and the transfer overlap while memory
+/// stays bounded; dropping the receiver stops the reader.
+fn stream_chunks(
     ctx: &SyncCtx,
     actor: ActorId,
     a: u64,
     b: u64,
     seqs: Option<Vec<(u64, u64)>>,
-) -> Result<Vec<Vec<u8>>> {
+) -> mpsc::Receiver<Result<Vec<u8>>> {
     let (node, shared, cluster_id) = (ctx.node.clone(), ctx.shared.clone(), ctx.cluster_id);
-    tokio::task::spawn_blocking(move || -> Result<Vec<Vec<u8>>> {
-        let conn = node.reads.get()?;
-        let mut out = Vec::new();
-        for vc in crate::store::feed::read_versions(&conn, &shared, actor, a..=b)? {
-            for chunk in chunk_version(vc, CHUNK_BYTES) {
-                let wanted = seqs.as_ref().is_none_or(|s| {
-                    s.iter()
-                        .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
-                });
-                if wanted {
-                    out.push(codec::encode(&Msg::SyncChunk(chunk), cluster_id));
+    let (tx, rx) = mpsc::channel(SERVE_READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let produce = || -> Result<()> {
+            let conn = node.reads.get()?;
+            crate::store::feed::for_each_version(&conn, &shared, actor, a..=b, |vc| {
+                for chunk in chunk_version(vc, CHUNK_BYTES) {
+                    let wanted = seqs.as_ref().is_none_or(|s| {
+                        s.iter()
+                            .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
+                    });
+                    if wanted {
+                        let frame = codec::encode(&Msg::SyncChunk(chunk), cluster_id);
+                        if tx.blocking_send(Ok(frame)).is_err() {
+                            return false; // the session ended
+                        }
+                    }
                 }
-            }
+                true
+            })?;
+            Ok(())
+        };
+        if let Err(e) = produce() {
+            let _ = tx.blocking_send(Err(e));
         }
-        Ok(out)
-    })
-    .await?
+    });
+    rx
+}
+
+/// Writes every frame of `frames` to the peer.
+async fn send_all(
+    send: &mut SendStream,
+    mut frames: mpsc::Receiver<Result<Vec<u8>>>,
+) -> Result<()> {
+    while let Some(frame) = frames.recv().await {
+        tokio::time::timeout(STEP_TIMEOUT, write_frame(send, &frame?))
+            .await
+            .map_err(|_| anyhow!("peer too slow"))??;
+    }
+    Ok(())
 }
 
 async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<()> {
@@ -279,15 +304,9 @@ async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<
     match need {
         Need::Full { actor, versions } => {
             let end = versions.1.min(head(&actor));
-            let mut a = versions.0.max(1);
-            while a <= end {
-                let b = end.min(a.saturating_add(SERVE_BATCH_VERSIONS - 1));
-                for frame in read_chunks(ctx, actor, a, b, None).await? {
-                    tokio::time::timeout(STEP_TIMEOUT, write_frame(send, &frame))
-                        .await
-                        .map_err(|_| anyhow!("peer too slow"))??;
-                }
-                a = b + 1;
+            let a = versions.0.max(1);
+            if a <= end {
+                send_all(send, stream_chunks(ctx, actor, a, end, None)).await?;
             }
         }
         Need::Partial {
@@ -296,9 +315,11 @@ async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<
             seqs,
         } => {
             if version <= head(&actor) {
-                for frame in read_chunks(ctx, actor, version, version, Some(seqs)).await? {
-                    write_frame(send, &frame).await?;
-                }
+                send_all(
+                    send,
+                    stream_chunks(ctx, actor, version, version, Some(seqs)),
+                )
+                .await?;
             }
         }
     }

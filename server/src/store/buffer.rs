@@ -152,13 +152,16 @@ impl Store {
         let mut book: HashMap<ActorId, Booked> = HashMap::new();
         let mut sets: Vec<ChangeSet> = Vec::new();
         let mut from_buffer: Vec<(u32, u64)> = Vec::new();
+        let before = chunks.len();
+        let chunks: Vec<Chunk> = chunks
+            .into_iter()
+            .filter(|c| c.actor != self.actor && c.is_valid())
+            .collect();
+        report.dropped += before - chunks.len();
+        let chunks = super::assemble::assemble(chunks);
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| -> Result<()> {
             for c in chunks {
-                if c.actor == self.actor || !c.is_valid() {
-                    report.dropped += 1;
-                    continue;
-                }
                 let booked = book.entry(c.actor).or_insert_with(|| {
                     let shared = self.shared.book.read().expect("book lock");
                     shared.get(&c.actor).cloned().unwrap_or_default()
@@ -172,6 +175,10 @@ impl Store {
                     continue;
                 }
                 if c.is_complete() {
+                    if booked.partials.contains_key(&c.version) {
+                        // Pieces buffered earlier are superseded by this whole copy.
+                        from_buffer.push((self.site_ordinal(&c.actor)?, c.version));
+                    }
                     report.applied_ts.push(c.ts);
                     sets.push(ChangeSet {
                         actor: c.actor,

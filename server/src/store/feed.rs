@@ -51,18 +51,34 @@ pub fn read_versions(
     actor: ActorId,
     range: RangeInclusive<u64>,
 ) -> Result<Vec<VersionChanges>> {
+    let mut out = Vec::new();
+    for_each_version(conn, shared, actor, range, |v| {
+        out.push(v);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Reads versions `range` of `actor` one at a time, in version order, handing each to
+/// `visit` until it returns false; only one version is in memory at a time.
+pub fn for_each_version(
+    conn: &Connection,
+    shared: &Shared,
+    actor: ActorId,
+    range: RangeInclusive<u64>,
+    mut visit: impl FnMut(VersionChanges) -> bool,
+) -> Result<()> {
     let Some(site) = shared.sites.read().expect("sites lock").ordinal(&actor) else {
-        return Ok(vec![]);
+        return Ok(());
     };
     let catalog = shared.catalog();
-    let mut out: Vec<VersionChanges> = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT db_version, last_seq, ts, rows FROM __vd_versions WHERE site = ?1 AND db_version BETWEEN ?2 AND ?3 ORDER BY db_version",
     )?;
     let mut rows = stmt.query(rusqlite::params![site, range.start(), range.end()])?;
     while let Some(r) = rows.next()? {
         let version: u64 = r.get(0)?;
-        let touched: Vec<u8> = r.get(3)?;
+        let touched = r.get_ref(3)?.as_blob()?;
         let mut v = VersionChanges {
             actor,
             version,
@@ -70,7 +86,7 @@ pub fn read_versions(
             ts: r.get::<_, i64>(2)? as u64,
             changes: vec![],
         };
-        let mut entries = decode_touched(&touched).context("corrupt row list in __vd_versions")?;
+        let mut entries = decode_touched(touched).context("corrupt row list in __vd_versions")?;
         entries.sort_unstable();
         entries.dedup();
         for (tbl, pk_blob) in entries {
@@ -79,12 +95,12 @@ pub fn read_versions(
             };
             version_changes(conn, t, site, pk_blob, &mut v)?;
         }
-        out.push(v);
-    }
-    for v in &mut out {
         v.changes.sort_by_key(|c| c.seq);
+        if !visit(v) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Appends the surviving changes of `v` held by one row.
