@@ -149,11 +149,17 @@ fn main() {
         "store/plain",
         "http/raw"
     );
-    // VERDIGRIS_BENCH_ONLY=store runs only the in-process store path (for profiling).
-    if std::env::var("VERDIGRIS_BENCH_ONLY").as_deref() == Ok("store") {
+    // VERDIGRIS_BENCH_ONLY=store (100-row) or store1 (1-row) runs only the in-process store
+    // path (for profiling).
+    let only = std::env::var("VERDIGRIS_BENCH_ONLY").unwrap_or_default();
+    if let Some(batch) = match only.as_str() {
+        "store" => Some(100),
+        "store1" => Some(1),
+        _ => None,
+    } {
         println!(
-            "store 100-row µs/row: {:.2}",
-            store_tx(dir.path(), n, 100) * 1e6
+            "store {batch}-row µs/row: {:.2}",
+            store_tx(dir.path(), n, batch) * 1e6
         );
         return;
     }

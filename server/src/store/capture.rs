@@ -9,10 +9,11 @@
 
 use super::catalog::Catalog;
 use crate::crdt::pack;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use rusqlite::hooks::{Action, PreUpdateCase};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 /// Replicated TEXT must be UTF-8: JSON and the wire format cannot carry anything else.
@@ -55,7 +56,9 @@ pub struct Capture {
     /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
     pub invalid: Option<String>,
     tables: HashMap<String, CapturedTable>,
-    index: HashMap<(u32, Vec<u8>), usize>,
+    /// Positions in `effects`, found by (table, key) without keeping a second copy of the key.
+    index: HashTable<usize>,
+    hasher: DefaultHashBuilder,
     effects: Vec<RowEffect>,
 }
 
@@ -100,18 +103,34 @@ impl Capture {
         pk: Vec<u8>,
         before: impl FnOnce() -> Option<Vec<Value>>,
     ) -> &mut RowEffect {
-        let next = self.effects.len();
-        let i = *self.index.entry((table, pk.clone())).or_insert(next);
-        if i == next {
-            self.effects.push(RowEffect {
-                table,
-                pk,
-                before: before(),
-                after: false,
-                after_values: None,
-            });
-        }
-        &mut self.effects[i]
+        let Capture {
+            index,
+            hasher,
+            effects,
+            ..
+        } = self;
+        let hash = hasher.hash_one((table, pk.as_slice()));
+        let found = index
+            .find(hash, |&i| effects[i].table == table && effects[i].pk == pk)
+            .copied();
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let next = effects.len();
+                effects.push(RowEffect {
+                    table,
+                    pk,
+                    before: before(),
+                    after: false,
+                    after_values: None,
+                });
+                index.insert_unique(hash, next, |&i| {
+                    hasher.hash_one((effects[i].table, effects[i].pk.as_slice()))
+                });
+                next
+            }
+        };
+        &mut effects[i]
     }
 
     fn on_change(&mut self, table: &str, case: &PreUpdateCase) {

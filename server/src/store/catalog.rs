@@ -39,6 +39,9 @@ pub struct TableInfo {
     pub sql: TableSql,
 }
 
+/// Clocks are inserted up to 2^CLOCK_BATCH_LOG2 rows per statement.
+pub const CLOCK_BATCH_LOG2: usize = 6;
+
 /// SQL text for the statements the store runs on one table (used with `prepare_cached`).
 #[derive(Debug)]
 pub struct TableSql {
@@ -46,7 +49,8 @@ pub struct TableSql {
     pub pk_where: String,
     pub clock_get: String,
     pub clock_put: String,
-    pub clock_insert_new: String,
+    /// `clock_insert_many[k]`: inserts 2^k clocks at once, skipping keys that have one.
+    pub clock_insert_many: Vec<String>,
     pub row_get: String,
     pub row_delete: String,
     pub row_insert_key: String,
@@ -86,11 +90,19 @@ impl TableInfo {
         let n = pk_cols.len();
         let sql = TableSql {
             clock_get: format!("SELECT clock FROM {ct} WHERE {pk_where}"),
-            clock_put: format!("INSERT OR REPLACE INTO {ct} ({key_list}, clock) VALUES ({key_params}, ?{})", n + 1),
-            clock_insert_new: format!(
-                "INSERT INTO {ct} ({key_list}, clock) VALUES ({key_params}, ?{}) ON CONFLICT DO NOTHING",
+            clock_put: format!(
+                "INSERT OR REPLACE INTO {ct} ({key_list}, clock) VALUES ({key_params}, ?{})",
                 n + 1
             ),
+            clock_insert_many: (0..=CLOCK_BATCH_LOG2)
+                .map(|k| {
+                    let tuple = format!("({})", vec!["?"; n + 1].join(", "));
+                    format!(
+                        "INSERT INTO {ct} ({key_list}, clock) VALUES {} ON CONFLICT DO NOTHING",
+                        vec![tuple.as_str(); 1 << k].join(", ")
+                    )
+                })
+                .collect(),
             row_get: format!("SELECT {all_cols} FROM {t} WHERE {pk_where}"),
             row_delete: format!("DELETE FROM {t} WHERE {pk_where}"),
             row_insert_key: format!("INSERT OR IGNORE INTO {t} ({key_list}) VALUES ({key_params})"),

@@ -1,7 +1,15 @@
 //! WAL checkpoints on a background thread, so client writes never stall on a checkpoint's
 //! page copying and fsync. The writer runs with `wal_autocheckpoint = 0`; this thread copies
-//! the WAL back into the database a few times per second (PASSIVE: never blocks readers or
-//! the writer) and truncates it when it has grown large.
+//! the WAL back into the database several times per second (PASSIVE: never blocks readers or
+//! the writer).
+//!
+//! Under continuous writes a passive checkpoint never catches up with the writer, so SQLite
+//! never rewinds the WAL and the file grows: every commit then appends fresh pages, which
+//! costs the writer page-cache allocation in the kernel. Once the WAL passes
+//! [`RESTART_ABOVE`], the thread asks for a RESTART checkpoint with a short busy timeout:
+//! most frames are already copied, so it holds writers back only for a moment, and the next
+//! write starts again at the top of the (already cached) file. If readers keep that from
+//! working, the file is truncated when it passes [`TRUNCATE_ABOVE`].
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -9,8 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// WAL size above which the checkpointer rewinds the WAL (RESTART checkpoint).
+const RESTART_ABOVE: u64 = 64 * 1024 * 1024;
 /// WAL size above which the checkpointer asks for a TRUNCATE checkpoint.
 const TRUNCATE_ABOVE: u64 = 256 * 1024 * 1024;
+/// How long a RESTART or TRUNCATE checkpoint may wait for readers and the writer.
+const BLOCKING_WAIT: Duration = Duration::from_millis(20);
+/// Pause between checks of the WAL size.
+const INTERVAL: Duration = Duration::from_millis(100);
 
 /// Stops the checkpointer when dropped.
 #[derive(Debug)]
@@ -24,12 +38,21 @@ impl Drop for Checkpointer {
     }
 }
 
-fn wal_size(db: &Path) -> u64 {
+fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push("-wal");
-    std::fs::metadata(PathBuf::from(p))
-        .map(|m| m.len())
-        .unwrap_or(0)
+    PathBuf::from(p)
+}
+
+/// Size and modification time of the WAL: writes after a rewind do not change the size.
+fn wal_state(wal: &Path) -> (u64, Option<std::time::SystemTime>) {
+    std::fs::metadata(wal)
+        .map(|m| (m.len(), m.modified().ok()))
+        .unwrap_or((0, None))
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<()> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
 }
 
 pub fn spawn(db: &Path) -> Checkpointer {
@@ -46,19 +69,25 @@ pub fn spawn(db: &Path) -> Checkpointer {
                     return;
                 }
             };
-            let _ = conn.busy_timeout(Duration::from_secs(5));
-            let mut last = 0;
+            let _ = conn.busy_timeout(BLOCKING_WAIT);
+            let wal = wal_path(&db);
+            let mut last = (0, None);
             while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let size = wal_size(&db);
-                if size == last {
+                std::thread::sleep(INTERVAL);
+                let state = wal_state(&wal);
+                if state == last {
                     continue;
                 }
-                let mode = if size > TRUNCATE_ABOVE { "TRUNCATE" } else { "PASSIVE" };
-                if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+                if let Err(e) = checkpoint(&conn, "PASSIVE") {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
-                last = wal_size(&db);
+                if state.0 > TRUNCATE_ABOVE {
+                    let _ = checkpoint(&conn, "TRUNCATE");
+                } else if state.0 > RESTART_ABOVE {
+                    // Busy (a reader or the writer held on) is fine: the next round tries again.
+                    let _ = checkpoint(&conn, "RESTART");
+                }
+                last = wal_state(&wal);
             }
         })
         .expect("spawning the checkpoint thread");

@@ -5,8 +5,8 @@
 use super::catalog::Catalog;
 use super::exec::{bind, Statement};
 use super::rows::{
-    insert_new_clock, insert_new_clocks, load_clock, next_even, next_odd, put_clock,
-    record_version, TouchedRows, CLOCK_BATCH,
+    insert_new_clocks, load_clock, next_even, next_odd, put_clock, record_version, TouchedRows,
+    CLOCK_BATCH,
 };
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
@@ -140,14 +140,16 @@ impl Store {
         timeout: Option<Duration>,
     ) -> Result<Vec<StatementResult>, TxError> {
         let mut results = Vec::with_capacity(stmts.len());
+        // A run of statements with the same SQL (a batch of inserts, say) keeps one prepared
+        // statement instead of returning it to the cache and looking it up again each time.
+        let mut held: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
         for (index, s) in stmts.iter().enumerate() {
             let t0 = Instant::now();
-            let fail = |store: &Store, e: rusqlite::Error| -> TxError {
+            let failure = |e: rusqlite::Error| -> TxError {
                 if is_interrupt(&e) {
                     return TxError::Timeout(timeout.unwrap_or_default());
                 }
-                let denial = store.guard.take_denial();
-                if let Some(reason) = denial {
+                if let Some(reason) = self.guard.take_denial() {
                     return TxError::Client {
                         index,
                         message: reason,
@@ -162,11 +164,15 @@ impl Store {
                     TxError::Internal(anyhow!(e))
                 }
             };
-            let mut stmt = match self.conn.prepare_cached(&s.sql) {
-                Ok(stmt) => stmt,
-                Err(e) => return Err(fail(self, e)),
-            };
-            bind(&mut stmt, &s.params).map_err(|message| TxError::Client { index, message })?;
+            let reuse = matches!(&held, Some((i, _)) if stmts[*i].sql == s.sql);
+            if !reuse {
+                held = Some((index, self.conn.prepare_cached(&s.sql).map_err(failure)?));
+            }
+            let stmt = &mut held.as_mut().expect("a prepared statement").1;
+            if reuse {
+                stmt.clear_bindings();
+            }
+            bind(stmt, &s.params).map_err(|message| TxError::Client { index, message })?;
             // Statements that return rows (RETURNING, SELECT) are stepped to completion.
             let mut rows = stmt.raw_query();
             loop {
@@ -175,13 +181,11 @@ impl Store {
                     Ok(None) => break,
                     Err(e) => {
                         drop(rows);
-                        drop(stmt);
-                        return Err(fail(self, e));
+                        return Err(failure(e));
                     }
                 }
             }
             drop(rows);
-            drop(stmt);
             results.push(StatementResult {
                 rows_affected: self.conn.changes() as usize,
                 time: t0.elapsed().as_secs_f64(),
@@ -214,7 +218,7 @@ impl Store {
         };
         let mut touched = TouchedRows::default();
         // Clocks of inserted rows, written in batches per table.
-        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, Vec<u8>, RowClock)>> =
+        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, RowClock)>> =
             Default::default();
         for e in effects {
             let t = catalog
@@ -243,7 +247,7 @@ impl Store {
                         });
                     }
                     let batch = fresh.entry(t.id).or_default();
-                    batch.push((pk, e.pk.clone(), clock));
+                    batch.push((pk, clock));
                     if batch.len() == CLOCK_BATCH {
                         let rows = std::mem::take(batch);
                         self.write_fresh_clocks(t, rows)?;
@@ -294,9 +298,7 @@ impl Store {
         }
         for (tid, rows) in fresh {
             let t = catalog.by_id(tid).context("table vanished")?;
-            for chunk in rows.chunks(CLOCK_BATCH) {
-                self.write_fresh_clocks(t, chunk.to_vec())?;
-            }
+            self.write_fresh_clocks(t, rows)?;
         }
         if seq.get() == 0 {
             return Ok(None);
@@ -311,16 +313,10 @@ impl Store {
     fn write_fresh_clocks(
         &self,
         t: &super::catalog::TableInfo,
-        rows: Vec<(Vec<Value>, Vec<u8>, RowClock)>,
+        rows: Vec<(Vec<Value>, RowClock)>,
     ) -> Result<()> {
-        let inserted = if rows.len() == CLOCK_BATCH {
-            insert_new_clocks(&self.conn, t, &rows)?
-        } else {
-            rows.iter()
-                .map(|(pk, _, clock)| insert_new_clock(&self.conn, t, pk, clock))
-                .collect::<Result<Vec<bool>>>()?
-        };
-        for ((pk, _, mut clock), done) in rows.into_iter().zip(inserted) {
+        let inserted = insert_new_clocks(&self.conn, t, &rows)?;
+        for ((pk, mut clock), done) in rows.into_iter().zip(inserted) {
             if !done {
                 let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();
                 clock.cl = next_odd(old.cl);

@@ -1,7 +1,7 @@
 //! Reading and writing one row's clock and its entries in the version log; shared by the local
 //! write path and remote merges.
 
-use super::catalog::{clock_table, quote, TableInfo};
+use super::catalog::TableInfo;
 use crate::crdt::clock::{get_varint, put_varint, RowClock};
 use anyhow::{anyhow, Result};
 use rusqlite::types::Value;
@@ -23,18 +23,6 @@ pub fn put_clock(conn: &Connection, t: &TableInfo, pk: &[Value], clock: &RowCloc
     let blob = Value::Blob(clock.encode());
     stmt.execute(params_from_iter(pk.iter().chain(std::iter::once(&blob))))?;
     Ok(())
-}
-
-/// Inserts the clock of a row that has none; returns false if one already exists.
-pub fn insert_new_clock(
-    conn: &Connection,
-    t: &TableInfo,
-    pk: &[Value],
-    clock: &RowClock,
-) -> Result<bool> {
-    let mut stmt = conn.prepare_cached(&t.sql.clock_insert_new)?;
-    let blob = Value::Blob(clock.encode());
-    Ok(stmt.execute(params_from_iter(pk.iter().chain(std::iter::once(&blob))))? == 1)
 }
 
 /// Loads the current values of a row (all columns, table order).
@@ -116,46 +104,56 @@ pub fn next_even(cl: i64) -> i64 {
 }
 
 /// Rows per multi-row clock insert.
-pub const CLOCK_BATCH: usize = 64;
+pub const CLOCK_BATCH: usize = 1 << super::catalog::CLOCK_BATCH_LOG2;
 
-/// Inserts the clocks of `rows` (key values, packed key, clock) that have none, in one
-/// statement; returns, per row, whether it was inserted (false: a clock existed).
+/// Inserts the clocks of `rows` (key values, clock) that have none, in as few statements as
+/// possible (batches of a power of two rows, so each table needs only a handful of prepared
+/// statements); returns, per row, whether it was inserted (false: a clock existed).
 pub fn insert_new_clocks(
     conn: &Connection,
     t: &TableInfo,
-    rows: &[(Vec<Value>, Vec<u8>, RowClock)],
+    rows: &[(Vec<Value>, RowClock)],
 ) -> Result<Vec<bool>> {
-    let nk = t.pk_cols.len();
-    let keys: Vec<String> = t
-        .pk_cols
-        .iter()
-        .map(|i| quote(&t.columns[*i].name))
-        .collect();
-    let tuple = format!("({})", vec!["?"; nk + 1].join(", "));
-    let sql = format!(
-        "INSERT INTO {} ({}, clock) VALUES {} ON CONFLICT DO NOTHING",
-        quote(&clock_table(&t.name)),
-        keys.join(", "),
-        vec![tuple.as_str(); rows.len()].join(", "),
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut params: Vec<Value> = Vec::with_capacity(rows.len() * (nk + 1));
-    for (pk, _, clock) in rows {
-        params.extend(pk.iter().cloned());
-        params.push(Value::Blob(clock.encode()));
+    let mut out = Vec::with_capacity(rows.len());
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let k = (usize::BITS - 1 - rest.len().min(CLOCK_BATCH).leading_zeros()) as usize;
+        let (batch, tail) = rest.split_at(1 << k);
+        insert_clock_batch(conn, t, k, batch, &mut out)?;
+        rest = tail;
     }
-    let inserted = stmt.execute(params_from_iter(params))?;
+    Ok(out)
+}
+
+fn insert_clock_batch(
+    conn: &Connection,
+    t: &TableInfo,
+    k: usize,
+    rows: &[(Vec<Value>, RowClock)],
+    out: &mut Vec<bool>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&t.sql.clock_insert_many[k])?;
+    let mut i = 1;
+    for (pk, clock) in rows {
+        for v in pk {
+            stmt.raw_bind_parameter(i, v)?;
+            i += 1;
+        }
+        stmt.raw_bind_parameter(i, clock.encode())?;
+        i += 1;
+    }
+    let inserted = stmt.raw_execute()?;
     if inserted == rows.len() {
-        return Ok(vec![true; rows.len()]);
+        out.extend(std::iter::repeat_n(true, rows.len()));
+        return Ok(());
     }
     // Some keys already had a clock (re-inserts after deletes): tell them apart by content.
-    rows.iter()
-        .map(|(pk, _, clock)| {
-            let mut get = conn.prepare_cached(&t.sql.clock_get)?;
-            let stored: Option<Vec<u8>> = get
-                .query_row(params_from_iter(pk), |r| r.get(0))
-                .optional()?;
-            Ok(stored == Some(clock.encode()))
-        })
-        .collect()
+    for (pk, clock) in rows {
+        let mut get = conn.prepare_cached(&t.sql.clock_get)?;
+        let stored: Option<Vec<u8>> = get
+            .query_row(params_from_iter(pk), |r| r.get(0))
+            .optional()?;
+        out.push(stored == Some(clock.encode()));
+    }
+    Ok(())
 }
