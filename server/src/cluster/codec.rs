@@ -297,7 +297,15 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
                 6 => c.cl = f.i64("causal length")?,
                 10 => c.val = Value::Null,
                 11 => c.val = Value::Integer(f.i64("integer")?),
-                12 => c.val = Value::Real(f.f64("real")?),
+                12 => {
+                    // SQLite stores NaN as NULL, so no node ever sends one: it is garbage, and
+                    // it would break the total order the merge rules compare values by.
+                    let x = f.f64("real")?;
+                    if x.is_nan() {
+                        return Err(DecodeError::Invalid("real (NaN)"));
+                    }
+                    c.val = Value::Real(x);
+                }
                 13 => c.val = Value::Text(f.str("text", MAX_FRAME)?.to_string()),
                 14 => c.val = Value::Blob(f.bytes("blob")?.to_vec()),
                 _ => {}

@@ -123,6 +123,16 @@ fn chunks_with_changes_outside_their_seq_range_are_rejected() {
     assert_eq!(decode(&bytes, 0), Err(DecodeError::Invalid("chunk")));
 }
 
+/// Found by the `decode_envelope` fuzz target: NaN broke the re-encode round trip and would
+/// break the merge's total order on values.
+#[test]
+fn nan_values_are_rejected() {
+    let mut c = sample_chunk();
+    c.changes[2].val = Value::Real(f64::NAN);
+    let bytes = encode(&Msg::SyncChunk(c), 0);
+    assert_eq!(decode(&bytes, 0), Err(DecodeError::Invalid("real (NaN)")));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]

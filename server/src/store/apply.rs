@@ -2,6 +2,7 @@
 //! transaction; per row, the changes are folded through [`crate::crdt::merge::decide`] in
 //! memory and the outcome written once (base row, clock, log).
 
+use super::apply_fresh::FreshBatch;
 use super::catalog::TableInfo;
 use super::feed::{Change, SENTINEL};
 use super::rows::{load_clock, load_row, put_clock, record_version, TouchedRows};
@@ -103,25 +104,41 @@ impl Store {
     fn apply_one(&mut self, set: &ChangeSet, impacted: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
         let catalog = self.shared.catalog();
         self.hlc.observe(set.ts);
+        let site = self.site_ordinal(&set.actor)?;
         let mut touched = TouchedRows::default();
+        let mut fresh = FreshBatch::new();
+        let changes = &set.changes;
         let mut start = 0;
-        while start < set.changes.len() {
-            let first = &set.changes[start];
+        while start < changes.len() {
+            let first = &changes[start];
             let end = start
-                + set.changes[start..]
+                + changes[start..]
                     .iter()
                     .take_while(|c| c.table == first.table && c.pk == first.pk)
                     .count();
             let t = catalog
                 .get(&first.table)
                 .ok_or_else(|| anyhow!("table {} is not in this node's schema", first.table))?;
-            if self.apply_row(t, &set.changes[start..end])? {
-                touched.push(t.id, &first.pk);
-                impacted.push((t.name.clone(), first.pk.clone()));
+            let taken = self.try_fresh(
+                &mut fresh,
+                t,
+                changes,
+                (start, end),
+                site,
+                (&set.actor, set.version),
+                (&mut touched, impacted),
+            )?;
+            if !taken {
+                // Rows of the batch may be this row in an earlier piece: write them first.
+                self.flush_fresh(&mut fresh, changes, &mut touched, impacted)?;
+                if self.apply_row(t, &changes[start..end])? {
+                    touched.push(t.id, &first.pk);
+                    impacted.push((t.name.clone(), first.pk.clone()));
+                }
             }
             start = end;
         }
-        let site = self.site_ordinal(&set.actor)?;
+        self.flush_fresh(&mut fresh, changes, &mut touched, impacted)?;
         record_version(
             &self.conn,
             site,
@@ -134,7 +151,7 @@ impl Store {
     }
 
     /// Folds the changes of one row; returns whether the row's state changed.
-    fn apply_row(&mut self, t: &TableInfo, changes: &[Change]) -> Result<bool> {
+    pub(super) fn apply_row(&mut self, t: &TableInfo, changes: &[Change]) -> Result<bool> {
         let pk_blob = &changes[0].pk;
         let pk = pack::unpack(pk_blob).context("bad primary key in change")?;
         if pk.len() != t.pk_cols.len() {

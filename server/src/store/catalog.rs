@@ -52,13 +52,19 @@ pub struct TableSql {
     /// `clock_insert_many[k]`: inserts 2^k clocks at once, skipping keys that have one.
     pub clock_insert_many: Vec<String>,
     pub row_get: String,
+    /// The clock and every column of one row (columns NULL once the row is deleted).
+    pub clock_and_row: String,
     pub row_delete: String,
     pub row_insert_key: String,
 }
 
 impl TableInfo {
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(&name.to_ascii_lowercase()).copied()
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_name.get(&name.to_ascii_lowercase()).copied()
+        } else {
+            self.by_name.get(name).copied()
+        }
     }
 
     fn build(id: u32, name: String, columns: Vec<Column>) -> TableInfo {
@@ -104,6 +110,27 @@ impl TableInfo {
                 })
                 .collect(),
             row_get: format!("SELECT {all_cols} FROM {t} WHERE {pk_where}"),
+            clock_and_row: {
+                let on = pk_names
+                    .iter()
+                    .map(|k| format!("r.{k} = c.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let cols = columns
+                    .iter()
+                    .map(|c| format!("r.{}", quote(&c.name)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let at = pk_names
+                    .iter()
+                    .zip(&placeholders)
+                    .map(|(k, p)| format!("c.{k} = {p}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                format!(
+                    "SELECT c.clock, {cols} FROM {ct} AS c LEFT JOIN {t} AS r ON {on} WHERE {at}"
+                )
+            },
             row_delete: format!("DELETE FROM {t} WHERE {pk_where}"),
             row_insert_key: format!("INSERT OR IGNORE INTO {t} ({key_list}) VALUES ({key_params})"),
             pk_where,

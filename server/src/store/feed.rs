@@ -6,12 +6,14 @@
 
 use super::catalog::quote;
 use super::catalog::TableInfo;
-use super::rows::{decode_touched, load_clock, load_row};
+use super::rows::decode_touched;
 use super::{Shared, Store};
+use crate::crdt::clock::RowClock;
 use crate::crdt::{pack, ActorId};
 use anyhow::{Context, Result};
 use rusqlite::types::Value;
 use rusqlite::Connection;
+use rusqlite::OptionalExtension;
 use std::ops::RangeInclusive;
 
 /// One replicated change (a cell, or the row sentinel `cid = "-1"`).
@@ -89,11 +91,17 @@ pub fn for_each_version(
         let mut entries = decode_touched(touched).context("corrupt row list in __vd_versions")?;
         entries.sort_unstable();
         entries.dedup();
+        // Entries are sorted by table: one prepared statement per table run.
+        let mut lookup: Option<(u32, rusqlite::CachedStatement<'_>)> = None;
         for (tbl, pk_blob) in entries {
             let Some(t) = catalog.by_id(tbl) else {
                 continue;
             };
-            version_changes(conn, t, site, pk_blob, &mut v)?;
+            if lookup.as_ref().is_none_or(|(id, _)| *id != tbl) {
+                lookup = Some((tbl, conn.prepare_cached(&t.sql.clock_and_row)?));
+            }
+            let stmt = &mut lookup.as_mut().expect("prepared above").1;
+            version_changes(stmt, t, site, pk_blob, &mut v)?;
         }
         v.changes.sort_by_key(|c| c.seq);
         if !visit(v) {
@@ -103,27 +111,35 @@ pub fn for_each_version(
     Ok(())
 }
 
-/// Appends the surviving changes of `v` held by one row.
+/// Appends the surviving changes of `v` held by one row; `stmt` is the table's
+/// `clock_and_row` query.
 fn version_changes(
-    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
     t: &TableInfo,
     site: u32,
     pk_blob: &[u8],
     v: &mut VersionChanges,
 ) -> Result<()> {
     let pk = pack::unpack(pk_blob).context("corrupt key in __vd_versions")?;
-    let Some(clock) = load_clock(conn, t, &pk)? else {
+    let n = t.columns.len();
+    let found = stmt
+        .query_row(rusqlite::params_from_iter(&pk), |r| {
+            let clock = r.get_ref(0)?.as_blob().map(RowClock::decode)?;
+            let values = (0..n)
+                .map(|i| crate::store::exec::value_at(r, i + 1))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((clock, values))
+        })
+        .optional()?;
+    let Some((clock, values)) = found else {
         return Ok(());
     };
+    let clock = clock.with_context(|| format!("corrupt clock for a row of {}", t.name))?;
     let mine = |s: &crate::crdt::clock::Stamp| s.site == site && s.db_version == v.version;
     if !clock.row_stamp.iter().any(mine) && !clock.cells.iter().any(|c| mine(&c.stamp)) {
         return Ok(());
     }
-    let values = if clock.cl % 2 == 1 {
-        load_row(conn, t, &pk)?
-    } else {
-        None
-    };
+    let values = (clock.cl % 2 == 1).then_some(values);
     let change = |cid: String, val: Value, col_version: i64, seq: u64| Change {
         table: t.name.clone(),
         pk: pk_blob.to_vec(),

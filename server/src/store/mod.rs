@@ -15,6 +15,7 @@
 //! applied version: origin site, version, last seq, timestamp and the rows it touched) and one `"<table>__vd_clock"` per replicated table.
 
 pub mod apply;
+mod apply_fresh;
 pub mod assemble;
 pub mod bookkeeping;
 pub mod buffer;
