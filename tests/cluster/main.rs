@@ -159,3 +159,39 @@ async fn partition_heals_and_converges() {
     let rows = wait_converged(&[&a, &b, &c], ALL, 60).await;
     assert_eq!(rows.len(), 2);
 }
+
+/// A table added to one node's schema before the others (a rolling schema change): its rows
+/// cannot apply on a node that lacks the table, and arrive there once that node reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_table_another_node_lacks_arrive_after_its_reload() {
+    let _serial = serial();
+    let (da, db) = (NodeDir::new(), NodeDir::new());
+    let late = "CREATE TABLE late (id INTEGER NOT NULL PRIMARY KEY, note TEXT);\n";
+    std::fs::write(da.path().join("schema.sql"), format!("{SCHEMA}{late}")).unwrap();
+    let a = da.start(&[]);
+    let b = db.start(&[a.gossip]);
+    wait_for_mesh(&[&a, &b]).await;
+    a.exec(json!([
+        ["INSERT INTO late (id, note) VALUES (1, 'first')"],
+        ["INSERT INTO items (id, owner, val, n) VALUES (1, 'a', 'x', 1)"]
+    ]))
+    .await;
+    a.exec(json!([
+        "INSERT INTO items (id, owner, val, n) VALUES (2, 'a', 'y', 2)"
+    ]))
+    .await;
+    // The version that does not touch `late` applies; the other one cannot yet.
+    eventually(30, "the items-only version to arrive", || async {
+        b.query("SELECT id FROM items WHERE id = 2").await.len() == 1
+    })
+    .await;
+    assert!(b
+        .query("SELECT id FROM items WHERE id = 1")
+        .await
+        .is_empty());
+    std::fs::write(db.path().join("schema.sql"), format!("{SCHEMA}{late}")).unwrap();
+    b.admin(json!("Reload")).await;
+    let rows = wait_converged(&[&a, &b], "SELECT id, note FROM late", 30).await;
+    assert_eq!(rows, vec![vec![json!(1), json!("first")]]);
+    wait_converged(&[&a, &b], ALL, 30).await;
+}

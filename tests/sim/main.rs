@@ -101,7 +101,8 @@ impl Sim {
         }
     }
 
-    /// A client transaction on `node`: inserts fresh keys and updates a contended one.
+    /// A client transaction on `node`: inserts fresh keys, sometimes deletes a contended key,
+    /// and upserts a contended one.
     fn write(&mut self, node: usize) {
         let rows = if self.rng.random_bool(0.2) { 40 } else { 1 };
         let base = (self.acked.len() as i64 + 1) * 1000 + node as i64;
@@ -117,6 +118,14 @@ impl Sim {
                     Value::Text(format!("value-{k}-{}", "x".repeat(20))),
                     Value::Integer(i),
                 ],
+            ));
+        }
+        // Deletes of contended keys, which later upserts bring back: causal lengths race.
+        if self.rng.random_bool(0.3) {
+            let k = self.rng.random_range(0..5i64);
+            stmts.push(Statement::with_params(
+                "DELETE FROM kv WHERE k = ?1",
+                vec![Value::Integer(k)],
             ));
         }
         let contended = self.rng.random_range(0..5i64);
