@@ -27,6 +27,10 @@ fn rss_kib() -> u64 {
 }
 
 fn node(dir: &std::path::Path, name: &str) -> std::sync::Arc<Node> {
+    // A directory per node: subscription state lives next to the database, and a node must
+    // not resume the subscriptions of an earlier case.
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
     let schema = dir.join(format!("{name}.sql"));
     std::fs::write(&schema, SCHEMA).unwrap();
     let text = format!(
