@@ -48,10 +48,9 @@ async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk
             let next = match rx.try_recv() {
                 Ok(c) => Some(c),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(c) => c,
-                        Err(_) => None,
-                    }
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .unwrap_or_default()
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };

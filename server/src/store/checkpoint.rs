@@ -24,7 +24,7 @@ const TRUNCATE_ABOVE: u64 = 256 * 1024 * 1024;
 /// How long a RESTART or TRUNCATE checkpoint may wait for readers and the writer.
 const BLOCKING_WAIT: Duration = Duration::from_millis(20);
 /// Pause between checks of the WAL size.
-const INTERVAL: Duration = Duration::from_millis(100);
+const INTERVAL: Duration = Duration::from_millis(200);
 
 /// Stops the checkpointer when dropped.
 #[derive(Debug)]
