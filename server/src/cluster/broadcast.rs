@@ -75,12 +75,24 @@ impl Seen {
 
 /// Alive members' addresses.
 pub fn alive_peers(status: &Status) -> Vec<SocketAddr> {
+    peers_in(status, &["alive"])
+}
+
+/// Members worth a sync attempt: alive or merely suspected. A suspicion can outlive a healed
+/// partition (SWIM clears it only when the suspect hears of it and refutes), and a node that
+/// synced only with alive members would then stay behind; a suspect that really is down costs
+/// one connect timeout.
+pub fn sync_peers(status: &Status) -> Vec<SocketAddr> {
+    peers_in(status, &["alive", "suspect"])
+}
+
+fn peers_in(status: &Status, states: &[&str]) -> Vec<SocketAddr> {
     status
         .members
         .read()
         .expect("members lock")
         .iter()
-        .filter(|m| m.state == "alive")
+        .filter(|m| states.contains(&m.state.as_str()))
         .map(|m| m.address)
         .collect()
 }

@@ -12,7 +12,7 @@
 //! [`Claims`]. Received chunks go through the normal apply queue (with backpressure, so a
 //! slow apply slows the sender down instead of growing memory).
 
-use super::broadcast::alive_peers;
+use super::broadcast::sync_peers;
 use super::chunker::{chunk_version, CHUNK_BYTES};
 use super::codec::{self, Msg};
 use super::ingest::{IngestTx, Source};
@@ -63,7 +63,7 @@ pub async fn client_loop(ctx: Arc<SyncCtx>, nudge: Arc<Notify>, mut stop: watch:
             _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
             _ = nudge.notified() => {}
         }
-        let peers = alive_peers(&ctx.status);
+        let peers = sync_peers(&ctx.status);
         if peers.is_empty() {
             continue;
         }
