@@ -10,7 +10,7 @@
 
 use super::catalog::{quote, TableInfo};
 use super::feed::{Change, SENTINEL};
-use super::rows::{insert_new_clocks, TouchedRows, CLOCK_BATCH};
+use super::rows::{insert_new_clocks, power_of_two_batches, TouchedRows, CLOCK_BATCH};
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::pack;
@@ -149,11 +149,10 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let clocks: Vec<(Vec<Value>, RowClock)> = rows
-            .iter()
-            .map(|r| (r.pk.clone(), r.clock.clone()))
-            .collect();
+        let clocks: Vec<(&[Value], &RowClock)> =
+            rows.iter().map(|r| (&r.pk[..], &r.clock)).collect();
         let inserted = insert_new_clocks(&self.conn, t, &clocks)?;
+        drop(clocks);
         let (new, known): (Vec<_>, Vec<_>) = rows
             .into_iter()
             .zip(inserted)
@@ -191,10 +190,7 @@ impl Store {
                 .map(|c| quote(&t.columns[t.column_index(&c.cid).expect("checked")].name)),
         );
         let tuple = format!("({})", vec!["?"; names.len()].join(", "));
-        let mut rest = rows;
-        while !rest.is_empty() {
-            let k = usize::BITS - 1 - rest.len().leading_zeros();
-            let (now, tail) = rest.split_at(1 << k);
+        for (_, now) in power_of_two_batches(rows, CLOCK_BATCH) {
             let sql = format!(
                 "INSERT OR REPLACE INTO {} ({}) VALUES {}",
                 quote(&t.name),
@@ -214,7 +210,6 @@ impl Store {
                 }
             }
             stmt.raw_execute()?;
-            rest = tail;
         }
         Ok(())
     }

@@ -315,7 +315,8 @@ impl Store {
         t: &super::catalog::TableInfo,
         rows: Vec<(Vec<Value>, RowClock)>,
     ) -> Result<()> {
-        let inserted = insert_new_clocks(&self.conn, t, &rows)?;
+        let refs: Vec<(&[Value], &RowClock)> = rows.iter().map(|(pk, c)| (&pk[..], c)).collect();
+        let inserted = insert_new_clocks(&self.conn, t, &refs)?;
         for ((pk, mut clock), done) in rows.into_iter().zip(inserted) {
             if !done {
                 let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();

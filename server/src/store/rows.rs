@@ -112,30 +112,41 @@ pub const CLOCK_BATCH: usize = 1 << super::catalog::CLOCK_BATCH_LOG2;
 pub fn insert_new_clocks(
     conn: &Connection,
     t: &TableInfo,
-    rows: &[(Vec<Value>, RowClock)],
+    rows: &[(&[Value], &RowClock)],
 ) -> Result<Vec<bool>> {
     let mut out = Vec::with_capacity(rows.len());
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let k = (usize::BITS - 1 - rest.len().min(CLOCK_BATCH).leading_zeros()) as usize;
-        let (batch, tail) = rest.split_at(1 << k);
+    for (k, batch) in power_of_two_batches(rows, CLOCK_BATCH) {
         insert_clock_batch(conn, t, k, batch, &mut out)?;
-        rest = tail;
     }
     Ok(out)
+}
+
+/// Splits `items` into runs of 2^k items (largest first, at most `max`), so multi-row
+/// statements come in a handful of shapes that the statement cache keeps.
+pub fn power_of_two_batches<T>(items: &[T], max: usize) -> impl Iterator<Item = (usize, &[T])> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let k = (usize::BITS - 1 - rest.len().min(max).leading_zeros()) as usize;
+        let (batch, tail) = rest.split_at(1 << k);
+        rest = tail;
+        Some((k, batch))
+    })
 }
 
 fn insert_clock_batch(
     conn: &Connection,
     t: &TableInfo,
     k: usize,
-    rows: &[(Vec<Value>, RowClock)],
+    rows: &[(&[Value], &RowClock)],
     out: &mut Vec<bool>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(&t.sql.clock_insert_many[k])?;
     let mut i = 1;
     for (pk, clock) in rows {
-        for v in pk {
+        for v in *pk {
             stmt.raw_bind_parameter(i, v)?;
             i += 1;
         }
@@ -151,7 +162,7 @@ fn insert_clock_batch(
     for (pk, clock) in rows {
         let mut get = conn.prepare_cached(&t.sql.clock_get)?;
         let stored: Option<Vec<u8>> = get
-            .query_row(params_from_iter(pk), |r| r.get(0))
+            .query_row(params_from_iter(*pk), |r| r.get(0))
             .optional()?;
         out.push(stored == Some(clock.encode()));
     }
