@@ -161,6 +161,10 @@ pub struct GossipConfig {
     pub idle_timeout_secs: u32,
     /// `gossip.member_id`.
     pub member_id: Option<u16>,
+    /// Verdigris-only `gossip.snapshot_bootstrap` (default true): a node whose database holds
+    /// no replicated data yet copies a peer's database snapshot instead of pulling every
+    /// version row by row.
+    pub snapshot_bootstrap: bool,
 }
 
 /// `[gossip.tls]`.
@@ -610,6 +614,7 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
             .int("gossip.idle_timeout_secs", 0, u32::MAX.into())?
             .unwrap_or(30),
         member_id: r.int("gossip.member_id", 0, u16_max)?,
+        snapshot_bootstrap: r.bool("gossip.snapshot_bootstrap", true)?,
     };
 
     // Computed after env overrides so it follows an overridden db.path.

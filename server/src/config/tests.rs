@@ -102,6 +102,7 @@ fn defaults_fill_unset_keys() {
         max_mtu: None,
         idle_timeout_secs: 30,
         member_id: None,
+        snapshot_bootstrap: true,
     };
     assert_eq!(cfg.gossip, gossip);
     let perf = PerfConfig {

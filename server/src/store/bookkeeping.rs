@@ -270,6 +270,11 @@ impl Bookie {
             .record_known(*versions.start(), *versions.end());
     }
 
+    /// Whether no version of any actor is known, buffered or even heard of.
+    pub fn holds_nothing(&self) -> bool {
+        self.actors.values().all(|b| b.max == 0)
+    }
+
     /// Total number of missing versions over every actor (for `/v1/health`).
     pub fn gap_count(&self) -> u64 {
         self.actors.values().map(Booked::gap_count).sum()

@@ -9,6 +9,7 @@
 //! - [`schema`]: schema files → validated, additive DDL.
 //! - [`exec`]: statements and parameter binding shared by reads and writes.
 //! - [`reader`]: the pool of read-only connections.
+//! - [`snapshot`]: whole-database snapshots that bootstrap a fresh node.
 //!
 //! Internal tables (all prefixed `__vd_`): `__vd_state` (key/value: actor id…), `__vd_sites`
 //! (actor id ↔ small ordinal), `__vd_tables` (replicated tables), `__vd_versions` (one row per
@@ -30,6 +31,7 @@ pub mod local;
 pub mod reader;
 mod rows;
 pub mod schema;
+pub mod snapshot;
 
 use crate::crdt::hlc::Hlc;
 use crate::crdt::ActorId;
@@ -86,6 +88,21 @@ impl Sites {
         self.by_actor.insert(a, ord);
         self.by_ord.insert(ord, a);
     }
+}
+
+/// Reads the actor id ↔ ordinal table.
+fn load_sites(conn: &Connection) -> Result<Sites> {
+    let mut sites = Sites::default();
+    let mut stmt = conn.prepare("SELECT ord, actor FROM __vd_sites")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    for row in rows {
+        let (ord, bytes) = row?;
+        sites.insert(
+            ord,
+            ActorId::from_slice(&bytes).context("corrupt actor id in __vd_sites")?,
+        );
+    }
+    Ok(sites)
 }
 
 /// State shared between the writer and the read pool.
@@ -209,19 +226,7 @@ impl Store {
                 a
             }
         };
-        let mut sites = Sites::default();
-        {
-            let mut stmt = conn.prepare("SELECT ord, actor FROM __vd_sites")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-            for row in rows {
-                let (ord, bytes) = row?;
-                sites.insert(
-                    ord,
-                    ActorId::from_slice(&bytes).context("corrupt actor id in __vd_sites")?,
-                );
-            }
-        }
+        let sites = load_sites(&conn)?;
         let catalog = Catalog::load(&conn)?;
         let capture = Arc::new(Mutex::new(capture::Capture::new(&catalog)));
         capture::install(&conn, capture.clone())?;

@@ -1,0 +1,188 @@
+//! Snapshot export and import on real database files.
+
+use super::*;
+use crate::store::{ChangeSet, Statement};
+use tempfile::TempDir;
+
+const SCHEMA: &str = "
+CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, name TEXT, score INTEGER DEFAULT 0);
+CREATE TABLE tags (k TEXT NOT NULL, v TEXT NOT NULL, PRIMARY KEY (k, v));
+CREATE INDEX users_name ON users (name);
+";
+
+fn open(dir: &TempDir, name: &str, schema: &str) -> Store {
+    let mut s = Store::open(&dir.path().join(name)).unwrap();
+    s.apply_schema(schema).unwrap();
+    s
+}
+
+fn tx(s: &mut Store, sql: &[&str]) -> Option<u64> {
+    let stmts: Vec<Statement> = sql.iter().map(|q| Statement::new(*q)).collect();
+    s.transact(&stmts, None).unwrap().version
+}
+
+fn sets_of(s: &Store, actor: crate::crdt::ActorId) -> Vec<ChangeSet> {
+    s.changes(actor, 1..=u64::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .map(|v| ChangeSet {
+            actor: v.actor,
+            version: v.version,
+            last_seq: v.last_seq,
+            ts: v.ts,
+            changes: v.changes,
+        })
+        .collect()
+}
+
+/// A store holding its own writes (with a delete and a cleared version) and a third node's.
+fn populated(dir: &TempDir) -> (Store, Store) {
+    let mut other = open(dir, "other.db", SCHEMA);
+    tx(&mut other, &["INSERT INTO users VALUES (100, 'o', 1)"]);
+    tx(&mut other, &["INSERT INTO tags VALUES ('x', 'y')"]);
+    let mut src = open(dir, "src.db", SCHEMA);
+    tx(
+        &mut src,
+        &[
+            "INSERT INTO users VALUES (1, 'a', 1)",
+            "INSERT INTO users VALUES (2, 'b', 2)",
+        ],
+    );
+    tx(&mut src, &["UPDATE users SET score = 9 WHERE id = 1"]);
+    tx(&mut src, &["DELETE FROM users WHERE id = 2"]);
+    tx(&mut src, &["INSERT INTO tags VALUES ('k', 'v')"]);
+    src.apply_changesets(&sets_of(&other, other.actor_id()))
+        .unwrap();
+    (src, other)
+}
+
+#[test]
+fn a_fresh_store_imports_tables_clocks_and_versions() {
+    let dir = TempDir::new().unwrap();
+    let (src, other) = populated(&dir);
+    let file = dir.path().join("snap.db");
+    assert!(write(src.conn(), &file).unwrap() > 0);
+
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    assert!(dst.holds_nothing());
+    let imported = dst.import_snapshot(&file).unwrap();
+    assert_eq!(imported.tables, vec!["users", "tags"]);
+    assert_eq!(
+        imported.rows, 4,
+        "users 1 and 100 (2 is deleted); tags (k,v), (x,y)"
+    );
+    assert_eq!(imported.versions, 6);
+    assert!(!dst.holds_nothing());
+
+    assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
+    assert_ne!(
+        dst.actor_id(),
+        src.actor_id(),
+        "the importer keeps its identity"
+    );
+    // It now serves both origins' versions exactly as the source does.
+    for actor in [src.actor_id(), other.actor_id()] {
+        assert_eq!(sets_of(&dst, actor), sets_of(&src, actor));
+        assert_eq!(
+            dst.shared().book.read().unwrap().get(&actor),
+            src.shared().book.read().unwrap().get(&actor)
+        );
+    }
+    // Its own writes start at version 1 and merge on the source like any peer's.
+    assert_eq!(
+        tx(&mut dst, &["UPDATE users SET name = 'z' WHERE id = 1"]),
+        Some(1)
+    );
+    let mut src = src;
+    src.apply_changesets(&sets_of(&dst, dst.actor_id()))
+        .unwrap();
+    assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
+    // And nothing of the source's private state came along.
+    let members: i64 = dst
+        .conn()
+        .query_row("SELECT count(*) FROM __vd_members", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(members, 0);
+}
+
+#[test]
+fn the_import_survives_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let (src, _) = populated(&dir);
+    let file = dir.path().join("snap.db");
+    write(src.conn(), &file).unwrap();
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    let me = dst.actor_id();
+    dst.import_snapshot(&file).unwrap();
+    drop(dst);
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    assert_eq!(dst.actor_id(), me);
+    assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
+    assert_eq!(tx(&mut dst, &["DELETE FROM tags"]), Some(1));
+}
+
+#[test]
+fn a_snapshot_with_other_columns_is_refused_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (mut src, _) = populated(&dir);
+    src.apply_schema(&SCHEMA.replace(
+        "score INTEGER DEFAULT 0",
+        "score INTEGER DEFAULT 0, extra TEXT",
+    ))
+    .unwrap();
+    let file = dir.path().join("snap.db");
+    write(src.conn(), &file).unwrap();
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    let err = dst.import_snapshot(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("users") && err.contains("different columns"),
+        "{err}"
+    );
+    assert!(dst.holds_nothing());
+    assert!(dst
+        .dump_tables()
+        .unwrap()
+        .iter()
+        .all(|(_, rows)| rows.is_empty()));
+    // Still a working node: the snapshot was detached and capture is back.
+    assert_eq!(
+        tx(&mut dst, &["INSERT INTO users VALUES (7, 'q', 0)"]),
+        Some(1)
+    );
+    assert_eq!(
+        crate::store::Store::changes(&dst, dst.actor_id(), 1..=1)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_store_holding_data_refuses_a_snapshot() {
+    let dir = TempDir::new().unwrap();
+    let (src, _) = populated(&dir);
+    let file = dir.path().join("snap.db");
+    write(src.conn(), &file).unwrap();
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    tx(&mut dst, &["INSERT INTO users VALUES (1, 'mine', 0)"]);
+    assert!(!dst.holds_nothing());
+    let err = dst.import_snapshot(&file).unwrap_err().to_string();
+    assert!(err.contains("already holds"), "{err}");
+    let dump = dst.dump_tables().unwrap();
+    let users = dump.iter().find(|(t, _)| t == "users").unwrap();
+    assert_eq!(users.1.len(), 1);
+}
+
+#[test]
+fn garbage_is_not_a_snapshot() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("snap.db");
+    std::fs::write(&file, vec![7u8; 8192]).unwrap();
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    assert!(dst.import_snapshot(&file).is_err());
+    assert!(dst.holds_nothing());
+    assert_eq!(
+        tx(&mut dst, &["INSERT INTO users VALUES (7, 'q', 0)"]),
+        Some(1)
+    );
+}
