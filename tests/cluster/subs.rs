@@ -111,3 +111,62 @@ async fn subscribers_see_writes_from_other_nodes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_bootstraps_from_a_snapshot_and_its_subscriptions_follow() {
+    let _serial = serial();
+    let da = NodeDir::new();
+    let a = da.start(&[]);
+    for t in 0..2 {
+        a.exec(insert_range("a", t * 10_000, (t + 1) * 10_000))
+            .await;
+    }
+    a.exec(json!([
+        ["UPDATE items SET val = 'changed' WHERE id = 7", []],
+        ["DELETE FROM items WHERE id = 8", []]
+    ]))
+    .await;
+    // Any database size is worth a snapshot for this node.
+    let db = NodeDir::with_gossip("snapshot_min_bytes = 0");
+    let b = db.start(&[a.gossip]);
+    let sql = "SELECT id, val FROM items WHERE id % 1000 = 7 ORDER BY id";
+    let mut rx = subscribe(&b, sql).await;
+    let mut rows = BTreeMap::new();
+    follow(&mut rx, &mut rows, 60, |r| r.len() == 20).await;
+    assert!(
+        db.log().contains("bootstrapped from a peer's snapshot"),
+        "b should have bootstrapped from a snapshot; log:\n{}",
+        db.log()
+    );
+    assert_eq!(b.count("items").await, 19_999);
+    let fresh = b.query(sql).await;
+    let mine: Vec<Value> = rows.values().cloned().collect();
+    assert_eq!(mine, fresh.into_iter().map(Value::from).collect::<Vec<_>>());
+    assert_eq!(mine[0], json!([7, "changed"]));
+
+    // Afterwards it takes new writes from A and its own writes reach A.
+    a.exec(json!([[
+        "INSERT INTO items (id, owner, val) VALUES (50007, 'a', 'new')",
+        []
+    ]]))
+    .await;
+    b.exec(json!([[
+        "UPDATE items SET val = 'from b' WHERE id = 1007",
+        []
+    ]]))
+    .await;
+    follow(&mut rx, &mut rows, 60, |r| {
+        r.len() == 21 && r.values().any(|v| v == &json!([1007, "from b"]))
+    })
+    .await;
+    wait_converged(
+        &[&a, &b],
+        "SELECT id, owner, val, n FROM items ORDER BY id",
+        60,
+    )
+    .await;
+    eventually(30, "no gaps left on the new node", || async {
+        b.health().await["gaps"] == 0
+    })
+    .await;
+}

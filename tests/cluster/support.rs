@@ -25,6 +25,8 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 pub struct NodeDir {
     pub dir: TempDir,
+    /// Extra lines for the `[gossip]` section.
+    pub gossip_extra: String,
 }
 
 impl NodeDir {
@@ -34,7 +36,18 @@ impl NodeDir {
             .tempdir()
             .expect("tempdir");
         std::fs::write(dir.path().join("schema.sql"), SCHEMA).expect("schema");
-        NodeDir { dir }
+        NodeDir {
+            dir,
+            gossip_extra: String::new(),
+        }
+    }
+
+    /// A node directory whose config adds `lines` to `[gossip]`.
+    pub fn with_gossip(lines: &str) -> NodeDir {
+        NodeDir {
+            gossip_extra: lines.to_string(),
+            ..NodeDir::new()
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -47,7 +60,7 @@ impl NodeDir {
         let text = format!(
             "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\
              [api]\naddr = \"127.0.0.1:0\"\n\
-             [gossip]\naddr = \"127.0.0.1:{gossip_port}\"\nbootstrap = [{boot}]\n{security}\n\
+             [gossip]\naddr = \"127.0.0.1:{gossip_port}\"\nbootstrap = [{boot}]\n{security}\n{extra}\n\
              [admin]\npath = \"{admin}\"\n\
              [perf]\nmin_sync_backoff = 1\nmax_sync_backoff = 2\n{tls}",
             security = if tls.is_empty() {
@@ -58,6 +71,7 @@ impl NodeDir {
             db = d.join("state.db").display(),
             schema = d.join("schema.sql").display(),
             boot = boot.join(", "),
+            extra = self.gossip_extra,
             admin = d.join("admin.sock").display(),
         );
         let p = d.join("config.toml");

@@ -355,7 +355,11 @@ pub async fn ingress(
                 Counters::bump(&status.counters.broadcast_dropped);
             }
         }
-        if ingest.try_send((chunk, Source::Broadcast)).is_err() {
+        if status
+            .bootstrapping
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || ingest.try_send((chunk, Source::Broadcast)).is_err()
+        {
             Counters::bump(&status.counters.changes_dropped);
         }
     }

@@ -44,6 +44,16 @@ pub enum Msg {
     SyncDone,
     /// The server refuses the session (busy, …).
     Reject(String),
+    /// Instead of a [`Msg::SyncRequest`]: a node that holds nothing asks for a whole-database
+    /// snapshot.
+    SnapshotRequest,
+    /// The snapshot follows: its size in bytes, then [`Msg::SnapshotData`] frames and
+    /// [`Msg::SyncDone`].
+    SnapshotBegin {
+        bytes: u64,
+    },
+    /// The next piece of the snapshot file.
+    SnapshotData(Vec<u8>),
     /// A message kind this version does not know.
     Unknown(u32),
 }
@@ -58,6 +68,9 @@ mod tag {
     pub const SYNC_CHUNK: u32 = 7;
     pub const SYNC_DONE: u32 = 8;
     pub const REJECT: u32 = 9;
+    pub const SNAPSHOT_REQUEST: u32 = 10;
+    pub const SNAPSHOT_BEGIN: u32 = 11;
+    pub const SNAPSHOT_DATA: u32 = 12;
 }
 
 /// Encodes `msg` as an envelope for cluster `cluster_id`.
@@ -98,6 +111,17 @@ pub fn encode(msg: &Msg, cluster_id: u16) -> Vec<u8> {
         }
         Msg::Reject(why) => {
             w.str(tag::REJECT, why);
+        }
+        Msg::SnapshotRequest => {
+            w.bytes(tag::SNAPSHOT_REQUEST, &[]);
+        }
+        Msg::SnapshotBegin { bytes } => {
+            w.msg(tag::SNAPSHOT_BEGIN, |m| {
+                m.u64(1, *bytes);
+            });
+        }
+        Msg::SnapshotData(b) => {
+            w.bytes(tag::SNAPSHOT_DATA, b);
         }
         Msg::Unknown(t) => {
             w.bytes(*t, &[]);
@@ -155,6 +179,22 @@ pub fn decode(buf: &[u8], cluster_id: u16) -> DResult<Msg> {
             tag::SYNC_CHUNK => Msg::SyncChunk(get_chunk(f)?),
             tag::SYNC_DONE => Msg::SyncDone,
             tag::REJECT => Msg::Reject(f.str("reason", MAX_NAME)?.to_string()),
+            tag::SNAPSHOT_REQUEST => Msg::SnapshotRequest,
+            tag::SNAPSHOT_BEGIN => {
+                let mut r = f.reader("snapshot begin")?;
+                let mut bytes = None;
+                while let Some((t, f)) = r.next_field()? {
+                    if t == 1 {
+                        bytes = Some(f.u64("snapshot size")?);
+                    }
+                }
+                Msg::SnapshotBegin {
+                    bytes: bytes.ok_or(DecodeError::Missing("snapshot size"))?,
+                }
+            }
+            tag::SNAPSHOT_DATA => {
+                Msg::SnapshotData(f.bytes_max("snapshot data", MAX_FRAME)?.to_vec())
+            }
             // An envelope field or message kind from a newer version.
             other => {
                 unknown.get_or_insert(other);
@@ -334,6 +374,7 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
 
 fn put_state(w: &mut Writer, s: &SyncState) {
     w.bytes(1, &s.actor.0);
+    w.u64(3, s.db_bytes);
     for a in &s.actors {
         w.msg(2, |m| {
             m.bytes(1, &a.actor.0).u64(2, a.head);
@@ -365,6 +406,7 @@ fn get_state(f: Field<'_>) -> DResult<SyncState> {
                 }
                 s.actors.push(get_actor_state(f)?);
             }
+            3 => s.db_bytes = f.u64("database size")?,
             _ => {}
         }
     }

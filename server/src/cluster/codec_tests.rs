@@ -51,6 +51,7 @@ fn samples() -> Vec<Msg> {
                 needed: vec![(3, 4), (9, 9)],
                 partials: vec![(50, 20, vec![(0, 3), (7, 9)])],
             }],
+            db_bytes: 123 << 20,
         }),
         Msg::SyncRequest(vec![
             Need::Full {
@@ -66,6 +67,9 @@ fn samples() -> Vec<Msg> {
         Msg::SyncChunk(sample_chunk()),
         Msg::SyncDone,
         Msg::Reject("busy".into()),
+        Msg::SnapshotRequest,
+        Msg::SnapshotBegin { bytes: 1 << 33 },
+        Msg::SnapshotData(vec![0, 255, 7]),
     ]
 }
 

@@ -23,6 +23,7 @@ pub mod control;
 pub mod identity;
 pub mod ingest;
 pub mod membership;
+pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod sync_state;
@@ -145,6 +146,7 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Optio
         nudge.clone(),
         stop.clone(),
     );
+    snapshot::remove_leftovers(&node.config.db.path);
     let ctx = Arc::new(sync::SyncCtx {
         node: node.clone(),
         shared: shared.clone(),
@@ -152,6 +154,7 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Optio
         transport: transport.clone(),
         ingest,
         cluster_id: g.cluster_id,
+        snapshots: Default::default(),
     });
     tokio::spawn(sync::serve_loop(ctx.clone(), sess_rx));
     tokio::spawn(sync::client_loop(ctx, nudge, stop));

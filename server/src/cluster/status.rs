@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,9 @@ pub struct Status {
     pub gaps: AtomicU64,
     /// Chunks waiting in the apply queue.
     pub queue_size: AtomicU64,
+    /// A database snapshot is being fetched or imported: broadcast changes are dropped
+    /// meanwhile (sync fetches whatever the snapshot lacks afterwards).
+    pub bootstrapping: AtomicBool,
     lag: Mutex<VecDeque<(Instant, f64)>>,
 }
 

@@ -8,6 +8,9 @@
 //! server → SyncChunk…, SyncDone, FIN
 //! ```
 //!
+//! A node that never wrote and holds far less than the peer sends a `SnapshotRequest`
+//! instead of a `SyncRequest` ([`super::snapshot`]).
+//!
 //! Each round picks a few random alive members; concurrent sessions split the work through
 //! [`Claims`]. Received chunks go through the normal apply queue (with backpressure, so a
 //! slow apply slows the sender down instead of growing memory).
@@ -16,6 +19,7 @@ use super::broadcast::sync_peers;
 use super::chunker::{chunk_version, CHUNK_BYTES};
 use super::codec::{self, Msg};
 use super::ingest::{IngestTx, Source};
+use super::snapshot;
 use super::status::{Counters, Status};
 use super::sync_state::{compute_needs, state_of, Claims, Need};
 use super::transport::{read_frame, write_frame, Transport};
@@ -48,6 +52,7 @@ pub struct SyncCtx {
     pub transport: Arc<Transport>,
     pub ingest: IngestTx,
     pub cluster_id: u16,
+    pub snapshots: super::snapshot::Snapshots,
 }
 
 /// Runs sync rounds until `stop`; `nudge` starts a round early (e.g. a member came up).
@@ -120,6 +125,9 @@ fn count_rejection(status: &Status, e: &anyhow::Error) {
 
 /// One client session; returns how many chunks were received.
 async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Result<usize> {
+    if ctx.status.bootstrapping.load(Ordering::Acquire) {
+        return Ok(0);
+    }
     let (mut send, mut recv) = ctx.transport.open_bi(addr).await?;
     let me = ctx.node.actor;
     let start = codec::encode(&Msg::SyncStart { actor: me }, ctx.cluster_id);
@@ -129,6 +137,13 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
         Some(Msg::Reject(why)) => bail!("rejected: {why}"),
         other => bail!("unexpected answer {other:?}"),
     };
+    if snapshot::should_fetch(ctx, &theirs) {
+        let rows = snapshot::fetch(ctx, send, recv).await?;
+        return Ok(usize::try_from(rows).unwrap_or(usize::MAX).max(1));
+    }
+    if ctx.status.bootstrapping.load(Ordering::Acquire) {
+        return Ok(0); // another session fetches a snapshot; its import would replace this
+    }
     let needs = {
         let book = ctx.shared.book.read().expect("book lock");
         compute_needs(&book, me, &theirs)
@@ -213,10 +228,14 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
             return Err(e);
         }
     }
-    let state = {
+    let mut state = {
         let book = ctx.shared.book.read().expect("book lock");
         state_of(&book, ctx.node.actor)
     };
+    // The database file plus its WAL: recent writes may not be checkpointed yet.
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let db = &ctx.node.config.db.path;
+    state.db_bytes = size(db) + size(&crate::store::wal_path(db));
     write_frame(
         &mut send,
         &codec::encode(&Msg::SyncState(state), ctx.cluster_id),
@@ -224,6 +243,12 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
     .await?;
     let needs = match read_msg(&mut recv, ctx.cluster_id).await? {
         Some(Msg::SyncRequest(n)) => n,
+        Some(Msg::SnapshotRequest) => {
+            snapshot::serve(ctx, &mut send).await?;
+            send.finish()?;
+            let _ = tokio::time::timeout(STEP_TIMEOUT, send.stopped()).await;
+            return Ok(());
+        }
         None => return Ok(()),
         Some(other) => bail!("expected SyncRequest, got {other:?}"),
     };

@@ -30,6 +30,9 @@ pub struct ActorState {
 pub struct SyncState {
     pub actor: ActorId,
     pub actors: Vec<ActorState>,
+    /// Size of the sender's database file (0 when not told): decides whether a snapshot is
+    /// worth fetching instead of changes.
+    pub db_bytes: u64,
 }
 
 /// One thing to ask a peer for.
@@ -83,7 +86,37 @@ pub fn state_of(book: &Bookie, me: ActorId) -> SyncState {
         })
         .collect();
     actors.sort_by_key(|s| s.actor);
-    SyncState { actor: me, actors }
+    SyncState {
+        actor: me,
+        actors,
+        db_bytes: 0,
+    }
+}
+
+/// Versions a state says its node holds (applied or cleared), approximately: gap lists are
+/// truncated at [`MAX_RANGES_PER_ACTOR`].
+pub fn held_versions(s: &SyncState) -> u64 {
+    s.actors
+        .iter()
+        .map(|a| {
+            let missing: u64 = a.needed.iter().map(|(x, y)| y - x + 1).sum();
+            a.head
+                .saturating_sub(missing)
+                .saturating_sub(a.partials.len() as u64)
+        })
+        .sum()
+}
+
+/// Whether a node in state `ours` should replace its replicated data with a snapshot of a
+/// peer in state `theirs` instead of fetching changes: it never wrote anything itself (its
+/// own writes exist nowhere else), the peer's database is at least `min_bytes`, and the peer
+/// holds more than twice the versions it does (a new node, or one far behind).
+pub fn wants_snapshot(ours: &SyncState, theirs: &SyncState, min_bytes: u64) -> bool {
+    let wrote = ours
+        .actors
+        .iter()
+        .any(|a| a.actor == ours.actor && a.head > 0);
+    !wrote && theirs.db_bytes >= min_bytes && held_versions(theirs) > 2 * held_versions(ours)
 }
 
 /// What node `me` (bookkeeping `ours`) should ask a peer whose state is `theirs` for:
@@ -294,5 +327,53 @@ mod tests {
                 versions: (11, 20)
             }]
         );
+    }
+
+    fn state(me: ActorId, heads: &[(ActorId, u64)], db_bytes: u64) -> SyncState {
+        SyncState {
+            actor: me,
+            actors: heads
+                .iter()
+                .map(|(a, h)| ActorState {
+                    actor: *a,
+                    head: *h,
+                    needed: vec![],
+                    partials: vec![],
+                })
+                .collect(),
+            db_bytes,
+        }
+    }
+
+    #[test]
+    fn snapshots_go_to_nodes_that_never_wrote_and_hold_far_less() {
+        let (me, a, b) = (actor(1), actor(2), actor(3));
+        let big = 64 << 20;
+        let peer = state(b, &[(a, 100), (b, 50)], big);
+        // A new node.
+        assert!(wants_snapshot(&state(me, &[], 0), &peer, 16 << 20));
+        // One far behind, that only ever received.
+        assert!(wants_snapshot(&state(me, &[(a, 40)], 0), &peer, 16 << 20));
+        // Not when it wrote anything itself: the import would replace its writes.
+        assert!(!wants_snapshot(&state(me, &[(me, 1)], 0), &peer, 16 << 20));
+        // Not when it holds half or more.
+        assert!(!wants_snapshot(&state(me, &[(a, 100)], 0), &peer, 16 << 20));
+        // Not from a small database (changes are cheap enough), nor one that did not say.
+        assert!(!wants_snapshot(
+            &state(me, &[], 0),
+            &state(b, &[(a, 100)], 1 << 20),
+            16 << 20
+        ));
+        assert!(!wants_snapshot(
+            &state(me, &[], 0),
+            &state(b, &[(a, 100)], 0),
+            16 << 20
+        ));
+        // Gaps and partials do not count as held.
+        let mut gappy = state(b, &[(a, 100)], big);
+        gappy.actors[0].needed = vec![(1, 60)];
+        gappy.actors[0].partials = vec![(61, 3, vec![(0, 1)])];
+        assert_eq!(held_versions(&gappy), 39);
+        assert!(!wants_snapshot(&state(me, &[(a, 20)], 0), &gappy, 16 << 20));
     }
 }

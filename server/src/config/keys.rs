@@ -39,7 +39,7 @@ pub(super) const SCHEMA: &[(&str, &[KeySpec])] = {
         ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int), k("subscription_log_retention", Int), k("subscription_idle_secs", Int)]),
         ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int)]),
         ("api.authz", &[a("bearer-token", &["authorization", "bearer"], Str)]),
-        ("gossip", &[a("addr", &["bind_addr"], Str), k("external_addr", Str), k("bootstrap", List), k("plaintext", Bool), k("tls", Section), k("cluster_id", Int), k("max_mtu", Int), k("idle_timeout_secs", Int), k("member_id", Int), k("snapshot_bootstrap", Bool)]),
+        ("gossip", &[a("addr", &["bind_addr"], Str), k("external_addr", Str), k("bootstrap", List), k("plaintext", Bool), k("tls", Section), k("cluster_id", Int), k("max_mtu", Int), k("idle_timeout_secs", Int), k("member_id", Int), k("snapshot_bootstrap", Bool), k("snapshot_min_bytes", Int)]),
         ("gossip.tls", &[k("cert_file", Str), k("key_file", Str), k("ca_file", Str), k("insecure", Bool), k("client", Section)]),
         ("gossip.tls.client", &[k("cert_file", Str), k("key_file", Str)]),
         ("admin", &[a("path", &["uds_path"], Str)]),

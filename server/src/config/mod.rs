@@ -165,6 +165,9 @@ pub struct GossipConfig {
     /// no replicated data yet copies a peer's database snapshot instead of pulling every
     /// version row by row.
     pub snapshot_bootstrap: bool,
+    /// Verdigris-only `gossip.snapshot_min_bytes` (default 16 MiB): smallest peer database
+    /// worth a snapshot; below it changes are fetched one by one.
+    pub snapshot_min_bytes: u64,
 }
 
 /// `[gossip.tls]`.
@@ -615,6 +618,7 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
             .unwrap_or(30),
         member_id: r.int("gossip.member_id", 0, u16_max)?,
         snapshot_bootstrap: r.bool("gossip.snapshot_bootstrap", true)?,
+        snapshot_min_bytes: r.unsigned("gossip.snapshot_min_bytes", 16 << 20)?,
     };
 
     // Computed after env overrides so it follows an overridden db.path.

@@ -103,6 +103,7 @@ fn defaults_fill_unset_keys() {
         idle_timeout_secs: 30,
         member_id: None,
         snapshot_bootstrap: true,
+        snapshot_min_bytes: 16 << 20,
     };
     assert_eq!(cfg.gossip, gossip);
     let perf = PerfConfig {

@@ -11,8 +11,9 @@
 //! write starts again at the top of the (already cached) file. If readers keep that from
 //! working, the file is truncated when it passes [`TRUNCATE_ABOVE`].
 
+use super::wal_path;
 use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,12 +37,6 @@ impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
 }
 
 /// Size and modification time of the WAL: writes after a rewind do not change the size.

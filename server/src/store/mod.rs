@@ -90,6 +90,13 @@ impl Sites {
     }
 }
 
+/// The WAL file of the database at `db`.
+pub fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}
+
 /// Reads the actor id ↔ ordinal table.
 fn load_sites(conn: &Connection) -> Result<Sites> {
     let mut sites = Sites::default();

@@ -8,11 +8,12 @@
 //! their numbers — so afterwards the node serves those versions to others like any other
 //! holder and syncs only what is newer than the snapshot.
 //!
-//! The import refuses (and the caller falls back to change-by-change sync) unless this node
-//! still holds nothing and both databases have the same replicated tables with the same
-//! columns in the same order: clocks name columns by position and version records name
-//! tables by id. What the peer keeps for itself — its identity, members, partially received
-//! versions, subscriptions — is never copied.
+//! The import replaces the node's replicated data, so it refuses (and the caller falls back to
+//! change-by-change sync) when the node has written anything itself — remote data can be
+//! fetched again, its own writes could not. It also refuses unless both databases have the
+//! same replicated tables with the same columns in the same order: clocks name columns by
+//! position and version records name tables by id. What the peer keeps for itself — its
+//! identity, members, partially received versions, subscriptions — is never copied.
 
 use super::catalog::{clock_table, quote};
 use super::{capture, load_sites, Store, INTERNAL_SCHEMA_VERSION};
@@ -35,22 +36,8 @@ pub fn write(src: &Connection, out: &Path) -> Result<u64> {
     }
     let mut dst =
         Connection::open(out).with_context(|| format!("creating snapshot {}", out.display()))?;
-    {
-        let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
-        // One step copies every page under one read transaction: a consistent snapshot.
-        let mut tries = 0;
-        loop {
-            match backup.step(-1).context("copying database pages")? {
-                StepResult::Done => break,
-                StepResult::More => continue,
-                StepResult::Busy | StepResult::Locked if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => bail!("the database stayed locked; try again later"),
-            }
-        }
-    }
+    // One step copies every page under one read transaction: a consistent snapshot.
+    copy_all_pages(src, &mut dst)?;
     // A self-contained file: no WAL needed to read it.
     dst.pragma_update(None, "journal_mode", "DELETE")?;
     drop(dst);
@@ -62,10 +49,12 @@ pub fn write(src: &Connection, out: &Path) -> Result<u64> {
 pub struct Imported {
     /// Replicated tables (all of them, filled or not).
     pub tables: Vec<String>,
-    /// Live rows copied into replicated tables (deleted rows live on in the clocks only).
+    /// Live rows in replicated tables (deleted rows live on in the clocks only).
     pub rows: u64,
-    /// Version records copied.
+    /// Version records.
     pub versions: u64,
+    /// Whether the database pages were copied whole ([`Store::import_snapshot`]).
+    pub whole_pages: bool,
 }
 
 type Columns = Vec<(String, String, bool, Option<String>, i64)>;
@@ -88,12 +77,30 @@ fn tables(conn: &Connection, schema: &str) -> Result<Vec<(i64, String)>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn has_rows(conn: &Connection, table: &str) -> Result<bool> {
-    Ok(conn.query_row(
-        &format!("SELECT EXISTS (SELECT 1 FROM main.{})", quote(table)),
-        [],
-        |r| r.get(0),
-    )?)
+/// Every schema object but SQLite's own, in a comparable order.
+fn schema_objects(conn: &Connection, schema: &str) -> Result<Vec<[Option<String>; 4]>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT type, name, tbl_name, sql FROM {schema}.sqlite_schema \
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name"
+    ))?;
+    let rows = stmt.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn pragma_i64(conn: &Connection, schema: &str, name: &str) -> Result<i64> {
+    Ok(conn.query_row(&format!("PRAGMA {schema}.{name}"), [], |r| r.get(0))?)
+}
+
+fn count(conn: &Connection, sql: &str) -> Result<u64> {
+    Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// How an import will go, decided with the snapshot attached.
+struct Plan {
+    imported: Imported,
+    /// Copy the pages whole: both schemas are identical and nothing of this node's own would
+    /// be lost (its tables outside the replicated set are empty).
+    whole_pages: bool,
 }
 
 impl Store {
@@ -103,30 +110,50 @@ impl Store {
         self.local_max == 0 && self.shared.book.read().expect("book lock").holds_nothing()
     }
 
-    /// Imports a snapshot file made by [`write`] on a peer; see the module docs. Runs as one
-    /// transaction: on any error nothing is changed.
+    /// Imports a snapshot file made by [`write`] on a peer (see the module docs), replacing
+    /// this node's replicated data. When both databases have exactly the same schema the
+    /// snapshot's pages are copied whole (with this node's identity and members written into
+    /// it first); otherwise the replicated tables, clocks and version records are copied row
+    /// by row. Either way it is one transaction: on any error nothing is changed.
     pub fn import_snapshot(&mut self, file: &Path) -> Result<Imported> {
         let path = file.to_str().context("snapshot path must be valid UTF-8")?;
         self.conn
             .execute("ATTACH DATABASE ?1 AS vd_snapshot", [path])
             .with_context(|| format!("opening snapshot {}", file.display()))?;
-        // The copy is not a local write: keep the capture hook out of it.
-        self.conn
-            .preupdate_hook(None::<fn(Action, &str, &str, &PreUpdateCase)>)?;
-        let result = self.copy_attached();
-        capture::install(&self.conn, self.capture.clone())?;
-        let detached = self.conn.execute_batch("DETACH DATABASE vd_snapshot");
-        let imported = result?;
-        detached?;
+        let planned = self.plan();
+        let imported = match planned {
+            Ok(plan) if plan.whole_pages => {
+                self.conn.execute_batch("DETACH DATABASE vd_snapshot")?;
+                self.copy_pages(file)?;
+                plan.imported
+            }
+            Ok(plan) => {
+                // The copy is not a local write: keep the capture hook out of it.
+                self.conn
+                    .preupdate_hook(None::<fn(Action, &str, &str, &PreUpdateCase)>)?;
+                let copied = self.copy_rows(&plan.imported.tables);
+                capture::install(&self.conn, self.capture.clone())?;
+                self.conn.execute_batch("DETACH DATABASE vd_snapshot")?;
+                copied?;
+                plan.imported
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("DETACH DATABASE vd_snapshot");
+                return Err(e);
+            }
+        };
         *self.shared.sites.write().expect("sites lock") = load_sites(&self.conn)?;
         let me = self.actor;
         self.local_site = self.site_ordinal(&me)?;
         self.local_max = self.max_version(self.local_site)?;
+        // Versions held before the import but absent from the snapshot must read as missing.
+        *self.shared.book.write().expect("book lock") = super::bookkeeping::Bookie::new();
         self.load_bookkeeping()?;
         Ok(imported)
     }
 
-    fn copy_attached(&mut self) -> Result<Imported> {
+    /// Checks that the attached snapshot may replace this node's data, and how.
+    fn plan(&self) -> Result<Plan> {
         let conn = &self.conn;
         let format: i64 = conn
             .query_row(
@@ -139,59 +166,131 @@ impl Store {
             format == INTERNAL_SCHEMA_VERSION,
             "the snapshot has internal schema {format}, this node {INTERNAL_SCHEMA_VERSION}"
         );
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let copied = (|| -> Result<Imported> {
-            let held: i64 = conn.query_row(
-                "SELECT (SELECT count(*) FROM main.__vd_versions) + (SELECT count(*) FROM main.__vd_partials) \
-                 + (SELECT count(*) FROM main.__vd_buffer)",
-                [],
-                |r| r.get(0),
-            )?;
-            ensure!(held == 0, "this node already holds versions");
-            let ours = tables(conn, "main")?;
-            let theirs = tables(conn, ATTACHED)?;
-            if ours != theirs {
-                let names = |t: &[(i64, String)]| {
-                    t.iter()
-                        .map(|(i, n)| format!("{i}:{n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                bail!(
-                    "replicated tables differ (here [{}], in the snapshot [{}])",
-                    names(&ours),
-                    names(&theirs)
+        let own: i64 = conn.query_row(
+            "SELECT count(*) FROM main.__vd_versions WHERE site = ?1",
+            [self.local_site],
+            |r| r.get(0),
+        )?;
+        ensure!(
+            own == 0 && self.local_max == 0,
+            "this node already holds writes of its own, which a snapshot would replace"
+        );
+        let ours = tables(conn, "main")?;
+        let theirs = tables(conn, ATTACHED)?;
+        if ours != theirs {
+            let names = |t: &[(i64, String)]| {
+                t.iter()
+                    .map(|(i, n)| format!("{i}:{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "replicated tables differ (here [{}], in the snapshot [{}])",
+                names(&ours),
+                names(&theirs)
+            );
+        }
+        let mut imported = Imported::default();
+        for (_, name) in &ours {
+            for t in [name.clone(), clock_table(name)] {
+                ensure!(
+                    columns(conn, "main", &t)? == columns(conn, ATTACHED, &t)?,
+                    "table {t} has different columns in the snapshot"
                 );
             }
-            let mut imported = Imported::default();
-            for (_, name) in &ours {
-                let clock = clock_table(name);
-                for t in [name, &clock] {
-                    ensure!(
-                        columns(conn, "main", t)? == columns(conn, ATTACHED, t)?,
-                        "table {t} has different columns in the snapshot"
-                    );
-                    ensure!(!has_rows(conn, t)?, "table {t} already holds rows");
-                }
-                // `SELECT *` between identical tables lets SQLite copy records without
-                // decoding them (its transfer optimization).
-                imported.rows += conn.execute(
-                    &format!(
-                        "INSERT INTO main.{0} SELECT * FROM {ATTACHED}.{0}",
-                        quote(name)
-                    ),
-                    [],
-                )? as u64;
-                conn.execute(
-                    &format!(
-                        "INSERT INTO main.{0} SELECT * FROM {ATTACHED}.{0}",
-                        quote(&clock)
-                    ),
-                    [],
-                )?;
-                imported.tables.push(name.clone());
+            imported.rows += count(
+                conn,
+                &format!("SELECT count(*) FROM {ATTACHED}.{}", quote(name)),
+            )?;
+            imported.tables.push(name.clone());
+        }
+        imported.versions = count(
+            conn,
+            &format!("SELECT count(*) FROM {ATTACHED}.__vd_versions"),
+        )?;
+        let catalog = self.shared.catalog();
+        let mut own_data = false;
+        for obj in schema_objects(conn, "main")? {
+            let (Some(kind), Some(name)) = (&obj[0], &obj[1]) else {
+                continue;
+            };
+            let internal = name.starts_with("__vd_") || name.ends_with("__vd_clock");
+            if kind == "table" && !internal && catalog.get(name).is_none() {
+                own_data |= count(
+                    conn,
+                    &format!("SELECT EXISTS (SELECT 1 FROM main.{})", quote(name)),
+                )? > 0;
             }
-            conn.execute("DELETE FROM main.__vd_sites", [])?;
+        }
+        let whole_pages = !own_data
+            && schema_objects(conn, "main")? == schema_objects(conn, ATTACHED)?
+            && pragma_i64(conn, "main", "page_size")? == pragma_i64(conn, ATTACHED, "page_size")?;
+        imported.whole_pages = whole_pages;
+        Ok(Plan {
+            imported,
+            whole_pages,
+        })
+    }
+
+    /// Makes the snapshot file this node's (identity, members, own site) and copies its pages
+    /// over the database in one write transaction.
+    fn copy_pages(&mut self, file: &Path) -> Result<()> {
+        let snap = Connection::open(file)?;
+        // A scratch copy: no journal, no syncing.
+        snap.pragma_update(None, "journal_mode", "OFF")?;
+        snap.pragma_update(None, "synchronous", "OFF")?;
+        let members: Vec<(Vec<u8>, String, String, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT actor, address, state, updated_at FROM main.__vd_members")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        snap.execute_batch("BEGIN")?;
+        snap.execute(
+            "INSERT OR REPLACE INTO __vd_state (key, value) VALUES ('actor_id', ?1)",
+            [&self.actor.0[..]],
+        )?;
+        snap.execute("DELETE FROM __vd_members", [])?;
+        for (actor, address, state, at) in &members {
+            snap.execute(
+                "INSERT INTO __vd_members (actor, address, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![actor, address, state, at],
+            )?;
+        }
+        snap.execute(
+            "INSERT OR IGNORE INTO __vd_sites (actor) VALUES (?1)",
+            [&self.actor.0[..]],
+        )?;
+        snap.execute_batch("COMMIT")?;
+        copy_all_pages(&snap, &mut self.conn)
+    }
+
+    /// Replaces the replicated tables, clocks, sites and version records with the attached
+    /// snapshot's, row by row, in one transaction.
+    fn copy_rows(&mut self, tables: &[String]) -> Result<()> {
+        let conn = &self.conn;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let copied = (|| -> Result<()> {
+            for name in tables {
+                for t in [name.clone(), clock_table(name)] {
+                    // Remote data only (checked by `plan`): peers hold all of it.
+                    conn.execute(&format!("DELETE FROM main.{}", quote(&t)), [])?;
+                    // `SELECT *` between identical tables lets SQLite copy records without
+                    // decoding them (its transfer optimization).
+                    conn.execute(
+                        &format!(
+                            "INSERT INTO main.{0} SELECT * FROM {ATTACHED}.{0}",
+                            quote(&t)
+                        ),
+                        [],
+                    )?;
+                }
+            }
+            conn.execute_batch(
+                "DELETE FROM main.__vd_versions; DELETE FROM main.__vd_partials; \
+                 DELETE FROM main.__vd_buffer; DELETE FROM main.__vd_sites;",
+            )?;
             conn.execute(
                 &format!("INSERT INTO main.__vd_sites SELECT * FROM {ATTACHED}.__vd_sites"),
                 [],
@@ -200,21 +299,35 @@ impl Store {
                 "INSERT OR IGNORE INTO main.__vd_sites (actor) VALUES (?1)",
                 [&self.actor.0[..]],
             )?;
-            imported.versions = conn.execute(
+            conn.execute(
                 &format!("INSERT INTO main.__vd_versions SELECT * FROM {ATTACHED}.__vd_versions"),
                 [],
-            )? as u64;
-            Ok(imported)
+            )?;
+            Ok(())
         })();
         match copied {
-            Ok(imported) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(imported)
-            }
+            Ok(()) => Ok(conn.execute_batch("COMMIT")?),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 Err(e)
             }
+        }
+    }
+}
+
+/// Copies every page of `src` over `dst` as one transaction (SQLite's backup API).
+fn copy_all_pages(src: &Connection, dst: &mut Connection) -> Result<()> {
+    let backup = rusqlite::backup::Backup::new(src, dst)?;
+    let mut tries = 0;
+    loop {
+        match backup.step(-1).context("copying database pages")? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => continue,
+            StepResult::Busy | StepResult::Locked if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => bail!("the database stayed locked; try again later"),
         }
     }
 }

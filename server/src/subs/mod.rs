@@ -322,6 +322,21 @@ impl Manager {
         self.wake.notify_one();
     }
 
+    /// Re-runs every subscription on `tables` in full: for bulk loads that bypass per-row
+    /// change tracking (a snapshot import).
+    pub fn reload_tables(&self, tables: &[String]) {
+        let mut p = lock(&self.pending);
+        for t in tables {
+            let t = t.to_ascii_lowercase();
+            if let Some(keys) = p.changes.remove(&t) {
+                p.keys = p.keys.saturating_sub(keys.len());
+            }
+            p.whole.insert(t);
+        }
+        drop(p);
+        self.wake.notify_one();
+    }
+
     pub fn stop(&self) {
         lock(&self.pending).stop = true;
         self.wake.notify_one();

@@ -65,7 +65,17 @@ fn a_fresh_store_imports_tables_clocks_and_versions() {
 
     let mut dst = open(&dir, "dst.db", SCHEMA);
     assert!(dst.holds_nothing());
+    dst.conn()
+        .execute(
+            "INSERT INTO __vd_members VALUES (x'01', '127.0.0.1:9', 'alive', 1)",
+            [],
+        )
+        .unwrap();
     let imported = dst.import_snapshot(&file).unwrap();
+    assert!(
+        imported.whole_pages,
+        "identical schemas: pages are copied whole"
+    );
     assert_eq!(imported.tables, vec!["users", "tags"]);
     assert_eq!(
         imported.rows, 4,
@@ -97,12 +107,51 @@ fn a_fresh_store_imports_tables_clocks_and_versions() {
     src.apply_changesets(&sets_of(&dst, dst.actor_id()))
         .unwrap();
     assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
-    // And nothing of the source's private state came along.
-    let members: i64 = dst
+    // Its own member list stays; nothing of the source's private state came along.
+    let members: Vec<String> = dst
         .conn()
-        .query_row("SELECT count(*) FROM __vd_members", [], |r| r.get(0))
+        .prepare("SELECT address FROM __vd_members")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(members, vec!["127.0.0.1:9"]);
+}
+
+#[test]
+fn local_tables_with_rows_are_kept_by_a_row_by_row_import() {
+    let dir = TempDir::new().unwrap();
+    let (src, other) = populated(&dir);
+    let file = dir.path().join("snap.db");
+    write(src.conn(), &file).unwrap();
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    tx(
+        &mut dst,
+        &[
+            "CREATE TABLE scratch (x INTEGER)",
+            "INSERT INTO scratch VALUES (42)",
+        ],
+    );
+    let imported = dst.import_snapshot(&file).unwrap();
+    assert!(
+        !imported.whole_pages,
+        "the local table must not be overwritten"
+    );
+    assert_eq!(imported.rows, 4);
+    assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
+    for actor in [src.actor_id(), other.actor_id()] {
+        assert_eq!(sets_of(&dst, actor), sets_of(&src, actor));
+    }
+    let kept: i64 = dst
+        .conn()
+        .query_row("SELECT x FROM scratch", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(members, 0);
+    assert_eq!(kept, 42);
+    assert_eq!(
+        tx(&mut dst, &["UPDATE users SET name = 'z' WHERE id = 1"]),
+        Some(1)
+    );
 }
 
 #[test]
@@ -158,7 +207,7 @@ fn a_snapshot_with_other_columns_is_refused_and_changes_nothing() {
 }
 
 #[test]
-fn a_store_holding_data_refuses_a_snapshot() {
+fn a_store_with_writes_of_its_own_refuses_a_snapshot() {
     let dir = TempDir::new().unwrap();
     let (src, _) = populated(&dir);
     let file = dir.path().join("snap.db");
@@ -167,7 +216,7 @@ fn a_store_holding_data_refuses_a_snapshot() {
     tx(&mut dst, &["INSERT INTO users VALUES (1, 'mine', 0)"]);
     assert!(!dst.holds_nothing());
     let err = dst.import_snapshot(&file).unwrap_err().to_string();
-    assert!(err.contains("already holds"), "{err}");
+    assert!(err.contains("writes of its own"), "{err}");
     let dump = dst.dump_tables().unwrap();
     let users = dump.iter().find(|(t, _)| t == "users").unwrap();
     assert_eq!(users.1.len(), 1);
@@ -185,4 +234,57 @@ fn garbage_is_not_a_snapshot() {
         tx(&mut dst, &["INSERT INTO users VALUES (7, 'q', 0)"]),
         Some(1)
     );
+}
+
+#[test]
+fn remote_data_is_replaced_and_what_the_snapshot_lacks_reads_as_missing() {
+    let dir = TempDir::new().unwrap();
+    let mut other = open(&dir, "other.db", SCHEMA);
+    tx(&mut other, &["INSERT INTO users VALUES (100, 'o', 1)"]);
+    tx(&mut other, &["INSERT INTO users VALUES (101, 'p', 1)"]);
+    let all = sets_of(&other, other.actor_id());
+    let mut src = open(&dir, "src.db", SCHEMA);
+    tx(&mut src, &["INSERT INTO users VALUES (1, 'a', 1)"]);
+    src.apply_changesets(&all[..1]).unwrap();
+    let file = dir.path().join("snap.db");
+    write(src.conn(), &file).unwrap();
+
+    // dst already got both of other's versions (say by broadcast), but never wrote.
+    let mut dst = open(&dir, "dst.db", SCHEMA);
+    dst.apply_changesets(&all).unwrap();
+    dst.import_snapshot(&file).unwrap();
+    assert_eq!(dst.dump_tables().unwrap(), src.dump_tables().unwrap());
+    let book = dst.shared().book.read().unwrap().clone();
+    assert!(book.knows(&other.actor_id(), 1));
+    assert!(
+        !book.knows(&other.actor_id(), 2),
+        "version 2 is not in the snapshot: sync must fetch it again"
+    );
+    assert!(book.knows(&src.actor_id(), 1));
+    drop(book);
+    // Fetching it again completes the picture.
+    dst.apply_changesets(&all[1..]).unwrap();
+    let users = dst.dump_tables().unwrap();
+    let users = &users.iter().find(|(t, _)| t == "users").unwrap().1;
+    assert_eq!(users.len(), 3);
+}
+
+#[test]
+fn leftover_snapshot_files_are_removed() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("state.db");
+    for f in [
+        "state.db.snapshot-in",
+        "state.db.snapshot-out-123",
+        "other.db.snapshot-in",
+    ] {
+        std::fs::write(dir.path().join(f), b"x").unwrap();
+    }
+    crate::cluster::snapshot::remove_leftovers(&db);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["other.db.snapshot-in"]);
 }
