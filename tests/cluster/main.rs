@@ -200,3 +200,43 @@ async fn rows_of_a_table_another_node_lacks_arrive_after_its_reload() {
     assert_eq!(rows, vec![vec![json!(1), json!("first")]]);
     wait_converged(&[&a, &b], ALL, 30).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_settles_after_a_partition_heals() {
+    let _serial = serial();
+    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
+    let a = da.start(&[]);
+    let b = db.start(&[a.gossip]);
+    let c = dc.start(&[a.gossip]);
+    wait_for_mesh(&[&a, &b, &c]).await;
+    c.admin(json!({"Cluster": {"Partition": [a.gossip.to_string(), b.gossip.to_string()]}}))
+        .await;
+    // Long enough for both sides to declare the other down.
+    eventually(30, "the sides to see each other down", || async {
+        c.alive_members().await == 0 && a.alive_members().await == 1
+    })
+    .await;
+    c.admin(json!({"Cluster": "Heal"})).await;
+    eventually(20, "every node to see both others alive", || async {
+        a.alive_members().await == 2 && b.alive_members().await == 2 && c.alive_members().await == 2
+    })
+    .await;
+    // And it stays that way: renewed identities must not make members flap to suspect.
+    for s in 0..15 {
+        for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
+            let m = n.admin(json!({"Cluster": "Members"})).await;
+            let states: Vec<&str> = m
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["state"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                states,
+                ["alive", "alive"],
+                "{name} {s} s after settling: {m}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

@@ -40,6 +40,20 @@ impl Identity for Actor {
     }
 }
 
+/// Bumps closer than this (ms) are renewals of one process, not a restart: a process starts
+/// with its start time in milliseconds as its bump and each renewal adds 1.
+const RESTART_BUMP_GAP: u64 = 1000;
+
+/// Whether `new`, a member that just came up at an address where `old` was known, is a
+/// different process: another actor, or the same actor restarted (a much larger bump). A
+/// renewal after a partition is not: connections to that process are still good.
+pub fn is_new_process(old: Option<&Actor>, new: &Actor) -> bool {
+    match old {
+        None => true,
+        Some(o) => o.id != new.id || new.bump.saturating_sub(o.bump) >= RESTART_BUMP_GAP,
+    }
+}
+
 fn put_actor(w: &mut Writer, tag: u32, a: &Actor) {
     w.msg(tag, |m| {
         m.bytes(1, &a.id.0)
@@ -311,6 +325,31 @@ mod tests {
             assert_eq!(SwimCodec.decode_member(&mut slice).unwrap(), m);
             assert!(slice.is_empty(), "each decoder consumes exactly one item");
         }
+    }
+
+    #[test]
+    fn only_another_actor_or_a_restart_is_a_new_process() {
+        let a = Actor {
+            id: ActorId([1; 16]),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            bump: 1_700_000_000_000,
+        };
+        assert!(is_new_process(None, &a));
+        assert!(!is_new_process(Some(&a), &a));
+        // Renewals after partitions: same process.
+        let renewed = a.renew().unwrap().renew().unwrap();
+        assert!(!is_new_process(Some(&a), &renewed));
+        // Restarted two seconds later, or another node now at that address.
+        let restarted = Actor {
+            bump: a.bump + 2_000,
+            ..a.clone()
+        };
+        assert!(is_new_process(Some(&a), &restarted));
+        let other = Actor {
+            id: ActorId([2; 16]),
+            ..a.clone()
+        };
+        assert!(is_new_process(Some(&a), &other));
     }
 
     #[test]

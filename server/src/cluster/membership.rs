@@ -6,14 +6,14 @@
 //! Every turn of the loop must be fast, or this node risks being suspected by its peers.
 
 use super::codec::{self, Msg};
-use super::identity::{Actor, SwimCodec};
+use super::identity::{is_new_process, Actor, SwimCodec};
 use super::status::{Counters, MemberView, Status};
 use super::transport::Transport;
 use crate::crdt::ActorId;
 use crate::node::Node;
 use bytes::Bytes;
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -71,6 +71,8 @@ struct Driver {
     /// Something changed since the members were last persisted.
     dirty: bool,
     new_member: Arc<Notify>,
+    /// The last identity that came up at each address.
+    incarnations: HashMap<SocketAddr, Actor>,
 }
 
 /// Starts the membership task. `seeds` are announced to at start and whenever this node
@@ -106,6 +108,7 @@ pub fn start(
         cluster_id: g.cluster_id,
         packet_limit: limit,
         member_count: 0,
+        incarnations: HashMap::new(),
         dirty: false,
         new_member,
     };
@@ -250,7 +253,14 @@ impl Driver {
             match n {
                 OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
                     tracing::info!(actor = %a.id, addr = %a.addr, bump = a.bump, "member up");
-                    self.transport.forget(&a.addr);
+                    // A restarted process: a cached connection to the old one would swallow
+                    // sends until it times out. A renewal (after a partition) keeps it:
+                    // dropping a working connection loses probes in flight and the peer
+                    // gets suspected again.
+                    if is_new_process(self.incarnations.get(&a.addr), &a) {
+                        self.transport.forget(&a.addr);
+                    }
+                    self.incarnations.insert(a.addr, a.clone());
                     self.new_member.notify_one();
                     changed = true;
                 }
