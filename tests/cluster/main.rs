@@ -209,34 +209,64 @@ async fn membership_settles_after_a_partition_heals() {
     let b = db.start(&[a.gossip]);
     let c = dc.start(&[a.gossip]);
     wait_for_mesh(&[&a, &b, &c]).await;
-    c.admin(json!({"Cluster": {"Partition": [a.gossip.to_string(), b.gossip.to_string()]}}))
+    let nodes = [&a, &b, &c];
+    // A short partition (members only suspected), then a long one (members declared down,
+    // identities renewed on the way back).
+    for state in ["suspect", "down"] {
+        c.admin(json!({"Cluster": {"Partition": [a.gossip.to_string(), b.gossip.to_string()]}}))
+            .await;
+        eventually(60, &format!("C to see both peers {state}"), || async {
+            let m = c.admin(json!({"Cluster": "Members"})).await;
+            m.as_array()
+                .is_some_and(|m| m.iter().filter(|m| m["state"] == state).count() == 2)
+        })
         .await;
-    // Long enough for both sides to declare the other down.
-    eventually(30, "the sides to see each other down", || async {
-        c.alive_members().await == 0 && a.alive_members().await == 1
-    })
-    .await;
-    c.admin(json!({"Cluster": "Heal"})).await;
-    eventually(20, "every node to see both others alive", || async {
-        a.alive_members().await == 2 && b.alive_members().await == 2 && c.alive_members().await == 2
-    })
-    .await;
-    // And it stays that way: renewed identities must not make members flap to suspect.
-    for s in 0..15 {
-        for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
-            let m = n.admin(json!({"Cluster": "Members"})).await;
-            let states: Vec<&str> = m
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["state"].as_str().unwrap())
-                .collect();
-            assert_eq!(
-                states,
-                ["alive", "alive"],
-                "{name} {s} s after settling: {m}"
-            );
+        c.admin(json!({"Cluster": "Heal"})).await;
+        wait_all_alive(&nodes, 30, state).await;
+        // And it stays that way: no member flaps back to suspect.
+        for s in 0..10 {
+            for n in nodes {
+                let m = n.admin(json!({"Cluster": "Members"})).await;
+                let states: Vec<&str> = m
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["state"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    states,
+                    ["alive", "alive"],
+                    "{} {s} s after settling (partition until {state}): {m}",
+                    n.gossip
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until every node sees all others alive; panics with every view after `secs`.
+async fn wait_all_alive(nodes: &[&TestNode], secs: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let mut all = true;
+        for n in nodes {
+            all &= n.alive_members().await == nodes.len() - 1;
+        }
+        if all {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let mut views = String::new();
+            for n in nodes {
+                views += &format!(
+                    "\n{}: {}",
+                    n.gossip,
+                    n.admin(json!({"Cluster": "Members"})).await
+                );
+            }
+            panic!("not every node sees all others alive {secs} s after healing a partition (until {what}):{views}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

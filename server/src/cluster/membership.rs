@@ -73,7 +73,18 @@ struct Driver {
     new_member: Arc<Notify>,
     /// The last identity that came up at each address.
     incarnations: HashMap<SocketAddr, Actor>,
+    /// Members suspected in this node's view: (incarnation, since when).
+    suspected: HashMap<Actor, (u16, Instant)>,
+    /// foca's current timer token (seen on the timers it schedules).
+    timer_token: Option<u8>,
 }
+
+/// A suspicion this node learned by gossip has no timer of its own: foca only declares a
+/// member down when its own probe failed. If the suspected member never hears of it (the
+/// gossip was spent while a partition dropped it), it never refutes and stays suspect forever.
+/// After twice foca's own suspicion timeout (at least this long) the driver declares it down
+/// itself; a live member then renews its identity and comes back up.
+const STUCK_SUSPICION: Duration = Duration::from_secs(4);
 
 /// Starts the membership task. `seeds` are announced to at start and whenever this node
 /// knows no member.
@@ -109,6 +120,8 @@ pub fn start(
         packet_limit: limit,
         member_count: 0,
         incarnations: HashMap::new(),
+        suspected: HashMap::new(),
+        timer_token: None,
         dirty: false,
         new_member,
     };
@@ -171,6 +184,7 @@ impl Driver {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.end_stuck_suspicions();
                     self.refresh_view();
                     if self.foca.num_members() == 0 && last_announce.elapsed() >= announce_every {
                         self.announce(&seeds);
@@ -244,6 +258,9 @@ impl Driver {
             }
         }
         while let Some((after, timer)) = self.rt.to_schedule() {
+            if let Timer::ProbeRandomMember(token) = &timer {
+                self.timer_token = Some(*token);
+            }
             self.timer_seq += 1;
             self.timers
                 .insert((Instant::now() + after, self.timer_seq), timer);
@@ -279,6 +296,45 @@ impl Driver {
         if changed {
             self.refresh_view();
         }
+    }
+
+    /// Declares down the members that stayed suspect at one incarnation for too long (see
+    /// [`STUCK_SUSPICION`]).
+    fn end_stuck_suspicions(&mut self) {
+        let now = Instant::now();
+        let suspects: Vec<(Actor, u16)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspected
+            .retain(|a, _| suspects.iter().any(|(s, _)| s == a));
+        let Some(token) = self.timer_token else {
+            return;
+        };
+        let own_timeout = foca_config(self.member_count, self.packet_limit).suspect_to_down_after;
+        let stuck = (own_timeout * 2).max(STUCK_SUSPICION);
+        for (actor, incarnation) in suspects {
+            let since = match self.suspected.get(&actor) {
+                Some((inc, since)) if *inc == incarnation => *since,
+                _ => {
+                    self.suspected.insert(actor, (incarnation, now));
+                    continue;
+                }
+            };
+            if now.duration_since(since) >= stuck {
+                tracing::info!(actor = %actor.id, addr = %actor.addr, "suspicion never refuted; declaring the member down");
+                self.suspected.remove(&actor);
+                let timer = Timer::ChangeSuspectToDown {
+                    member_id: actor,
+                    incarnation,
+                    token,
+                };
+                let _ = self.foca.handle_timer(timer, &mut self.rt);
+            }
+        }
+        self.drain();
     }
 
     /// Publishes the member list and keeps foca's config sized to the cluster.
