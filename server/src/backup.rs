@@ -98,9 +98,7 @@ pub fn restore(
         }
     }
     for suffix in ["-wal", "-shm"] {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(std::path::PathBuf::from(p));
+        let _ = std::fs::remove_file(crate::store::db_sibling(db, suffix));
     }
     std::fs::rename(&tmp, db).with_context(|| format!("replacing {}", db.display()))?;
     if subscriptions_dir.exists() {

@@ -29,9 +29,7 @@ pub struct Node {
 
 /// Path of the lock file held while a node runs on `db`.
 pub fn lock_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+    crate::store::db_sibling(db, ".lock")
 }
 
 /// Takes the exclusive lock on the database; fails if a node already runs on it.

@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 #[ignore]
 async fn bench_replication_latency() {
     let _serial = serial();
-    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
-    let a = da.start(&[]);
-    let b = db.start(&[a.gossip]);
-    let c = dc.start(&[a.gossip]);
-    wait_for_mesh(&[&a, &b, &c]).await;
+    let (_dirs, [a, b, c]) = three_nodes().await;
     let rate = 1000u64;
     let secs = 10u64;
     let start = Instant::now();

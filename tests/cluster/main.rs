@@ -16,11 +16,7 @@ const ALL: &str = "SELECT id, owner, val, n FROM items ORDER BY id";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge() {
     let _serial = serial();
-    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
-    let a = da.start(&[]);
-    let b = db.start(&[a.gossip]);
-    let c = dc.start(&[a.gossip]);
-    wait_for_mesh(&[&a, &b, &c]).await;
+    let (_dirs, [a, b, c]) = three_nodes().await;
     // Writes on every node, including overlapping keys (concurrent updates of row 1).
     for (i, n) in [&a, &b, &c].iter().enumerate() {
         let base = (i as i64 + 1) * 1000;
@@ -94,11 +90,7 @@ async fn late_joiner_catches_up_by_sync_including_big_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
     let _serial = serial();
-    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
-    let a = da.start(&[]);
-    let b = db.start(&[a.gossip]);
-    let mut c = dc.start(&[a.gossip]);
-    wait_for_mesh(&[&a, &b, &c]).await;
+    let ([_da, _db, dc], [a, b, mut c]) = three_nodes().await;
     // Let C persist its member list: it restarts below without a bootstrap list.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     let mut acked: Vec<i64> = Vec::new();
@@ -140,11 +132,7 @@ async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_heals_and_converges() {
     let _serial = serial();
-    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
-    let a = da.start(&[]);
-    let b = db.start(&[a.gossip]);
-    let c = dc.start(&[a.gossip]);
-    wait_for_mesh(&[&a, &b, &c]).await;
+    let (_dirs, [a, b, c]) = three_nodes().await;
     // Cut C off from A and B (both directions, enforced on C's side).
     c.admin(json!({"Cluster": {"Partition": [a.gossip.to_string(), b.gossip.to_string()]}}))
         .await;
@@ -204,11 +192,7 @@ async fn rows_of_a_table_another_node_lacks_arrive_after_its_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_settles_after_a_partition_heals() {
     let _serial = serial();
-    let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
-    let a = da.start(&[]);
-    let b = db.start(&[a.gossip]);
-    let c = dc.start(&[a.gossip]);
-    wait_for_mesh(&[&a, &b, &c]).await;
+    let (_dirs, [a, b, c]) = three_nodes().await;
     let nodes = [&a, &b, &c];
     // A short partition (members only suspected), then a long one (members declared down,
     // identities renewed on the way back).

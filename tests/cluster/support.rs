@@ -259,6 +259,17 @@ impl TestNode {
     }
 }
 
+/// Three nodes in their own directories, B and C joined through A, once all see each other.
+/// Keep the directories bound (not `_`) for as long as the nodes run.
+pub async fn three_nodes() -> ([NodeDir; 3], [TestNode; 3]) {
+    let dirs = [NodeDir::new(), NodeDir::new(), NodeDir::new()];
+    let a = dirs[0].start(&[]);
+    let b = dirs[1].start(&[a.gossip]);
+    let c = dirs[2].start(&[a.gossip]);
+    wait_for_mesh(&[&a, &b, &c]).await;
+    (dirs, [a, b, c])
+}
+
 /// Polls `f` every 200 ms until it returns true or `secs` pass.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
 where

@@ -22,7 +22,7 @@ use super::codec::{self, Msg};
 use super::sync::SyncCtx;
 use super::sync_state::{state_of, wants_snapshot, SyncState};
 use super::transport::{read_frame, write_frame};
-use crate::store::snapshot;
+use crate::store::{db_sibling, snapshot};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use quinn::{RecvStream, SendStream};
 use std::path::{Path, PathBuf};
@@ -66,12 +66,6 @@ impl Drop for TempFile {
     }
 }
 
-fn sibling(db: &Path, suffix: &str) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
 /// Removes snapshot files a crash left next to the database at `db`.
 pub fn remove_leftovers(db: &Path) {
     let (Some(dir), Some(name)) = (db.parent(), db.file_name()) else {
@@ -101,7 +95,13 @@ pub fn should_fetch(ctx: &SyncCtx, theirs: &SyncState) -> bool {
     if !g.snapshot_bootstrap || ctx.snapshots.failures.load(Ordering::Relaxed) >= MAX_FAILURES {
         return false;
     }
-    let ours = state_of(&ctx.shared.book.read().expect("book lock"), ctx.node.actor);
+    let ours = {
+        let book = ctx.shared.book.read().expect("book lock");
+        if book.get(&ctx.node.actor).is_some_and(|b| b.max > 0) {
+            return false; // it wrote: the common case, decided without building a state
+        }
+        state_of(&book, ctx.node.actor)
+    };
     if !wants_snapshot(&ours, theirs, g.snapshot_min_bytes) {
         return false;
     }
@@ -175,7 +175,7 @@ async fn fetch_and_import(
         other => bail!("unexpected answer {other:?}"),
     };
     let waited = t0.elapsed();
-    let path = sibling(&ctx.node.config.db.path, ".snapshot-in");
+    let path = db_sibling(&ctx.node.config.db.path, ".snapshot-in");
     let file = TempFile(path.clone());
     let mut out = tokio::io::BufWriter::with_capacity(
         DATA_FRAME,
@@ -228,7 +228,7 @@ pub async fn serve(ctx: &SyncCtx, send: &mut SendStream) -> Result<()> {
         write_frame(send, &codec::encode(&busy, ctx.cluster_id)).await?;
         return Ok(());
     };
-    let path = sibling(
+    let path = db_sibling(
         &ctx.node.config.db.path,
         &format!(".snapshot-out-{}", rand::random::<u64>()),
     );

@@ -90,11 +90,16 @@ impl Sites {
     }
 }
 
+/// A file next to the database at `db`: its path with `suffix` appended (`-wal`, `.lock`…).
+pub fn db_sibling(db: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
 /// The WAL file of the database at `db`.
 pub fn wal_path(db: &Path) -> std::path::PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    p.into()
+    db_sibling(db, "-wal")
 }
 
 /// Reads the actor id ↔ ordinal table.

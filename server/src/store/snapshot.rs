@@ -95,14 +95,6 @@ fn count(conn: &Connection, sql: &str) -> Result<u64> {
     Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
 }
 
-/// How an import will go, decided with the snapshot attached.
-struct Plan {
-    imported: Imported,
-    /// Copy the pages whole: both schemas are identical and nothing of this node's own would
-    /// be lost (its tables outside the replicated set are empty).
-    whole_pages: bool,
-}
-
 impl Store {
     /// Whether this node holds no replicated data at all: it never committed a version and
     /// knows of no remote version, complete or partial. Cheap (in-memory state only).
@@ -120,22 +112,21 @@ impl Store {
         self.conn
             .execute("ATTACH DATABASE ?1 AS vd_snapshot", [path])
             .with_context(|| format!("opening snapshot {}", file.display()))?;
-        let planned = self.plan();
-        let imported = match planned {
+        let imported = match self.plan() {
             Ok(plan) if plan.whole_pages => {
                 self.conn.execute_batch("DETACH DATABASE vd_snapshot")?;
                 self.copy_pages(file)?;
-                plan.imported
+                plan
             }
             Ok(plan) => {
                 // The copy is not a local write: keep the capture hook out of it.
                 self.conn
                     .preupdate_hook(None::<fn(Action, &str, &str, &PreUpdateCase)>)?;
-                let copied = self.copy_rows(&plan.imported.tables);
+                let copied = self.copy_rows(&plan.tables);
                 capture::install(&self.conn, self.capture.clone())?;
                 self.conn.execute_batch("DETACH DATABASE vd_snapshot")?;
                 copied?;
-                plan.imported
+                plan
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("DETACH DATABASE vd_snapshot");
@@ -152,8 +143,10 @@ impl Store {
         Ok(imported)
     }
 
-    /// Checks that the attached snapshot may replace this node's data, and how.
-    fn plan(&self) -> Result<Plan> {
+    /// Checks that the attached snapshot may replace this node's data, and decides how: whole
+    /// pages when both schemas are identical and nothing of this node's own would be lost (its
+    /// tables outside the replicated set are empty).
+    fn plan(&self) -> Result<Imported> {
         let conn = &self.conn;
         let format: i64 = conn
             .query_row(
@@ -210,7 +203,8 @@ impl Store {
         )?;
         let catalog = self.shared.catalog();
         let mut own_data = false;
-        for obj in schema_objects(conn, "main")? {
+        let our_schema = schema_objects(conn, "main")?;
+        for obj in &our_schema {
             let (Some(kind), Some(name)) = (&obj[0], &obj[1]) else {
                 continue;
             };
@@ -222,14 +216,10 @@ impl Store {
                 )? > 0;
             }
         }
-        let whole_pages = !own_data
-            && schema_objects(conn, "main")? == schema_objects(conn, ATTACHED)?
+        imported.whole_pages = !own_data
+            && our_schema == schema_objects(conn, ATTACHED)?
             && pragma_i64(conn, "main", "page_size")? == pragma_i64(conn, ATTACHED, "page_size")?;
-        imported.whole_pages = whole_pages;
-        Ok(Plan {
-            imported,
-            whole_pages,
-        })
+        Ok(imported)
     }
 
     /// Makes the snapshot file this node's (identity, members, own site) and copies its pages

@@ -17,7 +17,7 @@ fn store() -> Store {
     s
 }
 
-fn tx(s: &mut Store, sql: &[&str]) -> Option<u64> {
+pub(super) fn tx(s: &mut Store, sql: &[&str]) -> Option<u64> {
     let stmts: Vec<Statement> = sql.iter().map(|q| Statement::new(*q)).collect();
     s.transact(&stmts, None).unwrap().version
 }
@@ -295,7 +295,12 @@ fn failed_transactions_roll_back_everything() {
 }
 
 fn to_sets(s: &Store) -> Vec<ChangeSet> {
-    s.changes(s.actor_id(), 1..=u64::MAX >> 1)
+    sets_of(s, s.actor_id())
+}
+
+/// Every version of `actor` that `s` holds, as change sets another store can apply.
+pub(super) fn sets_of(s: &Store, actor: ActorId) -> Vec<ChangeSet> {
+    s.changes(actor, 1..=u64::MAX >> 1)
         .unwrap()
         .into_iter()
         .map(|v| ChangeSet {

@@ -1,7 +1,7 @@
 //! Snapshot export and import on real database files.
 
 use super::*;
-use crate::store::{ChangeSet, Statement};
+use crate::store::tests::{sets_of, tx};
 use tempfile::TempDir;
 
 const SCHEMA: &str = "
@@ -14,25 +14,6 @@ fn open(dir: &TempDir, name: &str, schema: &str) -> Store {
     let mut s = Store::open(&dir.path().join(name)).unwrap();
     s.apply_schema(schema).unwrap();
     s
-}
-
-fn tx(s: &mut Store, sql: &[&str]) -> Option<u64> {
-    let stmts: Vec<Statement> = sql.iter().map(|q| Statement::new(*q)).collect();
-    s.transact(&stmts, None).unwrap().version
-}
-
-fn sets_of(s: &Store, actor: crate::crdt::ActorId) -> Vec<ChangeSet> {
-    s.changes(actor, 1..=u64::MAX >> 1)
-        .unwrap()
-        .into_iter()
-        .map(|v| ChangeSet {
-            actor: v.actor,
-            version: v.version,
-            last_seq: v.last_seq,
-            ts: v.ts,
-            changes: v.changes,
-        })
-        .collect()
 }
 
 /// A store holding its own writes (with a delete and a cleared version) and a third node's.
