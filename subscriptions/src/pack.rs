@@ -82,9 +82,15 @@ fn read_be(bytes: &[u8]) -> u64 {
 }
 
 /// Unpacks a key. Never panics or over-allocates on hostile input.
-pub fn unpack(mut buf: &[u8]) -> Result<Vec<Value>, UnpackError> {
+pub fn unpack(buf: &[u8]) -> Result<Vec<Value>, UnpackError> {
+    let mut out = Vec::with_capacity(buf.first().copied().unwrap_or(0) as usize);
+    unpack_into(buf, &mut out)?;
+    Ok(out)
+}
+
+/// Unpacks a key, appending its values to `out` (on error, `out` may hold some of them).
+pub fn unpack_into(mut buf: &[u8], out: &mut Vec<Value>) -> Result<(), UnpackError> {
     let n = take(&mut buf, 1)?[0] as usize;
-    let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let header = take(&mut buf, 1)?[0];
         let len = (header >> 3) as usize;
@@ -122,7 +128,7 @@ pub fn unpack(mut buf: &[u8]) -> Result<Vec<Value>, UnpackError> {
     if !buf.is_empty() {
         return Err(UnpackError::Trailing(buf.len()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

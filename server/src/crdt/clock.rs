@@ -81,45 +81,50 @@ impl RowClock {
     /// seq as a delta; format 1 stores every stamp in full.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.cells.len() * 4);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoding of [`RowClock::encode`] to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         if let Some((site, db_version)) = self.shared_origin() {
             out.push(2);
-            put_varint(&mut out, self.cl as u64);
-            put_varint(&mut out, site as u64);
-            put_varint(&mut out, db_version);
+            put_varint(out, self.cl as u64);
+            put_varint(out, site as u64);
+            put_varint(out, db_version);
             let mut prev = 0u64;
             match self.row_stamp {
                 None => out.push(0),
                 Some(s) => {
                     out.push(1);
-                    put_varint(&mut out, s.seq);
+                    put_varint(out, s.seq);
                     prev = s.seq;
                 }
             }
-            put_varint(&mut out, self.cells.len() as u64);
+            put_varint(out, self.cells.len() as u64);
             for c in &self.cells {
-                put_varint(&mut out, c.col as u64);
-                put_varint(&mut out, c.col_version as u64);
-                put_varint(&mut out, zigzag(c.stamp.seq.wrapping_sub(prev) as i64));
+                put_varint(out, c.col as u64);
+                put_varint(out, c.col_version as u64);
+                put_varint(out, zigzag(c.stamp.seq.wrapping_sub(prev) as i64));
                 prev = c.stamp.seq;
             }
-            return out;
+            return;
         }
         out.push(1);
-        put_varint(&mut out, self.cl as u64);
+        put_varint(out, self.cl as u64);
         match self.row_stamp {
             None => out.push(0),
             Some(s) => {
                 out.push(1);
-                put_stamp(&mut out, s);
+                put_stamp(out, s);
             }
         }
-        put_varint(&mut out, self.cells.len() as u64);
+        put_varint(out, self.cells.len() as u64);
         for c in &self.cells {
-            put_varint(&mut out, c.col as u64);
-            put_varint(&mut out, c.col_version as u64);
-            put_stamp(&mut out, c.stamp);
+            put_varint(out, c.col as u64);
+            put_varint(out, c.col_version as u64);
+            put_stamp(out, c.stamp);
         }
-        out
     }
 
     pub fn decode(mut buf: &[u8]) -> Option<RowClock> {

@@ -6,6 +6,7 @@ use super::apply_fresh::FreshBatch;
 use super::catalog::TableInfo;
 use super::feed::{Change, SENTINEL};
 use super::rows::{load_clock, load_row, put_clock, record_version, TouchedRows};
+use super::ChangedRows;
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::merge::{decide, Incoming, IncomingCell, Outcome};
@@ -34,7 +35,7 @@ pub struct ApplyReport {
     /// Versions that failed (e.g. unknown table): not recorded, so sync asks again later.
     pub failed: Vec<(ActorId, u64, String)>,
     /// Rows whose state changed: (table, packed key).
-    pub impacted: Vec<(String, Vec<u8>)>,
+    pub impacted: ChangedRows,
 }
 
 impl Store {
@@ -101,7 +102,7 @@ impl Store {
             .exists(rusqlite::params![site, version])?)
     }
 
-    fn apply_one(&mut self, set: &ChangeSet, impacted: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    fn apply_one(&mut self, set: &ChangeSet, impacted: &mut ChangedRows) -> Result<()> {
         let catalog = self.shared.catalog();
         self.hlc.observe(set.ts);
         let site = self.site_ordinal(&set.actor)?;
@@ -133,7 +134,7 @@ impl Store {
                 self.flush_fresh(&mut fresh, changes, &mut touched, impacted)?;
                 if self.apply_row(t, &changes[start..end])? {
                     touched.push(t.id, &first.pk);
-                    impacted.push((t.name.clone(), first.pk.clone()));
+                    impacted.push((t.shared_name.clone(), first.pk.clone()));
                 }
             }
             start = end;

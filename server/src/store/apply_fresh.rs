@@ -11,6 +11,7 @@
 use super::catalog::{quote, TableInfo};
 use super::feed::{Change, SENTINEL};
 use super::rows::{insert_new_clocks, power_of_two_batches, TouchedRows, CLOCK_BATCH};
+use super::ChangedRows;
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::pack;
@@ -103,7 +104,7 @@ impl Store {
         (start, end): (usize, usize),
         site: u32,
         set: (&crate::crdt::ActorId, u64),
-        out: (&mut TouchedRows, &mut Vec<(String, Vec<u8>)>),
+        out: (&mut TouchedRows, &mut ChangedRows),
     ) -> Result<bool> {
         let row = &changes[start..end];
         let Some((pk, clock)) = fresh_clock(t, row, site, set.0, set.1) else {
@@ -139,7 +140,7 @@ impl Store {
         batch: &mut FreshBatch<'_>,
         changes: &[Change],
         touched: &mut TouchedRows,
-        impacted: &mut Vec<(String, Vec<u8>)>,
+        impacted: &mut ChangedRows,
     ) -> Result<()> {
         let Some(t) = batch.table.take() else {
             return Ok(());
@@ -149,10 +150,15 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let clocks: Vec<(&[Value], &RowClock)> =
-            rows.iter().map(|r| (&r.pk[..], &r.clock)).collect();
+        let encoded: Vec<Vec<u8>> = rows.iter().map(|r| r.clock.encode()).collect();
+        let clocks: Vec<(&[Value], &[u8])> = rows
+            .iter()
+            .zip(&encoded)
+            .map(|(r, c)| (&r.pk[..], &c[..]))
+            .collect();
         let inserted = insert_new_clocks(&self.conn, t, &clocks)?;
         drop(clocks);
+        drop(encoded);
         let (new, known): (Vec<_>, Vec<_>) = rows
             .into_iter()
             .zip(inserted)
@@ -162,13 +168,13 @@ impl Store {
         for r in &new {
             let pk = &changes[r.start].pk;
             touched.push(t.id, pk);
-            impacted.push((t.name.clone(), pk.clone()));
+            impacted.push((t.shared_name.clone(), pk.clone()));
         }
         for (r, _) in known {
             if self.apply_row(t, &changes[r.start..r.end])? {
                 let pk = &changes[r.start].pk;
                 touched.push(t.id, pk);
-                impacted.push((t.name.clone(), pk.clone()));
+                impacted.push((t.shared_name.clone(), pk.clone()));
             }
         }
         Ok(())

@@ -30,6 +30,8 @@ pub struct Column {
 pub struct TableInfo {
     pub id: u32,
     pub name: String,
+    /// `name`, shared by the change reports that name this table once per changed row.
+    pub shared_name: std::sync::Arc<str>,
     pub columns: Vec<Column>,
     /// Indexes into `columns`, in primary-key order.
     pub pk_cols: Vec<usize>,
@@ -137,6 +139,7 @@ impl TableInfo {
         };
         TableInfo {
             id,
+            shared_name: name.as_str().into(),
             name,
             columns,
             pk_cols,

@@ -2,12 +2,13 @@
 //! on, then turn the captured net effect into clock updates stamped with a new local version.
 //! A transaction whose net effect on replicated tables is empty gets no version.
 
-use super::catalog::Catalog;
-use super::exec::{bind, Statement};
+use super::catalog::{Catalog, TableInfo};
+use super::exec::{bind, Params, Statement};
 use super::rows::{
     insert_new_clocks, load_clock, next_even, next_odd, put_clock, record_version, TouchedRows,
     CLOCK_BATCH,
 };
+use super::ChangedRows;
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::{pack, value};
@@ -143,8 +144,9 @@ impl Store {
         // A run of statements with the same SQL (a batch of inserts, say) keeps one prepared
         // statement instead of returning it to the cache and looking it up again each time.
         let mut held: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
+        // Each statement's time runs from the previous one's end: one clock read per statement.
+        let mut t0 = Instant::now();
         for (index, s) in stmts.iter().enumerate() {
-            let t0 = Instant::now();
             let failure = |e: rusqlite::Error| -> TxError {
                 if is_interrupt(&e) {
                     return TxError::Timeout(timeout.unwrap_or_default());
@@ -169,7 +171,8 @@ impl Store {
                 held = Some((index, self.conn.prepare_cached(&s.sql).map_err(failure)?));
             }
             let stmt = &mut held.as_mut().expect("a prepared statement").1;
-            if reuse {
+            // Positional parameters rebind every slot (bind checks the count); names may not.
+            if reuse && !matches!(s.params, Params::Positional(_)) {
                 stmt.clear_bindings();
             }
             bind(stmt, &s.params).map_err(|message| TxError::Client { index, message })?;
@@ -186,10 +189,12 @@ impl Store {
                 }
             }
             drop(rows);
+            let t1 = Instant::now();
             results.push(StatementResult {
                 rows_affected: self.conn.changes() as usize,
-                time: t0.elapsed().as_secs_f64(),
+                time: (t1 - t0).as_secs_f64(),
             });
+            t0 = t1;
         }
         Ok(results)
     }
@@ -198,7 +203,7 @@ impl Store {
     fn record_local(
         &mut self,
         effects: Vec<super::capture::RowEffect>,
-        changed: &mut Vec<(String, Vec<u8>)>,
+        changed: &mut ChangedRows,
     ) -> Result<Option<u64>> {
         if effects.is_empty() {
             return Ok(None);
@@ -218,42 +223,37 @@ impl Store {
         };
         let mut touched = TouchedRows::default();
         // Clocks of inserted rows, written in batches per table.
-        let mut fresh: std::collections::BTreeMap<u32, Vec<(Vec<Value>, RowClock)>> =
-            Default::default();
+        let mut fresh: std::collections::BTreeMap<u32, FreshClocks> = Default::default();
+        let mut scratch = RowClock::default();
         for e in effects {
             let t = catalog
                 .by_id(e.table)
                 .context("captured a change for an unknown table")?;
-            let pk = pack::unpack(&e.pk).context("captured key")?;
             let row_event_needed = t.value_cols.is_empty();
             let seq_before = seq.get();
             match (e.before, e.after) {
                 (None, false) => {}
                 (None, true) => {
                     // Insert. Try the common case (never seen) first: one write.
-                    let mut clock = RowClock {
-                        cl: 1,
-                        row_stamp: None,
-                        cells: Vec::with_capacity(t.value_cols.len()),
-                    };
-                    if row_event_needed {
-                        clock.row_stamp = Some(next());
-                    }
+                    scratch.cl = 1;
+                    scratch.row_stamp = row_event_needed.then(&next);
+                    scratch.cells.clear();
                     for c in &t.value_cols {
-                        clock.cells.push(CellClock {
+                        scratch.cells.push(CellClock {
                             col: *c as u32,
                             col_version: 1,
                             stamp: next(),
                         });
                     }
                     let batch = fresh.entry(t.id).or_default();
-                    batch.push((pk, clock));
+                    batch.push(&e.pk, &scratch)?;
                     if batch.len() == CLOCK_BATCH {
-                        let rows = std::mem::take(batch);
-                        self.write_fresh_clocks(t, rows)?;
+                        self.write_fresh_clocks(t, batch)?;
+                        batch.clear();
                     }
                 }
                 (Some(_), false) => {
+                    let pk = pack::unpack(&e.pk).context("captured key")?;
                     let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock {
                         cl: 1,
                         ..Default::default()
@@ -266,6 +266,7 @@ impl Store {
                     put_clock(&self.conn, t, &pk, &clock)?;
                 }
                 (Some(before), true) => {
+                    let pk = pack::unpack(&e.pk).context("captured key")?;
                     let after = e.after_values.context("update without final values")?;
                     let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock {
                         cl: 1,
@@ -293,12 +294,14 @@ impl Store {
             }
             if seq.get() != seq_before {
                 touched.push(t.id, &e.pk);
-                changed.push((t.name.clone(), e.pk));
+                changed.push((t.shared_name.clone(), e.pk));
             }
         }
-        for (tid, rows) in fresh {
-            let t = catalog.by_id(tid).context("table vanished")?;
-            self.write_fresh_clocks(t, rows)?;
+        for (tid, batch) in &fresh {
+            if batch.len() > 0 {
+                let t = catalog.by_id(*tid).context("table vanished")?;
+                self.write_fresh_clocks(t, batch)?;
+            }
         }
         if seq.get() == 0 {
             return Ok(None);
@@ -310,18 +313,15 @@ impl Store {
 
     /// Writes the clocks of inserted rows; a row that already had one (re-insert after a
     /// delete) starts a new life with the next odd causal length.
-    fn write_fresh_clocks(
-        &self,
-        t: &super::catalog::TableInfo,
-        rows: Vec<(Vec<Value>, RowClock)>,
-    ) -> Result<()> {
-        let refs: Vec<(&[Value], &RowClock)> = rows.iter().map(|(pk, c)| (&pk[..], c)).collect();
-        let inserted = insert_new_clocks(&self.conn, t, &refs)?;
-        for ((pk, mut clock), done) in rows.into_iter().zip(inserted) {
+    fn write_fresh_clocks(&self, t: &TableInfo, batch: &FreshClocks) -> Result<()> {
+        let rows = batch.rows(t.pk_cols.len());
+        let inserted = insert_new_clocks(&self.conn, t, &rows)?;
+        for ((pk, clock), done) in rows.iter().zip(inserted) {
             if !done {
-                let old = load_clock(&self.conn, t, &pk)?.unwrap_or_default();
+                let old = load_clock(&self.conn, t, pk)?.unwrap_or_default();
+                let mut clock = RowClock::decode(clock).context("decoding a new clock")?;
                 clock.cl = next_odd(old.cl);
-                put_clock(&self.conn, t, &pk, &clock)?;
+                put_clock(&self.conn, t, pk, &clock)?;
             }
         }
         Ok(())
@@ -330,5 +330,45 @@ impl Store {
     /// Keeps the client-SQL guard in step with the catalog.
     pub(super) fn refresh_guard(&self, catalog: &Catalog) {
         self.guard.set_tables(catalog);
+    }
+}
+
+/// The clocks of rows one transaction inserted into one table, gathered for multi-row
+/// inserts: key values and encoded clocks side by side, with no allocation per row.
+#[derive(Debug, Default)]
+struct FreshClocks {
+    /// The key values of every row, one key after the other.
+    keys: Vec<Value>,
+    clocks: Vec<u8>,
+    /// Where each row's clock ends in `clocks`.
+    ends: Vec<usize>,
+}
+
+impl FreshClocks {
+    fn push(&mut self, packed_key: &[u8], clock: &RowClock) -> Result<()> {
+        pack::unpack_into(packed_key, &mut self.keys).context("captured key")?;
+        clock.encode_into(&mut self.clocks);
+        self.ends.push(self.clocks.len());
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.clocks.clear();
+        self.ends.clear();
+    }
+
+    /// (key values, encoded clock) per row, for keys of `width` columns.
+    fn rows(&self, width: usize) -> Vec<(&[Value], &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        self.keys
+            .chunks(width)
+            .zip(starts.zip(&self.ends))
+            .map(|(k, (a, b))| (k, &self.clocks[a..*b]))
+            .collect()
     }
 }

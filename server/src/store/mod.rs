@@ -161,6 +161,9 @@ pub struct Store {
     commit_listeners: Vec<Box<dyn FnMut(&Committed) + Send>>,
 }
 
+/// Rows whose replicated state changed: (table, packed primary key).
+pub type ChangedRows = Vec<(Arc<str>, Vec<u8>)>;
+
 /// What a committed transaction changed: delivered to commit listeners (subscriptions,
 /// gossip) right after COMMIT, on the writer's thread — listeners must only enqueue work.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +173,7 @@ pub struct Committed {
     /// Whether these are this node's own writes.
     pub local: bool,
     /// Rows whose replicated state changed: (table, packed primary key).
-    pub changed: Vec<(String, Vec<u8>)>,
+    pub changed: ChangedRows,
 }
 
 impl Store {
@@ -195,6 +198,21 @@ impl Store {
     /// An in-memory store (tests and simulations).
     pub fn open_in_memory() -> Result<Store> {
         Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    /// A crash and restart of an in-memory store (for simulations): what was committed is
+    /// copied to a new database with SQLite's backup API, and the new store rebuilds all its
+    /// in-memory state (catalog, bookkeeping, clocks) from it, as a restarted node does from
+    /// its file. Nothing held only in memory survives.
+    pub fn crash_and_restart_in_memory(self) -> Result<Store> {
+        let mut copy = Connection::open_in_memory()?;
+        rusqlite::backup::Backup::new(&self.conn, &mut copy)?.run_to_completion(
+            1024,
+            std::time::Duration::ZERO,
+            None,
+        )?;
+        drop(self);
+        Self::from_connection(copy)
     }
 
     fn from_connection(conn: Connection) -> Result<Store> {

@@ -106,13 +106,13 @@ pub fn next_even(cl: i64) -> i64 {
 /// Rows per multi-row clock insert.
 pub const CLOCK_BATCH: usize = 1 << super::catalog::CLOCK_BATCH_LOG2;
 
-/// Inserts the clocks of `rows` (key values, clock) that have none, in as few statements as
-/// possible (batches of a power of two rows, so each table needs only a handful of prepared
-/// statements); returns, per row, whether it was inserted (false: a clock existed).
+/// Inserts the clocks of `rows` (key values, encoded clock) that have none, in as few
+/// statements as possible (batches of a power of two rows, so each table needs only a handful
+/// of prepared statements); returns, per row, whether it was inserted (false: a clock existed).
 pub fn insert_new_clocks(
     conn: &Connection,
     t: &TableInfo,
-    rows: &[(&[Value], &RowClock)],
+    rows: &[(&[Value], &[u8])],
 ) -> Result<Vec<bool>> {
     let mut out = Vec::with_capacity(rows.len());
     for (k, batch) in power_of_two_batches(rows, CLOCK_BATCH) {
@@ -140,7 +140,7 @@ fn insert_clock_batch(
     conn: &Connection,
     t: &TableInfo,
     k: usize,
-    rows: &[(&[Value], &RowClock)],
+    rows: &[(&[Value], &[u8])],
     out: &mut Vec<bool>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(&t.sql.clock_insert_many[k])?;
@@ -150,7 +150,7 @@ fn insert_clock_batch(
             stmt.raw_bind_parameter(i, v)?;
             i += 1;
         }
-        stmt.raw_bind_parameter(i, clock.encode())?;
+        stmt.raw_bind_parameter(i, clock)?;
         i += 1;
     }
     let inserted = stmt.raw_execute()?;
@@ -164,7 +164,7 @@ fn insert_clock_batch(
         let stored: Option<Vec<u8>> = get
             .query_row(params_from_iter(*pk), |r| r.get(0))
             .optional()?;
-        out.push(stored == Some(clock.encode()));
+        out.push(stored.as_deref() == Some(*clock));
     }
     Ok(())
 }

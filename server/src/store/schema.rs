@@ -179,14 +179,7 @@ fn check_table(scratch: &Connection, name: &str) -> Result<Vec<Column>> {
     if pks.is_empty() {
         bail!("table {name}: a PRIMARY KEY is required (rows are identified by their key on every node)");
     }
-    let without_rowid: bool = scratch
-        .query_row(
-            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [name],
-            |r| r.get::<_, String>(0),
-        )?
-        .to_ascii_uppercase()
-        .contains("WITHOUT ROWID");
+    let without_rowid = is_without_rowid(scratch, name)?;
     for c in &pks {
         let rowid_alias = pks.len() == 1 && c.decl_type.eq_ignore_ascii_case("INTEGER");
         if !c.not_null && !rowid_alias && !without_rowid {
@@ -393,10 +386,17 @@ impl Store {
             .map(|c| quote(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        self.conn.execute_batch(&format!(
-            "CREATE TABLE {} ({keys}, clock BLOB NOT NULL, PRIMARY KEY ({keys})) WITHOUT ROWID",
-            quote(&clock_table(name))
-        ))?;
+        // A table keyed by its rowid gets a clock table keyed the same way: an integer b-tree,
+        // which SQLite appends to and packs far better than a WITHOUT ROWID index b-tree (a
+        // 100-row insert writes about half as many clock pages). Any other key keeps its
+        // declared columns in a WITHOUT ROWID table.
+        let ct = quote(&clock_table(name));
+        let ddl = if is_rowid_alias(&self.conn, name, &pks)? {
+            format!("CREATE TABLE {ct} ({keys} INTEGER PRIMARY KEY, clock BLOB NOT NULL)")
+        } else {
+            format!("CREATE TABLE {ct} ({keys}, clock BLOB NOT NULL, PRIMARY KEY ({keys})) WITHOUT ROWID")
+        };
+        self.conn.execute_batch(&ddl)?;
         self.conn
             .execute("INSERT INTO __vd_tables (name) VALUES (?1)", [name])?;
         Ok(())
@@ -439,6 +439,33 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// Whether the table's only key column is its rowid (so every key is an integer): a rowid
+/// table whose single key column is declared `INTEGER`, and which SQLite did not give a key
+/// index (it does for the `INTEGER PRIMARY KEY DESC` form, which is not an alias).
+fn is_rowid_alias(conn: &Connection, name: &str, pks: &[&Column]) -> Result<bool> {
+    if pks.len() != 1 || !pks[0].decl_type.eq_ignore_ascii_case("INTEGER") {
+        return Ok(false);
+    }
+    if is_without_rowid(conn, name)? {
+        return Ok(false);
+    }
+    let key_indexes: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(key_indexes == 0)
+}
+
+fn is_without_rowid(conn: &Connection, name: &str) -> Result<bool> {
+    let ddl: String = conn.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(ddl.to_ascii_uppercase().contains("WITHOUT ROWID"))
 }
 
 /// Paths helper for callers: does a schema path exist?

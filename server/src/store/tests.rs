@@ -490,3 +490,62 @@ fn transaction_control_statements_are_refused() {
         Some(1)
     );
 }
+
+#[test]
+fn clock_tables_are_keyed_like_their_tables() {
+    let mut s = Store::open_in_memory().unwrap();
+    s.apply_schema(
+        "CREATE TABLE a (id INTEGER NOT NULL PRIMARY KEY, v TEXT);
+         CREATE TABLE b (id INTEGER PRIMARY KEY DESC, v TEXT);
+         CREATE TABLE c (id INTEGER NOT NULL PRIMARY KEY, v TEXT) WITHOUT ROWID;
+         CREATE TABLE d (id TEXT NOT NULL PRIMARY KEY, v TEXT);",
+    )
+    .unwrap();
+    let rowid_clock = |s: &Store, t: &str| -> bool {
+        let ddl: String = s
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = ?1",
+                [format!("{t}__vd_clock")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        !ddl.contains("WITHOUT ROWID")
+    };
+    // Only a real rowid alias gets an integer-keyed clock table: `INTEGER PRIMARY KEY DESC`
+    // is not an alias and may hold non-integer keys, like the WITHOUT ROWID and TEXT keys.
+    assert!(rowid_clock(&s, "a"));
+    assert!(!rowid_clock(&s, "b"));
+    assert!(!rowid_clock(&s, "c"));
+    assert!(!rowid_clock(&s, "d"));
+    for t in ["a", "b", "c", "d"] {
+        // Insert, delete and re-insert (a clock that exists takes the slow path), plus a
+        // non-integer key where the column allows one.
+        let key = if t == "a" { "2" } else { "'x'" };
+        let q = format!("INSERT INTO {t} VALUES (1, 'one'), ({key}, 'two')");
+        assert!(tx(&mut s, &[&q]).is_some(), "table {t}");
+        assert!(tx(&mut s, &[&format!("DELETE FROM {t} WHERE id = 1")]).is_some());
+        assert!(tx(&mut s, &[&format!("INSERT INTO {t} VALUES (1, 'again')")]).is_some());
+        let rows: i64 = s
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {t}__vd_clock"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 2, "table {t}: one clock per key");
+        let live: Vec<Value> = all_changes(&s)
+            .into_iter()
+            .filter(|c| c.table == t && c.cid == "v")
+            .map(|c| c.val)
+            .collect();
+        assert!(
+            live.contains(&Value::Text("again".into())),
+            "table {t}: {live:?}"
+        );
+        let again = all_changes(&s)
+            .into_iter()
+            .find(|c| c.table == t && c.val == Value::Text("again".into()))
+            .unwrap();
+        assert_eq!(again.cl, 3, "table {t}: the re-insert starts a third life");
+    }
+}

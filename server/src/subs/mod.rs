@@ -302,12 +302,21 @@ impl Manager {
     /// Commit listener: merge the changed keys into the pending set and wake the matcher.
     pub fn enqueue(&self, c: &Committed) {
         let mut p = lock(&self.pending);
+        // Rows mostly come in runs of one table: lower-case each run's name once.
+        let mut name: Option<(&str, String)> = None;
         for (table, pk) in &c.changed {
-            let t = table.to_ascii_lowercase();
-            if p.whole.contains(&t) {
+            if name.as_ref().is_none_or(|(n, _)| *n != &**table) {
+                name = Some((table, table.to_ascii_lowercase()));
+            }
+            let t = &name.as_ref().expect("set above").1;
+            if p.whole.contains(t) {
                 continue;
             }
-            if p.changes.entry(t.clone()).or_default().insert(pk.clone()) {
+            let keys = match p.changes.get_mut(t) {
+                Some(keys) => keys,
+                None => p.changes.entry(t.clone()).or_default(),
+            };
+            if keys.insert(pk.clone()) {
                 p.keys += 1;
             }
             if p.keys > MAX_PENDING_KEYS {
