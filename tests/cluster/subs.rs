@@ -134,10 +134,15 @@ async fn a_new_node_bootstraps_from_a_snapshot_and_its_subscriptions_follow() {
     let mut rows = BTreeMap::new();
     follow(&mut rx, &mut rows, 60, |r| r.len() == 20).await;
     // The log line follows the import (and the subscription refresh) by a moment.
-    eventually(10, "b to log its bootstrap from a snapshot", || async {
+    let logged = wait_for(10, || async {
         db.log().contains("bootstrapped from a peer's snapshot")
     })
     .await;
+    assert!(
+        logged,
+        "b did not log a bootstrap from a snapshot; its log:\n{}",
+        db.log()
+    );
     assert_eq!(b.count("items").await, 19_999);
     let fresh = b.query(sql).await;
     let mine: Vec<Value> = rows.values().cloned().collect();

@@ -271,7 +271,18 @@ pub async fn three_nodes() -> ([NodeDir; 3], [TestNode; 3]) {
 }
 
 /// Polls `f` every 200 ms until it returns true or `secs` pass.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+pub async fn eventually<F, Fut>(secs: u64, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !wait_for(secs, f).await {
+        panic!("timed out after {secs} s waiting for: {what}");
+    }
+}
+
+/// Polls `f` until it holds (true) or `secs` pass (false).
+pub async fn wait_for<F, Fut>(secs: u64, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -279,16 +290,15 @@ where
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if f().await {
-            return;
+            return true;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {secs} s waiting for: {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Waits until every node sees `n - 1` alive members.
 pub async fn wait_for_mesh(nodes: &[&TestNode]) {
     let n = nodes.len();
     for node in nodes {

@@ -20,7 +20,7 @@
 
 use super::codec::{self, Msg};
 use super::sync::SyncCtx;
-use super::sync_state::{state_of, wants_snapshot, SyncState};
+use super::sync_state::{held_versions, state_of, wants_snapshot, SyncState};
 use super::transport::{read_frame, write_frame};
 use crate::store::{db_sibling, snapshot};
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -103,6 +103,12 @@ pub fn should_fetch(ctx: &SyncCtx, theirs: &SyncState) -> bool {
         state_of(&book, ctx.node.actor)
     };
     if !wants_snapshot(&ours, theirs, g.snapshot_min_bytes) {
+        tracing::debug!(
+            ours = held_versions(&ours),
+            theirs = held_versions(theirs),
+            their_bytes = theirs.db_bytes,
+            "no snapshot: syncing change by change"
+        );
         return false;
     }
     ctx.status
