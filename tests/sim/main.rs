@@ -4,8 +4,11 @@
 //! the production ones (`chunk_version`, `state_of`, `compute_needs`, `Store::ingest`, and the
 //! wire codec for every message). The network is a seeded discrete-event model: each message
 //! is delayed (so reordered), sometimes dropped or duplicated, and partitions come and go.
-//! After the faulty phase the network heals and sync runs until quiescent; then every node
-//! must hold identical tables and every acknowledged write.
+//! Nodes crash at random and restart a while later from what they had committed (the
+//! in-memory database is copied, every other piece of state is rebuilt from it, and messages
+//! sent to a node while it is down are lost). After the faulty phase the network heals and
+//! sync runs until quiescent; then every node must hold identical tables and every
+//! acknowledged write, including those of nodes that crashed.
 //!
 //! `cargo test -p verdigris --test sim` runs a fixed seed set. Long random runs:
 //! `VERDIGRIS_SIM_SEEDS=500 cargo test -p verdigris --test sim --release -- --nocapture`.
@@ -31,11 +34,29 @@ struct Net {
     max_delay: u64,
     /// Node pairs that cannot talk.
     cut: HashSet<(usize, usize)>,
+    /// Chance per tick that a live node crashes (it restarts `DOWN_TICKS` later).
+    p_crash: f64,
 }
 
+/// How long a crashed node stays down.
+const DOWN_TICKS: u64 = 60;
+
 struct Node {
-    store: Store,
+    /// `None` while the node is down.
+    store: Option<Store>,
     actor: ActorId,
+    /// Restart time while down.
+    down_until: Option<u64>,
+}
+
+impl Node {
+    fn store(&mut self) -> &mut Store {
+        self.store.as_mut().expect("a live node")
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_until.is_none()
+    }
 }
 
 /// A message in flight: (deliver at, sequence) → (from, to, encoded envelope).
@@ -53,6 +74,8 @@ struct Sim {
     delivered: u64,
     /// Chunks buffered as parts of incomplete versions (the sim must exercise this path).
     buffered: u64,
+    /// Crashes so far (the sim must exercise restarts).
+    crashes: u64,
 }
 
 impl Sim {
@@ -62,7 +85,11 @@ impl Sim {
             let mut store = Store::open_in_memory().expect("store");
             store.apply_schema(SCHEMA).expect("schema");
             let actor = store.actor_id();
-            nodes.push(Node { store, actor });
+            nodes.push(Node {
+                store: Some(store),
+                actor,
+                down_until: None,
+            });
         }
         Sim {
             rng: StdRng::seed_from_u64(seed),
@@ -74,16 +101,19 @@ impl Sim {
                 p_dup: 0.05,
                 max_delay: 40,
                 cut: HashSet::new(),
+                p_crash: 0.002,
             },
             queue: Queue::new(),
             acked: Vec::new(),
             delivered: 0,
             buffered: 0,
+            crashes: 0,
         }
     }
 
     fn send(&mut self, from: usize, to: usize, msg: &Msg) {
-        if self.net.cut.contains(&(from.min(to), from.max(to)))
+        if !self.nodes[from].is_up()
+            || self.net.cut.contains(&(from.min(to), from.max(to)))
             || self.rng.random_bool(self.net.p_drop)
         {
             return;
@@ -134,7 +164,7 @@ impl Sim {
             vec![Value::Integer(contended), Value::Text(format!("node{node}@{}", self.now))],
         ));
         let out = self.nodes[node]
-            .store
+            .store()
             .transact(&stmts, None)
             .expect("write");
         self.acked.extend(keys);
@@ -145,7 +175,7 @@ impl Sim {
     fn broadcast(&mut self, node: usize, version: u64) {
         let actor = self.nodes[node].actor;
         let versions = self.nodes[node]
-            .store
+            .store()
             .changes(actor, version..=version)
             .expect("feed");
         for vc in versions {
@@ -175,21 +205,24 @@ impl Sim {
     }
 
     fn deliver(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        if !self.nodes[to].is_up() {
+            return; // lost: nobody was listening
+        }
         self.delivered += 1;
         let msg = codec::decode(bytes, 0).expect("own messages decode");
         let me = self.nodes[to].actor;
         match msg {
             Msg::Change { chunk, .. } | Msg::SyncChunk(chunk) => {
-                let r = self.nodes[to].store.ingest(vec![chunk]).expect("ingest");
+                let r = self.nodes[to].store().ingest(vec![chunk]).expect("ingest");
                 self.buffered += r.buffered as u64;
             }
             Msg::SyncStart { .. } => {
-                let state = state_of(&self.nodes[to].store.shared().book.read().unwrap(), me);
+                let state = state_of(&self.nodes[to].store().shared().book.read().unwrap(), me);
                 self.send(to, from, &Msg::SyncState(state));
             }
             Msg::SyncState(theirs) => {
                 let needs = compute_needs(
-                    &self.nodes[to].store.shared().book.read().unwrap(),
+                    &self.nodes[to].store().shared().book.read().unwrap(),
                     me,
                     &theirs,
                 );
@@ -211,7 +244,7 @@ impl Sim {
                 } => (actor, version, version, Some(seqs)),
             };
             let versions = self.nodes[server]
-                .store
+                .store()
                 .changes(actor, a..=b)
                 .expect("feed");
             for vc in versions {
@@ -240,6 +273,16 @@ impl Sim {
                 self.deliver(from, to, &bytes);
             }
             for node in 0..self.nodes.len() {
+                if !self.nodes[node].is_up() {
+                    if self.nodes[node].down_until <= Some(self.now) {
+                        self.restart(node);
+                    }
+                    continue;
+                }
+                if self.rng.random_bool(self.net.p_crash) {
+                    self.crash(node);
+                    continue;
+                }
                 if self.rng.random_bool(write_rate) {
                     self.write(node);
                 }
@@ -248,6 +291,22 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The node stops: its committed database survives, everything else it held is gone,
+    /// and messages sent to it meanwhile are lost.
+    fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        let store = n.store.take().expect("a live node");
+        n.store = Some(store.crash_and_restart_in_memory().expect("restart"));
+        n.down_until = Some(self.now + DOWN_TICKS);
+        self.crashes += 1;
+    }
+
+    fn restart(&mut self, node: usize) {
+        self.nodes[node].down_until = None;
+        // A restarted node syncs at once, as the agent does when members come up.
+        self.start_sync(node);
     }
 
     fn random_partition(&mut self) {
@@ -266,7 +325,7 @@ impl Sim {
     fn dumps(&self) -> Vec<Vec<(String, Vec<Vec<Value>>)>> {
         self.nodes
             .iter()
-            .map(|n| n.store.dump_tables().expect("dump"))
+            .map(|n| n.store.as_ref().expect("live").dump_tables().expect("dump"))
             .collect()
     }
 }
@@ -282,6 +341,10 @@ fn run_seed(seed: u64) {
         } else {
             sim.net.cut.clear();
         }
+        // Besides the random crashes, one for sure in every run.
+        if phase == 2 && sim.nodes[0].is_up() {
+            sim.crash(0);
+        }
         let end = sim.now + 300;
         sim.run_until(end, 0.03);
     }
@@ -291,6 +354,7 @@ fn run_seed(seed: u64) {
         p_dup: 0.0,
         max_delay: 5,
         cut: HashSet::new(),
+        p_crash: 0.0,
     };
     let mut rounds = 0;
     loop {
@@ -326,7 +390,15 @@ fn run_seed(seed: u64) {
         assert!(keys.contains(k), "seed {seed}: acknowledged write {k} lost");
     }
     for node in &sim.nodes {
-        let gaps = node.store.shared().book.read().unwrap().gap_count();
+        let gaps = node
+            .store
+            .as_ref()
+            .expect("live")
+            .shared()
+            .book
+            .read()
+            .unwrap()
+            .gap_count();
         assert_eq!(gaps, 0, "seed {seed}: gaps left after convergence");
     }
     assert!(!sim.acked.is_empty() && sim.delivered > 0);
@@ -334,6 +406,7 @@ fn run_seed(seed: u64) {
         sim.buffered > 0,
         "seed {seed}: no version arrived in pieces"
     );
+    assert!(sim.crashes > 0, "seed {seed}: no node crashed");
 }
 
 fn seeds() -> Vec<u64> {
