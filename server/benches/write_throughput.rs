@@ -166,10 +166,12 @@ fn main() {
     // The last case is sustained load: ten times the rows, long enough for both sides'
     // checkpoints (raw SQLite's inline ones, the store's background checkpointer) to run.
     for (batch, rows) in [(1i64, n / 4), (100, n), (100, n * 10)] {
-        let r = raw(dir.path(), rows, batch);
-        let p = plain_tx(dir.path(), rows, batch);
-        let s = store_tx(dir.path(), rows, batch);
-        let h = http(dir.path(), rows, batch);
+        let case = dir.path().join(format!("{batch}x{rows}"));
+        std::fs::create_dir_all(&case).unwrap();
+        let r = raw(&case, rows, batch);
+        let p = plain_tx(&case, rows, batch);
+        let s = store_tx(&case, rows, batch);
+        let h = http(&case, rows, batch);
         println!(
             "{:<20} {:>11.2} {:>13.2} {:>13.2} {:>12.2} {:>9.2}x {:>11.2}x {:>9.2}x",
             format!("{batch}-row ×{rows}"),

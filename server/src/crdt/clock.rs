@@ -85,8 +85,34 @@ impl RowClock {
         out
     }
 
-    /// Appends the encoding of [`RowClock::encode`] to `out`.
+    /// A clock as a fresh insert leaves it: no row stamp, and cells of consecutive columns,
+    /// all at `col_version` 1, stamped by one transaction with consecutive seqs. Returns the
+    /// first cell.
+    fn fresh_run(&self) -> Option<&CellClock> {
+        let first = self.cells.first()?;
+        let consecutive = self.cells.iter().enumerate().all(|(i, c)| {
+            c.col_version == 1
+                && c.stamp.site == first.stamp.site
+                && c.stamp.db_version == first.stamp.db_version
+                && Some(c.col) == u32::try_from(i).ok().and_then(|i| first.col.checked_add(i))
+                && Some(c.stamp.seq) == first.stamp.seq.checked_add(i as u64)
+        });
+        (self.row_stamp.is_none() && consecutive).then_some(first)
+    }
+
+    /// Appends the encoding of [`RowClock::encode`] to `out`. Format 3 is a fresh run (see
+    /// `fresh_run`): origin, first column, count and first seq, whatever the column count.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        if let Some(first) = self.fresh_run() {
+            out.push(3);
+            put_varint(out, self.cl as u64);
+            put_varint(out, first.stamp.site as u64);
+            put_varint(out, first.stamp.db_version);
+            put_varint(out, first.col as u64);
+            put_varint(out, self.cells.len() as u64);
+            put_varint(out, first.stamp.seq);
+            return;
+        }
         if let Some((site, db_version)) = self.shared_origin() {
             out.push(2);
             put_varint(out, self.cl as u64);
@@ -130,10 +156,13 @@ impl RowClock {
     pub fn decode(mut buf: &[u8]) -> Option<RowClock> {
         let b = &mut buf;
         let format = get_u8(b)?;
-        if format != 1 && format != 2 {
+        if !(1..=3).contains(&format) {
             return None;
         }
         let cl = i64::try_from(get_varint(b)?).ok()?;
+        if format == 3 {
+            return decode_fresh_run(cl, b);
+        }
         let origin = if format == 2 {
             Some((u32::try_from(get_varint(b)?).ok()?, get_varint(b)?))
         } else {
@@ -184,6 +213,40 @@ impl RowClock {
             cells,
         })
     }
+}
+
+/// Most columns a table can have (SQLite's hard limit): bounds what a decoder allocates.
+const MAX_COLUMNS: u64 = 32_767;
+
+/// The rest of a format-3 clock (after `cl`).
+fn decode_fresh_run(cl: i64, b: &mut &[u8]) -> Option<RowClock> {
+    let site = u32::try_from(get_varint(b)?).ok()?;
+    let db_version = get_varint(b)?;
+    let col = u32::try_from(get_varint(b)?).ok()?;
+    let n = get_varint(b)?;
+    let seq = get_varint(b)?;
+    if !b.is_empty() || n == 0 || n > MAX_COLUMNS {
+        return None;
+    }
+    // Every column and seq of the run must be representable (as `fresh_run` requires).
+    col.checked_add(u32::try_from(n - 1).ok()?)?;
+    seq.checked_add(n - 1)?;
+    let cells = (0..n)
+        .map(|i| CellClock {
+            col: col + i as u32,
+            col_version: 1,
+            stamp: Stamp {
+                site,
+                db_version,
+                seq: seq + i,
+            },
+        })
+        .collect();
+    Some(RowClock {
+        cl,
+        row_stamp: None,
+        cells,
+    })
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -272,7 +335,28 @@ mod tests {
             };
             let bytes = clock.encode();
             let stamped = clock.row_stamp.is_some() || !clock.cells.is_empty();
-            prop_assert_eq!(bytes[0], if stamped { 2 } else { 1 });
+            let format = if clock.fresh_run().is_some() { 3 } else if stamped { 2 } else { 1 };
+            prop_assert_eq!(bytes[0], format);
+            prop_assert_eq!(RowClock::decode(&bytes), Some(clock));
+        }
+
+        #[test]
+        fn fresh_runs_round_trip_in_format_3(cl in 0i64..i64::MAX, site in any::<u32>(), db_version in any::<u64>(),
+                                             col in any::<u32>(), n in 1u32..40, seq in any::<u64>()) {
+            let fits = col.checked_add(n - 1).is_some() && seq.checked_add(n as u64 - 1).is_some();
+            prop_assume!(fits);
+            let clock = RowClock {
+                cl,
+                row_stamp: None,
+                cells: (0..n).map(|i| CellClock {
+                    col: col + i,
+                    col_version: 1,
+                    stamp: Stamp { site, db_version, seq: seq + i as u64 },
+                }).collect(),
+            };
+            let bytes = clock.encode();
+            prop_assert_eq!(bytes[0], 3);
+            prop_assert!(bytes.len() <= 1 + 5 * 10);
             prop_assert_eq!(RowClock::decode(&bytes), Some(clock));
         }
 
@@ -301,8 +385,44 @@ mod tests {
                 .collect(),
         };
         let bytes = clock.encode();
-        assert!(bytes.len() <= 18, "{} bytes", bytes.len());
-        assert_eq!(RowClock::decode(&bytes), Some(clock));
+        assert_eq!(bytes[0], 3);
+        assert!(bytes.len() <= 10, "{} bytes", bytes.len());
+        assert_eq!(RowClock::decode(&bytes), Some(clock.clone()));
+        // Any gap (a column, a seq, a second write) falls back to the general formats.
+        let mut updated = clock.clone();
+        updated.cells[1].col_version = 2;
+        assert_eq!(updated.encode()[0], 2);
+        assert_eq!(RowClock::decode(&updated.encode()), Some(updated));
+        let mut gap = clock;
+        gap.cells[2].col = 9;
+        assert_eq!(gap.encode()[0], 2);
+        assert_eq!(RowClock::decode(&gap.encode()), Some(gap));
+    }
+
+    #[test]
+    fn hostile_fresh_runs_are_rejected() {
+        let enc = |fields: &[u64]| {
+            let mut b = vec![3];
+            for f in fields {
+                put_varint(&mut b, *f);
+            }
+            b
+        };
+        // cl, site, db_version, first col, count, first seq
+        assert!(RowClock::decode(&enc(&[1, 0, 5, 1, 3, 10])).is_some());
+        assert!(
+            RowClock::decode(&enc(&[1, 0, 5, 1, 0, 10])).is_none(),
+            "no cells"
+        );
+        assert!(
+            RowClock::decode(&enc(&[1, 0, 5, 1, u64::MAX, 10])).is_none(),
+            "absurd count"
+        );
+        assert!(RowClock::decode(&enc(&[1, 0, 5, u32::MAX as u64, 2, 10])).is_none());
+        assert!(RowClock::decode(&enc(&[1, 0, 5, 1, 2, u64::MAX])).is_none());
+        let mut trailing = enc(&[1, 0, 5, 1, 3, 10]);
+        trailing.push(0);
+        assert!(RowClock::decode(&trailing).is_none());
     }
 
     #[test]

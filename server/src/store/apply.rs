@@ -140,14 +140,7 @@ impl Store {
             start = end;
         }
         self.flush_fresh(&mut fresh, changes, &mut touched, impacted)?;
-        record_version(
-            &self.conn,
-            site,
-            set.version,
-            set.last_seq,
-            set.ts,
-            &touched,
-        )?;
+        record_version(&self.conn, site, set.version, set.last_seq, set.ts, touched)?;
         Ok(())
     }
 

@@ -101,7 +101,7 @@ pub fn for_each_version(
                 lookup = Some((tbl, conn.prepare_cached(&t.sql.clock_and_row)?));
             }
             let stmt = &mut lookup.as_mut().expect("prepared above").1;
-            version_changes(stmt, t, site, pk_blob, &mut v)?;
+            version_changes(stmt, t, site, &pk_blob, &mut v)?;
         }
         v.changes.sort_by_key(|c| c.seq);
         if !visit(v) {

@@ -307,7 +307,7 @@ impl Store {
             return Ok(None);
         }
         let ts = self.hlc.now();
-        record_version(&self.conn, site, version, seq.get() - 1, ts, &touched)?;
+        record_version(&self.conn, site, version, seq.get() - 1, ts, touched)?;
         Ok(Some(version))
     }
 

@@ -47,8 +47,11 @@ pub use exec::{Params, Statement};
 pub use feed::{Change, VersionChanges};
 pub use local::{StatementResult, TxOutcome};
 
-/// Bumped when the internal table layout changes; a newer file is refused.
-const INTERNAL_SCHEMA_VERSION: i64 = 1;
+/// Bumped when the internal table layout or an encoding stored in it changes; a newer file is
+/// refused, an older one is read as it is and marked with this version when opened.
+/// 1: the first layout. 2: clock format 3 and row-list format 2 are written (formats 1 and 2
+/// of clocks and format 1 of row lists are still read); integer-keyed clock tables.
+const INTERNAL_SCHEMA_VERSION: i64 = 2;
 
 const BOOTSTRAP: &str = "
 CREATE TABLE IF NOT EXISTS __vd_state (key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -229,6 +232,14 @@ impl Store {
         match version {
             Some(v) if v > INTERNAL_SCHEMA_VERSION => {
                 bail!("database was written by a newer Verdigris (internal schema {v}); upgrade this binary")
+            }
+            Some(v) if v < INTERNAL_SCHEMA_VERSION => {
+                // Everything older is still read; from now on newer formats are written, so an
+                // older binary must refuse this file.
+                conn.execute(
+                    "UPDATE __vd_state SET value = ?1 WHERE key = 'schema_version'",
+                    [INTERNAL_SCHEMA_VERSION],
+                )?;
             }
             Some(_) => {}
             None => {

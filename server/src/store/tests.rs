@@ -549,3 +549,35 @@ fn clock_tables_are_keyed_like_their_tables() {
         assert_eq!(again.cl, 3, "table {t}: the re-insert starts a third life");
     }
 }
+
+#[test]
+fn older_files_are_marked_newer_files_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let version = |p: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM __vd_state WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let set = |p: &std::path::Path, v: i64| {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .execute(
+                "UPDATE __vd_state SET value = ?1 WHERE key = 'schema_version'",
+                [v],
+            )
+            .unwrap();
+    };
+    drop(Store::open(&path).unwrap());
+    set(&path, 1);
+    drop(Store::open(&path).unwrap());
+    assert_eq!(version(&path), INTERNAL_SCHEMA_VERSION);
+    set(&path, INTERNAL_SCHEMA_VERSION + 1);
+    let err = Store::open(&path).err().expect("a newer file is refused");
+    assert!(format!("{err:#}").contains("newer Verdigris"), "{err:#}");
+}
