@@ -1,9 +1,10 @@
 //! Deterministic multi-node simulation of broadcast + sync.
 //!
 //! Every node is a real [`Store`] on an in-memory SQLite database; the protocol decisions are
-//! the production ones (`chunk_version`, `state_of`, `compute_needs`, `Store::ingest`, and the
-//! wire codec for every message). The network is a seeded discrete-event model: each message
-//! is delayed (so reordered), sometimes dropped or duplicated, and partitions come and go.
+//! the production ones (`chunk_version`, `state_of`, `compute_needs`, `serve_chunks` — which
+//! also serves versions held only in part — `Store::ingest`, and the wire codec for every
+//! message). The network is a seeded discrete-event model: each message is delayed (so
+//! reordered), sometimes dropped or duplicated, and partitions come and go.
 //! Nodes crash at random and restart a while later from what they had committed (the
 //! in-memory database is copied, every other piece of state is rebuilt from it, and messages
 //! sent to a node while it is down are lost). After the faulty phase the network heals and
@@ -20,8 +21,10 @@ use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashSet};
 use verdigris::cluster::chunker::chunk_version;
 use verdigris::cluster::codec::{self, Msg};
+use verdigris::cluster::sync::serve_chunks;
 use verdigris::cluster::sync_state::{compute_needs, state_of, Need};
 use verdigris::crdt::ActorId;
+use verdigris::store::buffer::Chunk;
 use verdigris::store::{Statement, Store};
 
 const SCHEMA: &str = "CREATE TABLE kv (k INTEGER NOT NULL PRIMARY KEY, v TEXT, w INTEGER);";
@@ -57,6 +60,17 @@ impl Node {
     fn is_up(&self) -> bool {
         self.down_until.is_none()
     }
+
+    /// Whether this node holds the whole version `chunk` belongs to.
+    fn holds(&self, chunk: &Chunk) -> bool {
+        let shared = self.store.as_ref().expect("live").shared();
+        let known = shared
+            .book
+            .read()
+            .unwrap()
+            .knows(&chunk.actor, chunk.version);
+        known
+    }
 }
 
 /// A message in flight: (deliver at, sequence) → (from, to, encoded envelope).
@@ -76,6 +90,10 @@ struct Sim {
     buffered: u64,
     /// Crashes so far (the sim must exercise restarts).
     crashes: u64,
+    /// Chunks served from versions the server held only in part.
+    served_partial: u64,
+    /// Chance per tick that a live node starts a sync round on its own.
+    sync_rate: f64,
 }
 
 impl Sim {
@@ -108,6 +126,8 @@ impl Sim {
             delivered: 0,
             buffered: 0,
             crashes: 0,
+            served_partial: 0,
+            sync_rate: 0.02,
         }
     }
 
@@ -235,28 +255,32 @@ impl Sim {
 
     fn serve(&mut self, server: usize, client: usize, needs: Vec<Need>) {
         for need in needs {
-            let (actor, a, b, seqs) = match need {
-                Need::Full { actor, versions } => (actor, versions.0, versions.1, None),
+            let (actor, versions, seqs) = match need {
+                Need::Full { actor, versions } => (actor, versions.0..=versions.1, None),
                 Need::Partial {
                     actor,
                     version,
                     seqs,
-                } => (actor, version, version, Some(seqs)),
+                } => (actor, version..=version, Some(seqs)),
             };
-            let versions = self.nodes[server]
-                .store()
-                .changes(actor, a..=b)
-                .expect("feed");
-            for vc in versions {
-                for chunk in chunk_version(vc, SIM_CHUNK_BYTES) {
-                    let wanted = seqs.as_ref().is_none_or(|s: &Vec<(u64, u64)>| {
-                        s.iter()
-                            .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
-                    });
-                    if wanted {
-                        self.send(server, client, &Msg::SyncChunk(chunk));
-                    }
-                }
+            let store = self.nodes[server].store();
+            let mut chunks = Vec::new();
+            serve_chunks(
+                store.conn(),
+                &store.shared(),
+                actor,
+                versions,
+                seqs.as_deref(),
+                SIM_CHUNK_BYTES,
+                |c| {
+                    chunks.push(c);
+                    true
+                },
+            )
+            .expect("serve");
+            for chunk in chunks {
+                self.served_partial += u64::from(!self.nodes[server].holds(&chunk));
+                self.send(server, client, &Msg::SyncChunk(chunk));
             }
         }
     }
@@ -286,7 +310,7 @@ impl Sim {
                 if self.rng.random_bool(write_rate) {
                     self.write(node);
                 }
-                if self.rng.random_bool(0.02) {
+                if self.rng.random_bool(self.sync_rate) {
                     self.start_sync(node);
                 }
             }
@@ -432,4 +456,92 @@ fn simulated_clusters_converge_under_faults() {
             panic!("simulation failed with seed {seed}; rerun with VERDIGRIS_SIM_SEED={seed}");
         }
     }
+}
+
+/// A version whose origin is gone for good, received in complementary parts by two nodes:
+/// a third node that has none of it assembles it from both partial copies, then the partial
+/// holders complete theirs from each other.
+#[test]
+fn partial_holders_complete_a_version_from_each_other() {
+    let mut sim = Sim::new(7, 4);
+    sim.sync_rate = 0.0; // only the syncs this test starts
+    sim.net = Net {
+        p_drop: 0.0,
+        p_dup: 0.0,
+        max_delay: 5,
+        cut: HashSet::new(),
+        p_crash: 0.0,
+    };
+    let stmts: Vec<Statement> = (0..40)
+        .map(|k| {
+            Statement::with_params(
+                "INSERT INTO kv (k, v, w) VALUES (?1, ?2, 0)",
+                vec![
+                    Value::Integer(k),
+                    Value::Text(format!("v{k}-{}", "x".repeat(30))),
+                ],
+            )
+        })
+        .collect();
+    let version = sim.nodes[0]
+        .store()
+        .transact(&stmts, None)
+        .unwrap()
+        .version
+        .unwrap();
+    let actor = sim.nodes[0].actor;
+    let vc = sim.nodes[0]
+        .store()
+        .changes(actor, version..=version)
+        .unwrap()
+        .remove(0);
+    let chunks = chunk_version(vc, SIM_CHUNK_BYTES);
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let to = 1 + i % 2;
+        let r = sim.nodes[to].store().ingest(vec![chunk]).unwrap();
+        assert_eq!(r.buffered, 1);
+    }
+    // The origin never comes back.
+    sim.nodes[0].down_until = Some(u64::MAX);
+    let gaps = |sim: &mut Sim, n: usize| {
+        sim.nodes[n]
+            .store()
+            .shared()
+            .book
+            .read()
+            .unwrap()
+            .gap_count()
+    };
+    let rows = |sim: &mut Sim, n: usize| sim.nodes[n].store().dump_tables().unwrap()[0].1.len();
+    assert_eq!((gaps(&mut sim, 1), gaps(&mut sim, 2)), (1, 1));
+    // Node 3 learns of the version only from the partial holders' sync states.
+    for _ in 0..50 {
+        if rows(&mut sim, 3) == 40 {
+            break;
+        }
+        sim.start_sync(3);
+        let end = sim.now + 50;
+        sim.run_until(end, 0.0);
+    }
+    assert_eq!(rows(&mut sim, 3), 40, "node 3 did not assemble the version");
+    assert_eq!(gaps(&mut sim, 3), 0);
+    assert!(sim.served_partial > 0, "no chunk came from a partial copy");
+    assert_eq!(
+        (gaps(&mut sim, 1), gaps(&mut sim, 2)),
+        (1, 1),
+        "only node 3 synced"
+    );
+    for _ in 0..50 {
+        if gaps(&mut sim, 1) + gaps(&mut sim, 2) == 0 {
+            break;
+        }
+        sim.start_sync(1);
+        sim.start_sync(2);
+        let end = sim.now + 50;
+        sim.run_until(end, 0.0);
+    }
+    let dumps = sim.dumps()[1..].to_vec();
+    assert!(dumps.windows(2).all(|w| w[0] == w[1]), "nodes 1-3 differ");
+    assert_eq!(dumps[0][0].1.len(), 40);
 }

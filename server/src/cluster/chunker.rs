@@ -5,6 +5,7 @@
 use super::codec::change_size;
 use crate::store::buffer::Chunk;
 use crate::store::feed::VersionChanges;
+use std::ops::RangeInclusive;
 
 /// Target encoded size of one chunk, in bytes.
 pub const CHUNK_BYTES: usize = 8 * 1024;
@@ -12,8 +13,17 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 /// Splits one version into chunks of about `max_bytes` (a single change larger than that gets
 /// a chunk of its own).
 pub fn chunk_version(v: VersionChanges, max_bytes: usize) -> Vec<Chunk> {
+    let span = 0..=v.last_seq;
+    chunk_span(v, span, max_bytes)
+}
+
+/// Splits the changes of one version that lie in `span` (a seq range the sender accounts
+/// for: every change in it that is absent was cleared) into contiguous chunks covering
+/// exactly `span`.
+pub fn chunk_span(v: VersionChanges, span: RangeInclusive<u64>, max_bytes: usize) -> Vec<Chunk> {
+    let (first, last) = (*span.start(), *span.end());
     let mut out = Vec::new();
-    let mut start = 0u64;
+    let mut start = first;
     let mut cur = Vec::new();
     let mut size = 0usize;
     let n = v.changes.len();
@@ -21,7 +31,7 @@ pub fn chunk_version(v: VersionChanges, max_bytes: usize) -> Vec<Chunk> {
         size += change_size(&c);
         let seq = c.seq;
         cur.push(c);
-        if size >= max_bytes && i + 1 < n && seq < v.last_seq {
+        if size >= max_bytes && i + 1 < n && seq < last {
             out.push(Chunk {
                 actor: v.actor,
                 version: v.version,
@@ -39,7 +49,7 @@ pub fn chunk_version(v: VersionChanges, max_bytes: usize) -> Vec<Chunk> {
         version: v.version,
         last_seq: v.last_seq,
         ts: v.ts,
-        seqs: start..=v.last_seq.max(start),
+        seqs: start..=last.max(start),
         changes: cur,
     });
     out
@@ -94,6 +104,21 @@ mod tests {
         assert_eq!(next, 506, "the last chunk ends at last_seq");
         assert_eq!(total, seqs.len());
         assert!(!chunks[0].is_complete());
+    }
+
+    #[test]
+    fn a_span_is_covered_exactly() {
+        let seqs: Vec<u64> = (100..300).filter(|s| s % 5 != 0).collect();
+        let chunks = chunk_span(version(&seqs, 505), 98..=301, 1024);
+        assert!(chunks.len() > 3);
+        assert_eq!(*chunks[0].seqs.start(), 98);
+        assert_eq!(*chunks.last().unwrap().seqs.end(), 301);
+        for w in chunks.windows(2) {
+            assert_eq!(*w[0].seqs.end() + 1, *w[1].seqs.start());
+        }
+        assert!(chunks.iter().all(|c| c.is_valid() && !c.is_complete()));
+        let total: usize = chunks.iter().map(|c| c.changes.len()).sum();
+        assert_eq!(total, seqs.len());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! slow apply slows the sender down instead of growing memory).
 
 use super::broadcast::sync_peers;
-use super::chunker::{chunk_version, CHUNK_BYTES};
+use super::chunker::{chunk_span, chunk_version, CHUNK_BYTES};
 use super::codec::{self, Msg};
 use super::ingest::{IngestTx, Source};
 use super::snapshot;
@@ -25,6 +25,7 @@ use super::sync_state::{compute_needs, state_of, Claims, Need};
 use super::transport::{read_frame, write_frame, Transport};
 use crate::crdt::ActorId;
 use crate::node::Node;
+use crate::store::buffer::Chunk;
 use crate::store::Shared;
 use anyhow::{anyhow, bail, Result};
 use quinn::{RecvStream, SendStream};
@@ -280,28 +281,62 @@ fn stream_chunks(
     tokio::task::spawn_blocking(move || {
         let produce = || -> Result<()> {
             let conn = node.reads.get()?;
-            crate::store::feed::for_each_version(&conn, &shared, actor, a..=b, |vc| {
-                for chunk in chunk_version(vc, CHUNK_BYTES) {
-                    let wanted = seqs.as_ref().is_none_or(|s| {
-                        s.iter()
-                            .any(|(x, y)| x <= chunk.seqs.end() && y >= chunk.seqs.start())
-                    });
-                    if wanted {
-                        let frame = codec::encode(&Msg::SyncChunk(chunk), cluster_id);
-                        if tx.blocking_send(Ok(frame)).is_err() {
-                            return false; // the session ended
-                        }
-                    }
-                }
-                true
-            })?;
-            Ok(())
+            serve_chunks(
+                &conn,
+                &shared,
+                actor,
+                a..=b,
+                seqs.as_deref(),
+                CHUNK_BYTES,
+                |chunk| {
+                    let frame = codec::encode(&Msg::SyncChunk(chunk), cluster_id);
+                    tx.blocking_send(Ok(frame)).is_ok() // false: the session ended
+                },
+            )
         };
         if let Err(e) = produce() {
             let _ = tx.blocking_send(Err(e));
         }
     });
     rx
+}
+
+/// What a sync server sends for versions `versions` of `actor` (only the chunks overlapping
+/// `seqs` when given): the chunks of every version it holds, read from the changes feed; and
+/// for a version asked for in part that it holds only in part itself, the pieces it has.
+/// Hands each chunk to `emit` until that returns false. Shared with the simulation.
+pub fn serve_chunks(
+    conn: &rusqlite::Connection,
+    shared: &Shared,
+    actor: ActorId,
+    versions: std::ops::RangeInclusive<u64>,
+    seqs: Option<&[(u64, u64)]>,
+    max_bytes: usize,
+    mut emit: impl FnMut(Chunk) -> bool,
+) -> Result<()> {
+    let wanted = |c: &Chunk| {
+        seqs.is_none_or(|s| {
+            s.iter()
+                .any(|(x, y)| x <= c.seqs.end() && y >= c.seqs.start())
+        })
+    };
+    let first = *versions.start();
+    let mut found = false;
+    crate::store::feed::for_each_version(conn, shared, actor, versions, |vc| {
+        found = true;
+        chunk_version(vc, max_bytes)
+            .into_iter()
+            .filter(wanted)
+            .all(&mut emit)
+    })?;
+    if let (false, Some(seqs)) = (found, seqs) {
+        for (span, vc) in crate::store::buffer::partial_pieces(conn, shared, actor, first, seqs)? {
+            if !chunk_span(vc, span, max_bytes).into_iter().all(&mut emit) {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes every frame of `frames` to the peer.

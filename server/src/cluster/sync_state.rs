@@ -161,6 +161,17 @@ pub fn compute_needs(ours: &Bookie, me: ActorId, theirs: &SyncState) -> Vec<Need
                 }
             }
         }
+        // Versions we lack entirely that they hold in part: take the part (another peer may
+        // hold the rest, and the origin may be gone).
+        for (v, theirs) in &their_partials {
+            if missing.contains(*v) {
+                out.push(Need::Partial {
+                    actor: st.actor,
+                    version: *v,
+                    seqs: theirs.iter().collect(),
+                });
+            }
+        }
         for (v, p) in &booked.partials {
             let want = p.seqs.missing_in(0, p.last_seq);
             let seqs: Vec<(u64, u64)> = if their_have.contains(*v) {
@@ -240,6 +251,35 @@ mod tests {
 
     fn actor(n: u8) -> ActorId {
         ActorId([n; 16])
+    }
+
+    #[test]
+    fn a_version_we_lack_is_asked_in_part_of_a_partial_holder() {
+        let (me, a) = (actor(1), actor(2));
+        let mut ours = Bookie::new();
+        ours.record_known(a, 1..=3);
+        let mut theirs_book = Bookie::new();
+        theirs_book.record_known(a, 1..=4);
+        theirs_book.entry(a).record_partial(5, 0, 9, 30, 0);
+        theirs_book.entry(a).record_partial(5, 20, 25, 30, 0);
+        let needs = compute_needs(&ours, me, &state_of(&theirs_book, actor(3)));
+        assert_eq!(
+            needs,
+            vec![
+                Need::Partial {
+                    actor: a,
+                    version: 5,
+                    seqs: vec![(0, 9), (20, 25)],
+                },
+                Need::Full {
+                    actor: a,
+                    versions: (4, 4),
+                },
+            ]
+        );
+        // Once we hold it completely, nothing is asked.
+        ours.record_known(a, 4..=5);
+        assert!(compute_needs(&ours, me, &state_of(&theirs_book, actor(3))).is_empty());
     }
 
     #[test]

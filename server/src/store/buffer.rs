@@ -9,12 +9,12 @@
 
 use super::apply::{ApplyReport, ChangeSet};
 use super::bookkeeping::{Booked, RangeSet};
-use super::feed::Change;
-use super::Store;
+use super::feed::{Change, VersionChanges};
+use super::{Shared, Store};
 use crate::crdt::ActorId;
 use anyhow::{Context, Result};
-use rusqlite::params;
 use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
@@ -299,24 +299,87 @@ impl Store {
         version: u64,
         seqs: RangeInclusive<u64>,
     ) -> Result<Vec<Change>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, tbl, pk, cid, val, col_version, cl FROM __vd_buffer WHERE site = ?1 AND db_version = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map(params![site, version, seqs.start(), seqs.end()], |r| {
-            Ok(Change {
-                seq: r.get(0)?,
-                table: r.get(1)?,
-                pk: r.get(2)?,
-                cid: r.get(3)?,
-                val: r.get::<_, Value>(4)?,
-                col_version: r.get(5)?,
-                cl: r.get(6)?,
-                db_version: version,
-                site_id: actor,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        read_buffered(&self.conn, actor, site, version, seqs)
     }
+}
+
+fn read_buffered(
+    conn: &Connection,
+    actor: ActorId,
+    site: u32,
+    version: u64,
+    seqs: RangeInclusive<u64>,
+) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, tbl, pk, cid, val, col_version, cl FROM __vd_buffer WHERE site = ?1 AND db_version = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![site, version, seqs.start(), seqs.end()], |r| {
+        Ok(Change {
+            seq: r.get(0)?,
+            table: r.get(1)?,
+            pk: r.get(2)?,
+            cid: r.get(3)?,
+            val: r.get::<_, Value>(4)?,
+            col_version: r.get(5)?,
+            cl: r.get(6)?,
+            db_version: version,
+            site_id: actor,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The pieces of a version this node holds only partially that fall within `wanted` (seq
+/// ranges): one per seq range it accounts for, with the buffered changes inside it, so a
+/// peer missing the same version can complete it from several partial holders. Empty when
+/// the version is not (or no longer) partial here.
+///
+/// The seq ranges and the changes are read in one read transaction: a piece must never claim
+/// a seq range whose changes it does not carry (the receiver would take them as cleared).
+pub fn partial_pieces(
+    conn: &Connection,
+    shared: &Shared,
+    actor: ActorId,
+    version: u64,
+    wanted: &[(u64, u64)],
+) -> Result<Vec<(RangeInclusive<u64>, VersionChanges)>> {
+    let Some(site) = shared.sites.read().expect("sites lock").ordinal(&actor) else {
+        return Ok(vec![]);
+    };
+    let tx = conn.unchecked_transaction()?;
+    let held = tx
+        .prepare_cached(
+            "SELECT last_seq, ts, seqs FROM __vd_partials WHERE site = ?1 AND db_version = ?2",
+        )?
+        .query_row(params![site, version], |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((last_seq, ts, seqs)) = held else {
+        return Ok(vec![]);
+    };
+    let seqs = decode_seqs(&seqs).context("corrupt __vd_partials")?;
+    let mut out = Vec::new();
+    for &(a, b) in wanted {
+        for (x, y) in seqs.present_in(a, b.min(last_seq)) {
+            let changes = read_buffered(&tx, actor, site, version, x..=y)?;
+            out.push((
+                x..=y,
+                VersionChanges {
+                    actor,
+                    version,
+                    last_seq,
+                    ts: ts as u64,
+                    changes,
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
