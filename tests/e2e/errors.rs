@@ -94,6 +94,22 @@ async fn transaction_sql_errors_are_400_naming_the_problem() {
             json!(["INSERT INTO users (id) VALUES (8)", "SELECT * FROM nowhere"]),
             vec!["nowhere"],
         ),
+        // The exact text of statements the store itself has prepared (and cached) by now:
+        // a client must not get the store's already-authorized statement.
+        (
+            json!([[
+                "INSERT OR REPLACE INTO __vd_versions (site, db_version, last_seq, ts, rows) VALUES (?1, ?2, ?3, ?4, ?5)",
+                [0, 999, 0, 0, [1]]
+            ]]),
+            vec!["internal"],
+        ),
+        (
+            json!([[
+                "INSERT INTO \"users__vd_clock\" (\"id\", clock) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [9, [1]]
+            ]]),
+            vec!["internal"],
+        ),
     ];
     for proto in BOTH {
         let api = node.api(proto);

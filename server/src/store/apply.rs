@@ -42,9 +42,9 @@ impl Store {
     /// Applies complete remote versions in one transaction.
     pub fn apply_changesets(&mut self, sets: &[ChangeSet]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        super::run_cached(&self.conn, "BEGIN IMMEDIATE")?;
         let result = self.apply_sets_in_tx(sets, &mut report);
-        match result.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?)) {
+        match result.and_then(|_| Ok(super::run_cached(&self.conn, "COMMIT")?)) {
             Ok(()) => {
                 self.notify_commit(super::Committed {
                     versions: report.applied.clone(),

@@ -159,7 +159,7 @@ impl Store {
             .collect();
         report.dropped += before - chunks.len();
         let chunks = super::assemble::assemble(chunks);
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        super::run_cached(&self.conn, "BEGIN IMMEDIATE")?;
         let result = (|| -> Result<()> {
             for c in chunks {
                 let booked = book.entry(c.actor).or_insert_with(|| {
@@ -228,7 +228,7 @@ impl Store {
             }
             Ok(())
         })();
-        if let Err(e) = result.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?)) {
+        if let Err(e) = result.and_then(|_| Ok(super::run_cached(&self.conn, "COMMIT")?)) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }

@@ -17,6 +17,13 @@ use rusqlite::types::Value;
 use rusqlite::ErrorCode;
 use std::time::{Duration, Instant};
 
+/// Appended to client SQL before it goes through the writer's statement cache. The
+/// authorizer that keeps clients away from internal tables runs when a statement is
+/// prepared, and a cached statement is not prepared again: without a key of their own, a
+/// client sending the exact text of one of the store's own statements would get the store's
+/// already-authorized statement. No internal statement ends with this comment.
+const CLIENT_SQL_MARK: &str = "\n/* verdigris: client statement */";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatementResult {
     pub rows_affected: usize,
@@ -81,9 +88,7 @@ impl Store {
         timeout: Option<Duration>,
     ) -> Result<TxOutcome, TxError> {
         let start = Instant::now();
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .context("beginning transaction")?;
+        super::run_cached(&self.conn, "BEGIN IMMEDIATE").context("beginning transaction")?;
         self.capture.lock().expect("capture lock").clear();
         self.capture.lock().expect("capture lock").enabled = true;
         self.guard.begin(timeout);
@@ -110,7 +115,7 @@ impl Store {
         });
         match result {
             Ok((results, version, changed)) => {
-                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                if let Err(e) = super::run_cached(&self.conn, "COMMIT") {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     return Err(TxError::Internal(anyhow!(e).context("committing")));
                 }
@@ -160,7 +165,7 @@ impl Store {
                 if is_client_error(&e) {
                     TxError::Client {
                         index,
-                        message: e.to_string(),
+                        message: e.to_string().replace(CLIENT_SQL_MARK, ""),
                     }
                 } else {
                     TxError::Internal(anyhow!(e))
@@ -168,7 +173,8 @@ impl Store {
             };
             let reuse = matches!(&held, Some((i, _)) if stmts[*i].sql == s.sql);
             if !reuse {
-                held = Some((index, self.conn.prepare_cached(&s.sql).map_err(failure)?));
+                let key = format!("{}{CLIENT_SQL_MARK}", s.sql.trim());
+                held = Some((index, self.conn.prepare_cached(&key).map_err(failure)?));
             }
             let stmt = &mut held.as_mut().expect("a prepared statement").1;
             // Positional parameters rebind every slot (bind checks the count); names may not.

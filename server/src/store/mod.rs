@@ -149,6 +149,13 @@ pub fn configure_connection(conn: &Connection, writer: bool) -> Result<()> {
     Ok(())
 }
 
+/// Runs a statement that takes no parameters and returns no rows (`BEGIN IMMEDIATE`,
+/// `COMMIT`) from the statement cache, without parsing it again on every transaction.
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// The writer side of the store.
 pub struct Store {
     conn: Connection,
