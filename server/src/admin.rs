@@ -84,6 +84,29 @@ async fn execute(node: &Arc<Node>, cmd: &Value) -> Vec<Value> {
                 Err(e) => err(e.to_string()),
             }
         }
+        Value::Object(o)
+            if matches!(
+                o.get("Cluster").and_then(Value::as_str),
+                Some("Rejoin" | "MembershipStates")
+            ) =>
+        {
+            match membership(node, o["Cluster"].as_str() == Some("Rejoin")).await {
+                Ok(v) => vec![json!({ "Json": v }), json!("Success")],
+                Err(e) => err(e),
+            }
+        }
+        Value::Object(o) if o.contains_key("Sync") => match sync(node, &o["Sync"]).await {
+            Ok(v) => vec![json!({ "Json": v }), json!("Success")],
+            Err(e) => err(e),
+        },
+        Value::Object(o) if o.contains_key("Actor") => match actor(node, &o["Actor"]).await {
+            Ok(v) => vec![json!({ "Json": v }), json!("Success")],
+            Err(e) => err(e),
+        },
+        Value::Object(o) if o.contains_key("Log") => match log(&o["Log"]) {
+            Ok(v) => vec![json!({ "Json": v }), json!("Success")],
+            Err(e) => err(e),
+        },
         Value::Object(o) if o.contains_key("Cluster") => {
             match crate::cluster::control::handle(&node.cluster, cmd) {
                 Some(Ok(v)) => vec![json!({ "Json": v }), json!("Success")],
@@ -96,9 +119,122 @@ async fn execute(node: &Arc<Node>, cmd: &Value) -> Vec<Value> {
             vec![json!({ "Json": list }), json!("Success")]
         }
         other => err(format!(
-            "unknown admin command {other}; known: \"Ping\", \"Reload\", {{\"Cluster\":\"Members\"}}, {{\"Subs\":\"List\"}}"
+            "unknown admin command {other}; known: \"Ping\", \"Reload\", {{\"Cluster\":\"Members\"|\"MembershipStates\"|\"Rejoin\"|\"Stats\"}}, {{\"Sync\":\"Generate\"|\"ReconcileGaps\"|\"CheckBookieConsistency\"}}, {{\"Actor\":{{\"Version\":{{\"actor_id\":…,\"version\":N}}}}}}, {{\"Log\":{{\"Set\":{{\"filter\":…}}}}}}, {{\"Log\":\"Reset\"}}, {{\"Subs\":\"List\"}}"
         )),
     }
+}
+
+/// How long an admin command waits for the membership task.
+const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn membership(node: &Arc<Node>, rejoin: bool) -> Result<Value, String> {
+    use crate::cluster::status::MembershipCmd;
+    let tx = node
+        .cluster
+        .membership
+        .get()
+        .ok_or("gossip is not running on this node (standalone)")?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = if rejoin {
+        MembershipCmd::Rejoin(reply)
+    } else {
+        MembershipCmd::States(reply)
+    };
+    tx.send(cmd)
+        .await
+        .map_err(|_| "the membership task has stopped")?;
+    let v = tokio::time::timeout(MEMBERSHIP_TIMEOUT, answer)
+        .await
+        .map_err(|_| "the membership task did not answer within 5 s (see /v1/health)")?
+        .map_err(|_| "the membership task has stopped")?;
+    match v.get("error").and_then(Value::as_str) {
+        Some(e) => Err(e.to_string()),
+        None => Ok(v),
+    }
+}
+
+/// Runs `f` on a connection of the read pool, off the async runtime.
+async fn with_reader<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&rusqlite::Connection, &crate::store::Shared) -> Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let shared = node.store.lock().expect("store lock").shared();
+        let conn = node.reads.get()?;
+        f(&conn, &shared)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{e:#}"))
+}
+
+async fn sync(node: &Arc<Node>, cmd: &Value) -> Result<Value, String> {
+    match cmd.as_str() {
+        Some("Generate") => {
+            let me = node.actor;
+            with_reader(node, move |_, shared| {
+                Ok(crate::inspect::sync_state(&shared.book.read().expect("book lock"), me))
+            })
+            .await
+        }
+        Some("CheckBookieConsistency") => {
+            let diff = with_reader(node, crate::inspect::check_bookkeeping).await?;
+            if diff.is_empty() {
+                Ok(json!({"consistent": true}))
+            } else {
+                Err(format!(
+                    "bookkeeping differs from the database (run `verdigris sync reconcile-gaps` to rebuild it): {}",
+                    diff.join("; ")
+                ))
+            }
+        }
+        Some("ReconcileGaps") => {
+            let node = node.clone();
+            let (before, after) = tokio::task::spawn_blocking(move || {
+                node.store.lock().expect("store lock").reconcile_bookkeeping()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:#}"))?;
+            Ok(json!({"gaps_before": before, "gaps_after": after}))
+        }
+        _ => Err(format!(
+            "unknown sync command {cmd}; known: \"Generate\", \"ReconcileGaps\", \"CheckBookieConsistency\""
+        )),
+    }
+}
+
+async fn actor(node: &Arc<Node>, cmd: &Value) -> Result<Value, String> {
+    let v = cmd
+        .get("Version")
+        .ok_or(r#"unknown actor command; known: {"Version":{"actor_id":"<id>","version":N}}"#)?;
+    let id = v["actor_id"]
+        .as_str()
+        .and_then(crate::crdt::ActorId::parse)
+        .ok_or("actor_id must be an actor id (32 hex digits, or a UUID)")?;
+    let version = v["version"]
+        .as_u64()
+        .filter(|v| *v > 0)
+        .ok_or("version must be a positive integer")?;
+    with_reader(node, move |conn, shared| {
+        crate::inspect::actor_version(conn, shared, id, version)
+    })
+    .await
+}
+
+fn log(cmd: &Value) -> Result<Value, String> {
+    if cmd.as_str() == Some("Reset") {
+        let filter = crate::logging::reset_filter()?;
+        return Ok(json!({"filter": filter}));
+    }
+    let filter = cmd
+        .get("Set")
+        .and_then(|s| s.get("filter"))
+        .and_then(Value::as_str)
+        .ok_or(r#"unknown log command; known: {"Set":{"filter":"<RUST_LOG filter>"}}, "Reset""#)?;
+    crate::logging::set_filter(filter)?;
+    Ok(json!({"filter": filter}))
 }
 
 /// Sends one command and collects the responses up to `Success`/`Error`.

@@ -9,6 +9,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod crdt;
+pub mod inspect;
+pub mod logging;
 pub mod node;
 pub mod store;
 pub mod subs;

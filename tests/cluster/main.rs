@@ -51,6 +51,33 @@ async fn three_nodes_converge() {
         .collect();
     assert!(addrs.contains(&b.gossip.to_string().as_str()), "{members}");
     assert!(addrs.contains(&c.gossip.to_string().as_str()), "{members}");
+    // `cluster rejoin` renews A's identity: the others learn the new one, keep A alive, and
+    // A's writes still arrive.
+    let states = a.admin(json!({"Cluster": "MembershipStates"})).await;
+    let before = states["identity"]["bump"].as_u64().expect("a bump");
+    let r = a.admin(json!({"Cluster": "Rejoin"})).await;
+    let bump = r["rejoined"]["bump"].as_u64().expect("a renewed bump");
+    assert!(bump > before, "{r}");
+    let gossip_a = a.gossip.to_string();
+    eventually(30, "B and C to see A's renewed identity alive", || async {
+        let mut seen = true;
+        for n in [&b, &c] {
+            let s = n.admin(json!({"Cluster": "MembershipStates"})).await;
+            seen &= s["members"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["address"] == gossip_a.as_str() && m["bump"] == bump && m["state"] == "alive"
+                })
+            });
+        }
+        seen
+    })
+    .await;
+    a.exec(json!([
+        "INSERT INTO items (id, owner, val, n) VALUES (5000, 'a', 'after rejoin', 0)"
+    ]))
+    .await;
+    let rows = wait_converged(&[&a, &b, &c], ALL, 30).await;
+    assert_eq!(rows.len(), 61);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,10 @@ use crate::support::{run_cli, NodeDir};
 fn every_subcommand_has_help() {
     let top = run_cli(&["--help"]);
     let text = top.ok();
-    for sub in ["agent", "exec", "query", "reload", "backup", "restore"] {
+    for sub in [
+        "agent", "exec", "query", "reload", "backup", "restore", "cluster", "subs", "sync",
+        "actor", "log", "tls",
+    ] {
         assert!(text.contains(sub), "top-level help lists {sub}:\n{text}");
         let out = run_cli(&[sub, "--help"]);
         let help = out.ok();
@@ -142,4 +145,62 @@ fn cli_reports_unreachable_node() {
         err.contains("admin"),
         "reload without a node names the admin socket: {err}"
     );
+}
+
+#[test]
+fn bookkeeping_membership_and_log_commands() {
+    let dir = NodeDir::with_schema("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, a TEXT);");
+    let node = dir.start();
+    let me = node.actor_id.clone();
+    node.cli(&["exec", "INSERT INTO t VALUES (1, 'one')"]).ok();
+    node.cli(&["exec", "UPDATE t SET a = 'uno' WHERE id = 1"])
+        .ok();
+    let json = |out: &str| -> serde_json::Value {
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    };
+
+    let state = json(&node.cli(&["sync", "generate"]).ok());
+    assert_eq!(state["actor_id"], me.as_str(), "{state}");
+    assert_eq!(state["heads"][&me], 2, "{state}");
+    assert_eq!(state["need"], serde_json::json!({}), "{state}");
+
+    // Version 1's only change was overwritten by version 2.
+    let v = |n: &str| json(&node.cli(&["actor", "version", &me, n]).ok());
+    assert_eq!(v("1"), "cleared");
+    assert_eq!(v("2")["current"]["db_version"], 2);
+    assert!(v("9").is_null());
+    let out = node.cli(&["actor", "version", "not-an-actor", "1"]);
+    assert!(out.failed().contains("actor_id"), "{}", out.stderr);
+
+    let ok = json(&node.cli(&["sync", "check-bookie-consistency"]).ok());
+    assert_eq!(ok["consistent"], true);
+    let r = json(&node.cli(&["sync", "reconcile-gaps"]).ok());
+    assert_eq!(
+        (r["gaps_before"].as_u64(), r["gaps_after"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let states = json(&node.cli(&["cluster", "membership-states"]).ok());
+    assert_eq!(states["identity"]["actor_id"], me.as_str(), "{states}");
+    let bump = states["identity"]["bump"].as_u64().expect("a bump");
+    let rejoined = json(&node.cli(&["cluster", "rejoin"]).ok());
+    assert_eq!(rejoined["rejoined"]["actor_id"], me.as_str(), "{rejoined}");
+    assert!(
+        rejoined["rejoined"]["bump"].as_u64() > Some(bump),
+        "{rejoined}"
+    );
+
+    assert_eq!(
+        json(&node.cli(&["log", "set", "debug,hyper=info"]).ok())["filter"],
+        "debug,hyper=info"
+    );
+    let out = node.cli(&["log", "set", "verdigris=notalevel"]);
+    assert!(
+        out.failed().contains("invalid log filter"),
+        "{}",
+        out.stderr
+    );
+    node.cli(&["log", "reset"]).ok();
+    // The node still serves after all of it.
+    assert_eq!(node.cli(&["query", "SELECT a FROM t"]).ok(), "uno\n");
 }

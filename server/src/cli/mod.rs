@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::crdt::ActorId;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -85,6 +86,21 @@ pub enum Command {
         #[command(subcommand)]
         cmd: SubsCmd,
     },
+    /// Sync bookkeeping of the running node (through the admin socket).
+    Sync {
+        #[command(subcommand)]
+        cmd: SyncCmd,
+    },
+    /// What the running node holds of one actor's versions (through the admin socket).
+    Actor {
+        #[command(subcommand)]
+        cmd: ActorCmd,
+    },
+    /// The running node's log filter (through the admin socket).
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
     /// Generate the TLS certificates gossip needs (CA, server, client).
     Tls {
         #[command(subcommand)]
@@ -113,6 +129,46 @@ pub enum Command {
 pub enum SubsCmd {
     /// List subscriptions: id, hash, SQL, maintenance plan, tables, rows, last change id, listeners.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCmd {
+    /// Print the sync state this node sends its peers: heads, missing versions, partial ones.
+    Generate,
+    /// Rebuild the in-memory bookkeeping from the database; prints missing versions before and after.
+    ReconcileGaps,
+    /// Compare the in-memory bookkeeping with the database; fails (exit 1) when they differ.
+    CheckBookieConsistency,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActorCmd {
+    /// Whether a version is unknown (null), partial, current or cleared on this node.
+    Version {
+        /// The origin actor id (32 hex digits, or a UUID).
+        actor_id: String,
+        /// The version number.
+        version: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCmd {
+    /// Replace the log filter (RUST_LOG syntax, e.g. `info,verdigris::cluster=debug`).
+    Set { filter: String },
+    /// Go back to the filter the node started with.
+    Reset,
+}
+
+/// Sends one admin command and prints each JSON answer.
+async fn print_admin(config: &Config, cmd: serde_json::Value) -> Result<()> {
+    for r in crate::admin::request(&config.admin.path, cmd).await? {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r.get("Json").unwrap_or(&r))?
+        );
+    }
+    Ok(())
 }
 
 /// Loads the config named by `-c`, or the embedded default, and applies the global overrides.
@@ -172,18 +228,30 @@ pub fn run(cli: Cli) -> Result<()> {
         }),
         Command::Cluster { cmd } => rt()?.block_on(crate::cluster::cli::cluster(&config, cmd)),
         Command::Tls { cmd } => crate::cluster::cli::tls(cmd),
-        Command::Subs { cmd: SubsCmd::List } => rt()?.block_on(async {
-            let replies =
-                crate::admin::request(&config.admin.path, serde_json::json!({"Subs": "List"}))
-                    .await?;
-            for r in replies {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(r.get("Json").unwrap_or(&r))?
-                );
-            }
-            Ok(())
-        }),
+        Command::Subs { cmd: SubsCmd::List } => {
+            rt()?.block_on(print_admin(&config, json!({"Subs": "List"})))
+        }
+        Command::Sync { cmd } => {
+            let name = match cmd {
+                SyncCmd::Generate => "Generate",
+                SyncCmd::ReconcileGaps => "ReconcileGaps",
+                SyncCmd::CheckBookieConsistency => "CheckBookieConsistency",
+            };
+            rt()?.block_on(print_admin(&config, json!({ "Sync": name })))
+        }
+        Command::Actor {
+            cmd: ActorCmd::Version { actor_id, version },
+        } => rt()?.block_on(print_admin(
+            &config,
+            json!({"Actor": {"Version": {"actor_id": actor_id, "version": version}}}),
+        )),
+        Command::Log { cmd } => {
+            let req = match cmd {
+                LogCmd::Set { filter } => json!({"Log": {"Set": {"filter": filter}}}),
+                LogCmd::Reset => json!({"Log": "Reset"}),
+            };
+            rt()?.block_on(print_admin(&config, req))
+        }
         Command::Backup { path } => {
             backup::backup(&config.db.path, &path)?;
             println!(

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 pub enum ClusterCmd {
     /// List members with their state and round-trip time.
     Members,
+    /// foca's view of every member: identity (actor, address, bump), incarnation, state.
+    MembershipStates,
+    /// Renew this node's SWIM identity and announce it to the seeds and known members.
+    Rejoin,
     /// Counters of rejected and dropped peer input, gaps and queue length.
     Stats,
     /// Fault injection: drop all gossip traffic to and from these peers (`ip:port`).
@@ -66,6 +70,8 @@ pub enum LeafCmd {
 pub async fn cluster(config: &Config, cmd: ClusterCmd) -> Result<()> {
     let req = match &cmd {
         ClusterCmd::Members => json!({"Cluster": "Members"}),
+        ClusterCmd::MembershipStates => json!({"Cluster": "MembershipStates"}),
+        ClusterCmd::Rejoin => json!({"Cluster": "Rejoin"}),
         ClusterCmd::Stats => json!({"Cluster": "Stats"}),
         ClusterCmd::Heal => json!({"Cluster": "Heal"}),
         ClusterCmd::Partition { peers } => json!({"Cluster": {"Partition": peers}}),

@@ -7,12 +7,13 @@
 
 use super::codec::{self, Msg};
 use super::identity::{is_new_process, Actor, SwimCodec};
-use super::status::{Counters, MemberView, Status};
+use super::status::{Counters, MemberView, MembershipCmd, Status};
 use super::transport::Transport;
 use crate::crdt::ActorId;
 use crate::node::Node;
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, State, Timer};
+use foca::{AccumulatingRuntime, Foca, Identity, OwnedNotification, State, Timer};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -102,6 +103,8 @@ pub fn start(
     let limit = packet_limit(g.max_mtu);
     let (out_tx, out_rx) = mpsc::channel(1024);
     tokio::spawn(send_loop(transport.clone(), out_rx, status.clone()));
+    let (control_tx, control) = mpsc::channel(8);
+    let _ = status.membership.set(control_tx);
     let foca = Foca::new(
         me.clone(),
         foca_config(1, limit),
@@ -125,7 +128,7 @@ pub fn start(
         dirty: false,
         new_member,
     };
-    tokio::spawn(driver.run(node, me, datagrams, seeds, stop));
+    tokio::spawn(driver.run(node, me, datagrams, control, seeds, stop));
 }
 
 async fn send_loop(
@@ -155,6 +158,7 @@ impl Driver {
         node: Arc<Node>,
         me: Actor,
         mut datagrams: mpsc::Receiver<Bytes>,
+        mut control: mpsc::Receiver<MembershipCmd>,
         mut seeds: Vec<SocketAddr>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -183,6 +187,7 @@ impl Driver {
                     Some(d) => self.handle_datagram(&d),
                     None => break,
                 },
+                Some(cmd) = control.recv() => self.handle_command(cmd, &seeds),
                 _ = tick.tick() => {
                     self.end_stuck_suspicions();
                     self.refresh_view();
@@ -218,6 +223,48 @@ impl Driver {
             let _ = self.foca.announce(dst, &mut self.rt);
         }
         self.drain();
+    }
+
+    fn handle_command(&mut self, cmd: MembershipCmd, seeds: &[SocketAddr]) {
+        match cmd {
+            MembershipCmd::Rejoin(reply) => {
+                let answer = match self.foca.identity().renew() {
+                    Some(renewed) => match self.foca.change_identity(renewed, &mut self.rt) {
+                        Ok(()) => {
+                            let me = self.foca.identity().clone();
+                            tracing::info!(bump = me.bump, "rejoining with a renewed identity");
+                            // Tell the seeds and every member we knew of.
+                            let mut to: Vec<SocketAddr> = seeds.to_vec();
+                            to.extend(self.incarnations.keys().copied());
+                            to.sort();
+                            to.dedup();
+                            self.announce(&to);
+                            json!({"rejoined": identity_json(&me), "announced_to": to.len()})
+                        }
+                        Err(e) => json!({"error": format!("renewing the identity failed: {e}")}),
+                    },
+                    None => json!({"error": "this identity cannot be renewed"}),
+                };
+                self.drain();
+                let _ = reply.send(answer);
+            }
+            MembershipCmd::States(reply) => {
+                let members: Vec<serde_json::Value> = self
+                    .foca
+                    .iter_membership_state()
+                    .map(|m| {
+                        let mut v = identity_json(m.id());
+                        v["incarnation"] = json!(m.incarnation());
+                        v["state"] = json!(state_name(m.state()));
+                        v
+                    })
+                    .collect();
+                let _ = reply.send(json!({
+                    "identity": identity_json(self.foca.identity()),
+                    "members": members,
+                }));
+            }
+        }
     }
 
     fn handle_datagram(&mut self, d: &[u8]) {
@@ -345,12 +392,7 @@ impl Driver {
             .map(|m| MemberView {
                 actor_id: m.id().id.to_string(),
                 address: m.id().addr,
-                state: match m.state() {
-                    State::Alive => "alive",
-                    State::Suspect => "suspect",
-                    State::Down => "down",
-                }
-                .to_string(),
+                state: state_name(m.state()).to_string(),
                 rtt_ms: self
                     .transport
                     .rtt(&m.id().addr)
@@ -374,6 +416,18 @@ impl Driver {
             let _ = self.foca.set_config(foca_config(n, self.packet_limit));
         }
     }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Alive => "alive",
+        State::Suspect => "suspect",
+        State::Down => "down",
+    }
+}
+
+fn identity_json(a: &Actor) -> serde_json::Value {
+    json!({"actor_id": a.id.to_string(), "address": a.addr.to_string(), "bump": a.bump})
 }
 
 /// Addresses of members persisted by a previous run.

@@ -48,8 +48,19 @@ impl Counters {
     }
 }
 
+/// A command for the membership task, from the admin socket; the answer comes back as JSON.
+#[derive(Debug)]
+pub enum MembershipCmd {
+    /// Renew this node's SWIM identity and announce it (`verdigris cluster rejoin`).
+    Rejoin(tokio::sync::oneshot::Sender<serde_json::Value>),
+    /// foca's view of every member (`verdigris cluster membership-states`).
+    States(tokio::sync::oneshot::Sender<serde_json::Value>),
+}
+
 #[derive(Debug, Default)]
 pub struct Status {
+    /// Commands for the membership task, once it runs.
+    pub membership: OnceLock<tokio::sync::mpsc::Sender<MembershipCmd>>,
     /// The bound gossip address, once the transport is up.
     pub gossip_addr: OnceLock<SocketAddr>,
     /// Peers whose traffic is dropped in both directions (fault injection).

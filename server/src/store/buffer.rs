@@ -90,58 +90,23 @@ fn decode_seqs(mut b: &[u8]) -> Option<RangeSet> {
 impl Store {
     /// Rebuilds the in-memory bookkeeping from `__vd_versions` and `__vd_partials`.
     pub(crate) fn load_bookkeeping(&mut self) -> Result<()> {
-        let sites: HashMap<u32, ActorId> = self
-            .shared
-            .sites
-            .read()
-            .expect("sites lock")
-            .all()
-            .collect();
-        let mut per_site: HashMap<u32, Booked> = HashMap::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT site, db_version FROM __vd_versions ORDER BY site, db_version")?;
-            let mut rows = stmt.query([])?;
-            let mut run: Option<(u32, u64, u64)> = None;
-            while let Some(r) = rows.next()? {
-                let (site, v): (u32, u64) = (r.get(0)?, r.get(1)?);
-                run = match run {
-                    Some((s, a, b)) if s == site && b + 1 == v => Some((s, a, v)),
-                    Some((s, a, b)) => {
-                        per_site.entry(s).or_default().record_known(a, b);
-                        Some((site, v, v))
-                    }
-                    None => Some((site, v, v)),
-                };
-            }
-            if let Some((s, a, b)) = run {
-                per_site.entry(s).or_default().record_known(a, b);
-            }
-        }
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT site, db_version, last_seq, ts, seqs FROM __vd_partials")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let seqs =
-                    decode_seqs(&r.get::<_, Vec<u8>>(4)?).context("corrupt __vd_partials")?;
-                let b = per_site.entry(r.get(0)?).or_default();
-                let (v, last_seq, ts): (u64, u64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
-                for (x, y) in seqs.iter() {
-                    b.record_partial(v, x, y, last_seq, ts as u64);
-                }
-            }
-        }
+        let from_db = read_bookkeeping(&self.conn, &self.shared)?;
         let mut book = self.shared.book.write().expect("book lock");
-        for (site, booked) in per_site {
-            if let Some(actor) = sites.get(&site) {
-                *book.entry(*actor) = booked;
-            }
+        *book = Default::default();
+        for (actor, booked) in from_db {
+            *book.entry(actor) = booked;
         }
         book.entry(self.actor);
         Ok(())
+    }
+
+    /// Replaces the in-memory bookkeeping with what the database records (`verdigris sync
+    /// reconcile-gaps`); returns the missing-version counts before and after.
+    pub fn reconcile_bookkeeping(&mut self) -> Result<(u64, u64)> {
+        let before = self.shared.book.read().expect("book lock").gap_count();
+        self.load_bookkeeping()?;
+        let after = self.shared.book.read().expect("book lock").gap_count();
+        Ok((before, after))
     }
 
     /// Applies complete chunks and buffers partial ones, in one transaction. Versions that
@@ -301,6 +266,48 @@ impl Store {
     ) -> Result<Vec<Change>> {
         read_buffered(&self.conn, actor, site, version, seqs)
     }
+}
+
+/// The bookkeeping the database records: known (applied or cleared) versions are the rows of
+/// `__vd_versions`, partial ones those of `__vd_partials`.
+pub fn read_bookkeeping(conn: &Connection, shared: &Shared) -> Result<HashMap<ActorId, Booked>> {
+    let sites: HashMap<u32, ActorId> = shared.sites.read().expect("sites lock").all().collect();
+    let mut per_site: HashMap<u32, Booked> = HashMap::new();
+    {
+        let mut stmt =
+            conn.prepare("SELECT site, db_version FROM __vd_versions ORDER BY site, db_version")?;
+        let mut rows = stmt.query([])?;
+        let mut run: Option<(u32, u64, u64)> = None;
+        while let Some(r) = rows.next()? {
+            let (site, v): (u32, u64) = (r.get(0)?, r.get(1)?);
+            run = match run {
+                Some((s, a, b)) if s == site && b + 1 == v => Some((s, a, v)),
+                Some((s, a, b)) => {
+                    per_site.entry(s).or_default().record_known(a, b);
+                    Some((site, v, v))
+                }
+                None => Some((site, v, v)),
+            };
+        }
+        if let Some((s, a, b)) = run {
+            per_site.entry(s).or_default().record_known(a, b);
+        }
+    }
+    let mut stmt =
+        conn.prepare("SELECT site, db_version, last_seq, ts, seqs FROM __vd_partials")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let seqs = decode_seqs(&r.get::<_, Vec<u8>>(4)?).context("corrupt __vd_partials")?;
+        let b = per_site.entry(r.get(0)?).or_default();
+        let (v, last_seq, ts): (u64, u64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+        for (x, y) in seqs.iter() {
+            b.record_partial(v, x, y, last_seq, ts as u64);
+        }
+    }
+    Ok(per_site
+        .into_iter()
+        .filter_map(|(site, booked)| sites.get(&site).map(|a| (*a, booked)))
+        .collect())
 }
 
 fn read_buffered(
