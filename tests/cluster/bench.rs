@@ -162,6 +162,10 @@ async fn time_catch_up(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let catch_up = start.elapsed();
-    assert_eq!(node.count("items").await, total, "every version applied, every row there");
+    assert_eq!(
+        node.count("items").await,
+        total,
+        "every version applied, every row there"
+    );
     (catch_up, first_row.unwrap_or(catch_up))
 }

@@ -12,6 +12,7 @@ use crate::crdt::ActorId;
 use crate::store::buffer::Chunk;
 use crate::store::feed::Change;
 use rusqlite::types::Value;
+use std::sync::Arc;
 
 pub const FORMAT_VERSION: u8 = 1;
 /// Largest stream frame accepted.
@@ -260,7 +261,7 @@ fn put_chunk(w: &mut Writer, c: &Chunk) {
         .u64(6, *c.seqs.end());
     let mut tables: Vec<&str> = Vec::new();
     for ch in &c.changes {
-        if !tables.contains(&ch.table.as_str()) {
+        if !tables.contains(&&*ch.table) {
             tables.push(&ch.table);
         }
     }
@@ -268,7 +269,7 @@ fn put_chunk(w: &mut Writer, c: &Chunk) {
         w.str(7, t);
     }
     for ch in &c.changes {
-        let ti = tables.iter().position(|t| *t == ch.table).unwrap_or(0);
+        let ti = tables.iter().position(|t| *t == &*ch.table).unwrap_or(0);
         w.msg(8, |m| {
             m.u64(1, ti as u64)
                 .bytes(2, &ch.pk)
@@ -291,7 +292,7 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
     let mut r = f.reader("chunk")?;
     let mut actor = None;
     let (mut version, mut last_seq, mut ts, mut s0, mut s1) = (0, 0, 0, 0, 0);
-    let mut tables: Vec<String> = Vec::new();
+    let mut tables: Vec<Arc<str>> = Vec::new();
     let mut raw: Vec<Field<'_>> = Vec::new();
     while let Some((t, f)) = r.next_field()? {
         match t {
@@ -305,7 +306,7 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
                 if tables.len() >= MAX_TABLES {
                     return Err(DecodeError::TooLarge("table list"));
                 }
-                tables.push(f.str("table", MAX_NAME)?.to_string());
+                tables.push(f.str("table", MAX_NAME)?.into());
             }
             8 => raw.push(f),
             _ => {}
@@ -313,12 +314,14 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
     }
     let actor = actor.ok_or(DecodeError::Missing("actor"))?;
     let mut changes = Vec::with_capacity(raw.len());
+    // Column names repeat in every row: each distinct one is allocated once per chunk.
+    let mut cids: Vec<Arc<str>> = Vec::new();
     for f in raw {
         let mut r = f.reader("change")?;
         let mut c = Change {
-            table: String::new(),
+            table: Arc::from(""),
             pk: Vec::new(),
-            cid: String::new(),
+            cid: Arc::from(""),
             val: Value::Null,
             col_version: 0,
             db_version: version,
@@ -331,7 +334,7 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
             match t {
                 1 => table = Some(f.u64("table index")?),
                 2 => c.pk = f.bytes_max("primary key", MAX_PK)?.to_vec(),
-                3 => c.cid = f.str("column", MAX_NAME)?.to_string(),
+                3 => c.cid = intern(&mut cids, f.str("column", MAX_NAME)?),
                 4 => c.col_version = f.i64("col version")?,
                 5 => c.seq = f.u64("seq")?,
                 6 => c.cl = f.i64("causal length")?,
@@ -370,6 +373,21 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
         return Err(DecodeError::Invalid("chunk"));
     }
     Ok(chunk)
+}
+
+/// Most distinct column names interned per chunk (hostile input with more gets them
+/// allocated one by one instead of searched).
+const MAX_INTERNED: usize = 256;
+
+fn intern(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(n) = names.iter().find(|n| ***n == *name) {
+        return n.clone();
+    }
+    let n: Arc<str> = name.into();
+    if names.len() < MAX_INTERNED {
+        names.push(n.clone());
+    }
+    n
 }
 
 fn put_state(w: &mut Writer, s: &SyncState) {

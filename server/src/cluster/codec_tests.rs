@@ -22,7 +22,7 @@ fn sample_chunk() -> Chunk {
             .map(|(i, v)| Change {
                 table: if i % 2 == 0 { "a".into() } else { "b".into() },
                 pk: vec![1, 9, i as u8],
-                cid: format!("c{i}"),
+                cid: format!("c{i}").into(),
                 val: v.clone(),
                 col_version: i as i64 + 1,
                 db_version: 9,

@@ -162,7 +162,7 @@ impl Store {
         let mut pending: BTreeMap<u32, Value> = BTreeMap::new();
         let mut reset = false;
         for ch in changes {
-            let col = if ch.cid == SENTINEL {
+            let col = if &*ch.cid == SENTINEL {
                 None
             } else {
                 let c = t.column_index(&ch.cid).ok_or_else(|| {

@@ -65,7 +65,7 @@ fn fresh_clock(
         cells: Vec::with_capacity(changes.len()),
     };
     for ch in changes {
-        if ch.cl != cl || ch.cid == SENTINEL || ch.site_id != *actor || ch.db_version != version {
+        if ch.cl != cl || &*ch.cid == SENTINEL || ch.site_id != *actor || ch.db_version != version {
             return None;
         }
         let col = t.column_index(&ch.cid)?;

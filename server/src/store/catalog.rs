@@ -30,8 +30,11 @@ pub struct Column {
 pub struct TableInfo {
     pub id: u32,
     pub name: String,
-    /// `name`, shared by the change reports that name this table once per changed row.
+    /// `name`, shared by the change reports and changes that name this table once per row
+    /// or cell.
     pub shared_name: std::sync::Arc<str>,
+    /// Column names in table order, shared the same way.
+    pub column_names: Vec<std::sync::Arc<str>>,
     pub columns: Vec<Column>,
     /// Indexes into `columns`, in primary-key order.
     pub pk_cols: Vec<usize>,
@@ -140,6 +143,7 @@ impl TableInfo {
         TableInfo {
             id,
             shared_name: name.as_str().into(),
+            column_names: columns.iter().map(|c| c.name.as_str().into()).collect(),
             name,
             columns,
             pk_cols,

@@ -15,14 +15,17 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 use rusqlite::OptionalExtension;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
-/// One replicated change (a cell, or the row sentinel `cid = "-1"`).
+/// One replicated change (a cell, or the row sentinel `cid = "-1"`). Table and column names
+/// are shared (`Arc<str>`): a version carries them once per cell, and copying them per cell
+/// was a good part of the cost of reading, sending and applying versions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    pub table: String,
+    pub table: Arc<str>,
     /// Packed primary key ([`crate::crdt::pack`]).
     pub pk: Vec<u8>,
-    pub cid: String,
+    pub cid: Arc<str>,
     pub val: Value,
     pub col_version: i64,
     pub db_version: u64,
@@ -140,8 +143,8 @@ fn version_changes(
         return Ok(());
     }
     let values = (clock.cl % 2 == 1).then_some(values);
-    let change = |cid: String, val: Value, col_version: i64, seq: u64| Change {
-        table: t.name.clone(),
+    let change = |cid: Arc<str>, val: Value, col_version: i64, seq: u64| Change {
+        table: t.shared_name.clone(),
         pk: pk_blob.to_vec(),
         cid,
         val,
@@ -153,23 +156,19 @@ fn version_changes(
     };
     if let Some(s) = clock.row_stamp.filter(mine) {
         v.changes
-            .push(change(SENTINEL.to_string(), Value::Null, clock.cl, s.seq));
+            .push(change(SENTINEL.into(), Value::Null, clock.cl, s.seq));
     }
     for cell in clock.cells.iter().filter(|c| mine(&c.stamp)) {
         let col = cell.col as usize;
-        let Some(column) = t.columns.get(col) else {
+        let Some(name) = t.column_names.get(col) else {
             continue;
         };
         let val = values
             .as_ref()
             .and_then(|r| r.get(col).cloned())
             .unwrap_or(Value::Null);
-        v.changes.push(change(
-            column.name.clone(),
-            val,
-            cell.col_version,
-            cell.stamp.seq,
-        ));
+        v.changes
+            .push(change(name.clone(), val, cell.col_version, cell.stamp.seq));
     }
     Ok(())
 }

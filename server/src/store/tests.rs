@@ -39,7 +39,7 @@ fn insert_produces_one_change_per_column_and_a_version() {
     );
     let v = s.changes(s.actor_id(), 1..=1).unwrap();
     assert_eq!(v.len(), 1);
-    let cids: Vec<&str> = v[0].changes.iter().map(|c| c.cid.as_str()).collect();
+    let cids: Vec<&str> = v[0].changes.iter().map(|c| &*c.cid).collect();
     assert_eq!(cids, vec!["name", "score"]);
     assert_eq!(v[0].changes[0].val, Value::Text("a".into()));
     assert_eq!(v[0].changes[0].pk, pack::pack_owned(&[Value::Integer(1)]));
@@ -98,16 +98,12 @@ fn update_only_versions_changed_columns() {
     tx(&mut s, &["INSERT OR REPLACE INTO users VALUES (1, 'b', 5)"]);
     let v2 = s.changes(s.actor_id(), 2..=2).unwrap();
     assert_eq!(v2[0].changes.len(), 1);
-    assert_eq!(v2[0].changes[0].cid, "name");
+    assert_eq!(&*v2[0].changes[0].cid, "name");
     assert_eq!(v2[0].changes[0].col_version, 2);
     // Version 1 keeps only the score change.
     let v1 = s.changes(s.actor_id(), 1..=1).unwrap();
     assert_eq!(
-        v1[0]
-            .changes
-            .iter()
-            .map(|c| c.cid.as_str())
-            .collect::<Vec<_>>(),
+        v1[0].changes.iter().map(|c| &*c.cid).collect::<Vec<_>>(),
         vec!["score"]
     );
 }
@@ -120,7 +116,7 @@ fn delete_and_reinsert_bump_causal_length() {
     let v2 = s.changes(s.actor_id(), 2..=2).unwrap();
     assert_eq!(v2[0].changes.len(), 1);
     assert_eq!(
-        (v2[0].changes[0].cid.as_str(), v2[0].changes[0].cl),
+        (v2[0].changes[0].cid.as_ref(), v2[0].changes[0].cl),
         ("-1", 2)
     );
     // Version 1 is now cleared.
@@ -142,7 +138,7 @@ fn key_changing_update_is_delete_plus_insert() {
     tx(&mut s, &["UPDATE users SET id = 2 WHERE id = 1"]);
     let ch = &s.changes(s.actor_id(), 2..=2).unwrap()[0].changes;
     assert_eq!(ch.len(), 3, "{ch:?}");
-    assert_eq!(ch[0].cid, "-1");
+    assert_eq!(&*ch[0].cid, "-1");
     assert_eq!(ch[0].cl, 2);
 }
 
@@ -535,7 +531,7 @@ fn clock_tables_are_keyed_like_their_tables() {
         assert_eq!(rows, 2, "table {t}: one clock per key");
         let live: Vec<Value> = all_changes(&s)
             .into_iter()
-            .filter(|c| c.table == t && c.cid == "v")
+            .filter(|c| &*c.table == t && &*c.cid == "v")
             .map(|c| c.val)
             .collect();
         assert!(
@@ -544,7 +540,7 @@ fn clock_tables_are_keyed_like_their_tables() {
         );
         let again = all_changes(&s)
             .into_iter()
-            .find(|c| c.table == t && c.val == Value::Text("again".into()))
+            .find(|c| &*c.table == t && c.val == Value::Text("again".into()))
             .unwrap();
         assert_eq!(again.cl, 3, "table {t}: the re-insert starts a third life");
     }
