@@ -41,6 +41,19 @@ struct Net {
     p_crash: f64,
 }
 
+impl Net {
+    /// No drops, duplicates, partitions or crashes; short delays.
+    fn reliable() -> Net {
+        Net {
+            p_drop: 0.0,
+            p_dup: 0.0,
+            max_delay: 5,
+            cut: HashSet::new(),
+            p_crash: 0.0,
+        }
+    }
+}
+
 /// How long a crashed node stays down.
 const DOWN_TICKS: u64 = 60;
 
@@ -373,13 +386,7 @@ fn run_seed(seed: u64) {
         sim.run_until(end, 0.03);
     }
     // Heal: a reliable network and sync rounds until every node is identical.
-    sim.net = Net {
-        p_drop: 0.0,
-        p_dup: 0.0,
-        max_delay: 5,
-        cut: HashSet::new(),
-        p_crash: 0.0,
-    };
+    sim.net = Net::reliable();
     let mut rounds = 0;
     loop {
         let end = sim.now + 100;
@@ -465,13 +472,7 @@ fn simulated_clusters_converge_under_faults() {
 fn partial_holders_complete_a_version_from_each_other() {
     let mut sim = Sim::new(7, 4);
     sim.sync_rate = 0.0; // only the syncs this test starts
-    sim.net = Net {
-        p_drop: 0.0,
-        p_dup: 0.0,
-        max_delay: 5,
-        cut: HashSet::new(),
-        p_crash: 0.0,
-    };
+    sim.net = Net::reliable();
     let stmts: Vec<Statement> = (0..40)
         .map(|k| {
             Statement::with_params(

@@ -146,17 +146,20 @@ pub fn decode_touched(b: &[u8]) -> Option<Vec<(u32, Cow<'_, [u8]>)>> {
     }
 }
 
+/// Takes `len` bytes off the front of `b` (`None` if it has fewer).
+fn take_bytes<'a>(b: &mut &'a [u8], len: u64) -> Option<&'a [u8]> {
+    let len = usize::try_from(len).ok().filter(|l| *l <= b.len())?;
+    let (head, rest) = b.split_at(len);
+    *b = rest;
+    Some(head)
+}
+
 fn decode_per_row(mut b: &[u8]) -> Option<Vec<(u32, Cow<'_, [u8]>)>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let table = u32::try_from(get_varint(&mut b)?).ok()?;
-        let len = usize::try_from(get_varint(&mut b)?).ok()?;
-        if len > b.len() {
-            return None;
-        }
-        let (pk, rest) = b.split_at(len);
-        out.push((table, Cow::Borrowed(pk)));
-        b = rest;
+        let len = get_varint(&mut b)?;
+        out.push((table, Cow::Borrowed(take_bytes(&mut b, len)?)));
     }
     Some(out)
 }
@@ -178,13 +181,7 @@ fn decode_runs(mut b: &[u8]) -> Option<Vec<(u32, Cow<'_, [u8]>)>> {
                 let pk = pack::pack(std::iter::once(ValueRef::Integer(last_int)));
                 out.push((table, Cow::Owned(pk)));
             } else {
-                let len = usize::try_from(tag >> 1).ok()?;
-                if len > b.len() {
-                    return None;
-                }
-                let (pk, rest) = b.split_at(len);
-                out.push((table, Cow::Borrowed(pk)));
-                b = rest;
+                out.push((table, Cow::Borrowed(take_bytes(&mut b, tag >> 1)?)));
             }
         }
     }
