@@ -6,47 +6,47 @@ use serde_json::{json, Map, Value as Json};
 
 /// Decodes a statement in any of its four forms:
 /// `"SQL"`, `["SQL", [params]]`, `["SQL", {":name": value}]`,
-/// `{"query": "SQL", "params": [..], "named_params": {..}}`.
-pub fn statement(v: &Json) -> Result<Statement, String> {
+/// `{"query": "SQL", "params": [..], "named_params": {..}}`. Takes the JSON by value: the
+/// SQL and text parameters move into the statement instead of being copied.
+pub fn statement(v: Json) -> Result<Statement, String> {
     match v {
-        Json::String(sql) => Ok(Statement::new(sql.clone())),
-        Json::Array(items) => match items.as_slice() {
-            [Json::String(sql)] => Ok(Statement::new(sql.clone())),
-            [Json::String(sql), Json::Array(ps)] => Ok(Statement {
-                sql: sql.clone(),
-                params: positional(ps),
-            }),
-            [Json::String(sql), Json::Object(ps)] => Ok(Statement {
-                sql: sql.clone(),
-                params: named(ps)?,
-            }),
-            _ => Err(
-                "a statement array must be [\"SQL\", [params…]] or [\"SQL\", {\":name\": value}]"
-                    .into(),
-            ),
-        },
-        Json::Object(obj) => {
-            let sql = obj
-                .get("query")
-                .and_then(Json::as_str)
-                .ok_or("a statement object needs a \"query\" string, e.g. {\"query\": \"SELECT 1\", \"params\": []}")?;
+        Json::String(sql) => Ok(Statement::new(sql)),
+        Json::Array(items) => {
+            let mut items = items.into_iter();
+            match (items.next(), items.next(), items.next()) {
+                (Some(Json::String(sql)), None, None) => Ok(Statement::new(sql)),
+                (Some(Json::String(sql)), Some(Json::Array(ps)), None) => Ok(Statement {
+                    sql,
+                    params: positional(ps),
+                }),
+                (Some(Json::String(sql)), Some(Json::Object(ps)), None) => Ok(Statement {
+                    sql,
+                    params: named(ps)?,
+                }),
+                _ => Err(
+                    "a statement array must be [\"SQL\", [params…]] or [\"SQL\", {\":name\": value}]"
+                        .into(),
+                ),
+            }
+        }
+        Json::Object(mut obj) => {
+            let Some(Json::String(sql)) = obj.remove("query") else {
+                return Err("a statement object needs a \"query\" string, e.g. {\"query\": \"SELECT 1\", \"params\": []}".into());
+            };
             if let Some(k) = obj
                 .keys()
-                .find(|k| !matches!(k.as_str(), "query" | "params" | "named_params"))
+                .find(|k| !matches!(k.as_str(), "params" | "named_params"))
             {
                 return Err(format!("unknown field {k:?} in statement object (expected query, params, named_params)"));
             }
-            let params = match (obj.get("params"), obj.get("named_params")) {
+            let params = match (obj.remove("params"), obj.remove("named_params")) {
                 (Some(Json::Array(ps)), _) => positional(ps),
                 (Some(Json::Null) | None, Some(Json::Object(ps))) => named(ps)?,
                 (Some(Json::Null) | None, Some(Json::Null) | None) => Params::None,
                 (Some(_), _) => return Err("\"params\" must be an array".into()),
                 (_, Some(_)) => return Err("\"named_params\" must be an object".into()),
             };
-            Ok(Statement {
-                sql: sql.to_string(),
-                params,
-            })
+            Ok(Statement { sql, params })
         }
         _ => Err(
             "a statement must be a string, an array [\"SQL\", params] or an object {\"query\": …}"
@@ -55,11 +55,11 @@ pub fn statement(v: &Json) -> Result<Statement, String> {
     }
 }
 
-fn positional(ps: &[Json]) -> Params {
-    Params::Positional(ps.iter().map(param).collect())
+fn positional(ps: Vec<Json>) -> Params {
+    Params::Positional(ps.into_iter().map(param).collect())
 }
 
-fn named(ps: &Map<String, Json>) -> Result<Params, String> {
+fn named(ps: Map<String, Json>) -> Result<Params, String> {
     let mut out = Vec::with_capacity(ps.len());
     for (k, v) in ps {
         if !k.starts_with([':', '@', '$']) {
@@ -67,22 +67,22 @@ fn named(ps: &Map<String, Json>) -> Result<Params, String> {
                 "named parameter {k:?} must include its prefix, e.g. \":{k}\""
             ));
         }
-        out.push((k.clone(), param(v)));
+        out.push((k, param(v)));
     }
     Ok(Params::Named(out))
 }
 
 /// A bound parameter: null, bool (0/1), integer, real, text, byte array (BLOB); any other JSON
 /// (objects, mixed arrays) is bound as its JSON text.
-pub fn param(v: &Json) -> Value {
+pub fn param(v: Json) -> Value {
     match v {
         Json::Null => Value::Null,
-        Json::Bool(b) => Value::Integer(*b as i64),
+        Json::Bool(b) => Value::Integer(b as i64),
         Json::Number(n) => match n.as_i64() {
             Some(i) => Value::Integer(i),
             None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Json::String(s) => Value::Text(s.clone()),
+        Json::String(s) => Value::Text(s),
         Json::Array(items) => {
             let bytes: Option<Vec<u8>> = items
                 .iter()
@@ -90,10 +90,10 @@ pub fn param(v: &Json) -> Value {
                 .collect();
             match bytes {
                 Some(b) => Value::Blob(b),
-                None => Value::Text(v.to_string()),
+                None => Value::Text(Json::Array(items).to_string()),
             }
         }
-        Json::Object(_) => Value::Text(v.to_string()),
+        v @ Json::Object(_) => Value::Text(v.to_string()),
     }
 }
 
@@ -126,44 +126,42 @@ mod tests {
     #[test]
     fn four_statement_forms() {
         assert_eq!(
-            statement(&json!("SELECT 1")).unwrap(),
+            statement(json!("SELECT 1")).unwrap(),
             Statement::new("SELECT 1")
         );
         assert_eq!(
-            statement(&json!(["SELECT ?", [1, "x"]])).unwrap().params,
+            statement(json!(["SELECT ?", [1, "x"]])).unwrap().params,
             Params::Positional(vec![Value::Integer(1), Value::Text("x".into())])
         );
         assert_eq!(
-            statement(&json!(["SELECT :a", {":a": 1.5}]))
-                .unwrap()
-                .params,
+            statement(json!(["SELECT :a", {":a": 1.5}])).unwrap().params,
             Params::Named(vec![(":a".into(), Value::Real(1.5))])
         );
         assert_eq!(
-            statement(&json!({"query": "SELECT ?", "params": [null]}))
+            statement(json!({"query": "SELECT ?", "params": [null]}))
                 .unwrap()
                 .params,
             Params::Positional(vec![Value::Null])
         );
         assert_eq!(
-            statement(&json!({"query": "SELECT 1"})).unwrap().params,
+            statement(json!({"query": "SELECT 1"})).unwrap().params,
             Params::None
         );
-        assert!(statement(&json!(["SELECT :a", {"a": 1}]))
+        assert!(statement(json!(["SELECT :a", {"a": 1}]))
             .unwrap_err()
             .contains(":a"));
-        assert!(statement(&json!(42)).is_err());
-        assert!(statement(&json!({"sql": "x"})).is_err());
+        assert!(statement(json!(42)).is_err());
+        assert!(statement(json!({"sql": "x"})).is_err());
     }
 
     #[test]
     fn parameter_encodings() {
-        assert_eq!(param(&json!(true)), Value::Integer(1));
-        assert_eq!(param(&json!(u64::MAX)), Value::Real(u64::MAX as f64));
-        assert_eq!(param(&json!([0, 255])), Value::Blob(vec![0, 255]));
-        assert_eq!(param(&json!([1, "a"])), Value::Text("[1,\"a\"]".into()));
-        assert_eq!(param(&json!({"a": 1})), Value::Text("{\"a\":1}".into()));
-        assert_eq!(param(&json!([256])), Value::Text("[256]".into()));
+        assert_eq!(param(json!(true)), Value::Integer(1));
+        assert_eq!(param(json!(u64::MAX)), Value::Real(u64::MAX as f64));
+        assert_eq!(param(json!([0, 255])), Value::Blob(vec![0, 255]));
+        assert_eq!(param(json!([1, "a"])), Value::Text("[1,\"a\"]".into()));
+        assert_eq!(param(json!({"a": 1})), Value::Text("{\"a\":1}".into()));
+        assert_eq!(param(json!([256])), Value::Text("[256]".into()));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let stmt = match json::statement(&value) {
+    let stmt = match json::statement(value) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };

@@ -112,7 +112,7 @@ pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
     };
     let stmt = match super::read_json(api, req)
         .await
-        .and_then(|v| json::statement(&v).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
+        .and_then(|v| json::statement(v).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
     {
         Ok(s) => s,
         Err(r) => return r,

@@ -27,7 +27,7 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
             .expect("json"),
         )
     };
-    let Some(items) = value.as_array() else {
+    let serde_json::Value::Array(items) = value else {
         return fail(
             StatusCode::BAD_REQUEST,
             "body must be a JSON array of statements, e.g. [\"INSERT INTO t VALUES (1)\"]".into(),
@@ -40,23 +40,21 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let mut stmts = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         match json::statement(item) {
             Ok(s) => stmts.push(s),
             Err(e) => return fail(StatusCode::BAD_REQUEST, format!("statement {}: {e}", i + 1)),
         }
     }
     let store = api.node.store.clone();
-    let stmts_for_run = stmts.clone();
+    // The statements go to the writer thread and come back for error messages (no copy).
     let run = tokio::task::spawn_blocking(move || {
-        store
-            .lock()
-            .expect("store lock")
-            .transact(&stmts_for_run, timeout)
+        let out = store.lock().expect("store lock").transact(&stmts, timeout);
+        (out, stmts)
     })
     .await;
     match run {
-        Ok(Ok(out)) => {
+        Ok((Ok(out), _)) => {
             let results: Vec<_> = out
                 .results
                 .iter()
@@ -68,15 +66,15 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
                     .expect("json"),
             )
         }
-        Ok(Err(TxError::Client { index, message })) => {
+        Ok((Err(TxError::Client { index, message }), stmts)) => {
             let sql: String = stmts[index].sql.chars().take(80).collect();
             fail(
                 StatusCode::BAD_REQUEST,
                 format!("statement {} ({sql}): {message}", index + 1),
             )
         }
-        Ok(Err(e @ TxError::Timeout(_))) => fail(StatusCode::REQUEST_TIMEOUT, e.to_string()),
-        Ok(Err(TxError::Internal(e))) => {
+        Ok((Err(e @ TxError::Timeout(_)), _)) => fail(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Ok((Err(TxError::Internal(e)), _)) => {
             tracing::error!(error = %format!("{e:#}"), "transaction failed");
             fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
         }

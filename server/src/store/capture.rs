@@ -48,6 +48,8 @@ pub struct RowEffect {
 struct CapturedTable {
     id: u32,
     pk_positions: Vec<usize>,
+    /// The key is the rowid, which the hook gets without reading the row.
+    rowid_key: bool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,9 @@ pub struct Capture {
     pub enabled: bool,
     /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
     pub invalid: Option<String>,
+    /// The table the running statement inserts only given values into (see
+    /// `literal_insert`): its new rows need no UTF-8 check.
+    pub trusted: Option<u32>,
     tables: HashMap<String, CapturedTable>,
     /// Positions in `effects`, found by (table, key) without keeping a second copy of the key.
     index: HashTable<usize>,
@@ -79,6 +84,7 @@ impl Capture {
                     CapturedTable {
                         id: t.id,
                         pk_positions: t.pk_cols.clone(),
+                        rowid_key: t.rowid_key,
                     },
                 )
             })
@@ -95,6 +101,7 @@ impl Capture {
         self.index.clear();
         self.effects.clear();
         self.invalid = None;
+        self.trusted = None;
     }
 
     fn entry(
@@ -142,10 +149,16 @@ impl Capture {
             PreUpdateCase::Insert(new) => {
                 let n = new.get_column_count();
                 let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                if self.invalid.is_none() {
+                // Reading any value makes SQLite decode the whole new row: skip it when the
+                // statement inserts only given values and the key is the rowid.
+                if self.invalid.is_none() && self.trusted != Some(id) {
                     self.invalid = check_text(table, n, get);
                 }
-                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
+                let pk = if t.rowid_key {
+                    pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
+                } else {
+                    pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)))
+                };
                 let e = self.entry(id, pk, || None);
                 e.after = true;
                 if e.before.is_some() {

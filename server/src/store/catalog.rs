@@ -35,6 +35,11 @@ pub struct TableInfo {
     pub shared_name: std::sync::Arc<str>,
     /// Column names in table order, shared the same way.
     pub column_names: Vec<std::sync::Arc<str>>,
+    /// The key is the table's rowid (`INTEGER PRIMARY KEY` of a rowid table).
+    pub rowid_key: bool,
+    /// Triggers exist on the table (only possible for a table adopted with them: clients may
+    /// not create triggers on replicated tables).
+    pub has_triggers: bool,
     pub columns: Vec<Column>,
     /// Indexes into `columns`, in primary-key order.
     pub pk_cols: Vec<usize>,
@@ -72,7 +77,12 @@ impl TableInfo {
         }
     }
 
-    fn build(id: u32, name: String, columns: Vec<Column>) -> TableInfo {
+    fn build(
+        id: u32,
+        name: String,
+        columns: Vec<Column>,
+        (rowid_key, has_triggers): (bool, bool),
+    ) -> TableInfo {
         let mut pk_cols: Vec<usize> = (0..columns.len()).filter(|i| columns[*i].pk > 0).collect();
         pk_cols.sort_by_key(|i| columns[*i].pk);
         let value_cols = (0..columns.len()).filter(|i| columns[*i].pk == 0).collect();
@@ -144,6 +154,8 @@ impl TableInfo {
             id,
             shared_name: name.as_str().into(),
             column_names: columns.iter().map(|c| c.name.as_str().into()).collect(),
+            rowid_key,
+            has_triggers,
             name,
             columns,
             pk_cols,
@@ -233,6 +245,33 @@ pub fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
     Ok(out)
 }
 
+/// Whether the table's only key column is its rowid (so every key is an integer): a rowid
+/// table whose single key column is declared `INTEGER`, and which SQLite did not give a key
+/// index (it does for the `INTEGER PRIMARY KEY DESC` form, which is not an alias).
+pub(crate) fn is_rowid_alias(conn: &Connection, name: &str, pks: &[&Column]) -> Result<bool> {
+    if pks.len() != 1 || !pks[0].decl_type.eq_ignore_ascii_case("INTEGER") {
+        return Ok(false);
+    }
+    if is_without_rowid(conn, name)? {
+        return Ok(false);
+    }
+    let key_indexes: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(key_indexes == 0)
+}
+
+pub(crate) fn is_without_rowid(conn: &Connection, name: &str) -> Result<bool> {
+    let ddl: String = conn.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(ddl.to_ascii_uppercase().contains("WITHOUT ROWID"))
+}
+
 /// All replicated tables.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -254,7 +293,23 @@ impl Catalog {
             cat.by_name
                 .insert(name.to_ascii_lowercase(), cat.tables.len());
             cat.by_id.insert(id, cat.tables.len());
-            cat.tables.push(TableInfo::build(id, name, columns));
+            let pks: Vec<&Column> = {
+                let mut pks: Vec<&Column> = columns.iter().filter(|c| c.pk > 0).collect();
+                pks.sort_by_key(|c| c.pk);
+                pks
+            };
+            let rowid_key = is_rowid_alias(conn, &name, &pks)?;
+            let triggers: i64 = conn.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE",
+                [&name],
+                |r| r.get(0),
+            )?;
+            cat.tables.push(TableInfo::build(
+                id,
+                name,
+                columns,
+                (rowid_key, triggers > 0),
+            ));
         }
         Ok(cat)
     }

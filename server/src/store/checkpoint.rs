@@ -27,15 +27,22 @@ const BLOCKING_WAIT: Duration = Duration::from_millis(20);
 /// Pause between checks of the WAL size.
 const INTERVAL: Duration = Duration::from_millis(200);
 
-/// Stops the checkpointer when dropped.
+/// Stops the checkpointer when dropped, and waits for it: a checkpoint left running after
+/// its store is gone would compete for the disk with whatever comes next (a restore, a new
+/// store on the same machine).
 #[derive(Debug)]
 pub struct Checkpointer {
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -54,7 +61,7 @@ pub fn spawn(db: &Path) -> Checkpointer {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let db = db.to_path_buf();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("vd-checkpoint".into())
         .spawn(move || {
             let conn = match Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) {
@@ -67,8 +74,11 @@ pub fn spawn(db: &Path) -> Checkpointer {
             let _ = conn.busy_timeout(BLOCKING_WAIT);
             let wal = wal_path(&db);
             let mut last = (0, None);
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(INTERVAL);
+            loop {
+                std::thread::park_timeout(INTERVAL);
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
                 let state = wal_state(&wal);
                 if state == last {
                     continue;
@@ -86,5 +96,8 @@ pub fn spawn(db: &Path) -> Checkpointer {
             }
         })
         .expect("spawning the checkpoint thread");
-    Checkpointer { stop }
+    Checkpointer {
+        stop,
+        thread: Some(thread),
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::catalog::{Catalog, TableInfo};
 use super::exec::{bind, Params, Statement};
+use super::literal_insert::literal_insert_target;
 use super::rows::{
     insert_new_clocks, load_clock, next_even, next_odd, put_clock, record_version, TouchedRows,
     CLOCK_BATCH,
@@ -146,6 +147,7 @@ impl Store {
         timeout: Option<Duration>,
     ) -> Result<Vec<StatementResult>, TxError> {
         let mut results = Vec::with_capacity(stmts.len());
+        let catalog = self.shared.catalog();
         // A run of statements with the same SQL (a batch of inserts, say) keeps one prepared
         // statement instead of returning it to the cache and looking it up again each time.
         let mut held: Option<(usize, rusqlite::CachedStatement<'_>)> = None;
@@ -175,6 +177,9 @@ impl Store {
             if !reuse {
                 let key = format!("{}{CLIENT_SQL_MARK}", s.sql.trim());
                 held = Some((index, self.conn.prepare_cached(&key).map_err(failure)?));
+                let trusted = literal_insert_target(&s.sql)
+                    .and_then(|name| catalog.get(&name).filter(|t| !t.has_triggers).map(|t| t.id));
+                self.capture.lock().expect("capture lock").trusted = trusted;
             }
             let stmt = &mut held.as_mut().expect("a prepared statement").1;
             // Positional parameters rebind every slot (bind checks the count); names may not.

@@ -27,6 +27,7 @@ mod checkpoint;
 pub use verdigris_subscriptions::stmt as exec;
 pub mod feed;
 pub mod guard;
+mod literal_insert;
 pub mod local;
 pub mod reader;
 mod rows;

@@ -9,7 +9,9 @@
 //! or changing a primary key, is refused with an error naming the table and column.
 //! Tables not mentioned in the files are left alone.
 
-use super::catalog::{clock_table, quote, read_columns, Catalog, Column};
+use super::catalog::{
+    clock_table, is_rowid_alias, is_without_rowid, quote, read_columns, Catalog, Column,
+};
 use super::Store;
 use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::Connection;
@@ -439,33 +441,6 @@ impl Store {
         )?;
         Ok(())
     }
-}
-
-/// Whether the table's only key column is its rowid (so every key is an integer): a rowid
-/// table whose single key column is declared `INTEGER`, and which SQLite did not give a key
-/// index (it does for the `INTEGER PRIMARY KEY DESC` form, which is not an alias).
-fn is_rowid_alias(conn: &Connection, name: &str, pks: &[&Column]) -> Result<bool> {
-    if pks.len() != 1 || !pks[0].decl_type.eq_ignore_ascii_case("INTEGER") {
-        return Ok(false);
-    }
-    if is_without_rowid(conn, name)? {
-        return Ok(false);
-    }
-    let key_indexes: i64 = conn.query_row(
-        "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
-        [name],
-        |r| r.get(0),
-    )?;
-    Ok(key_indexes == 0)
-}
-
-fn is_without_rowid(conn: &Connection, name: &str) -> Result<bool> {
-    let ddl: String = conn.query_row(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get(0),
-    )?;
-    Ok(ddl.to_ascii_uppercase().contains("WITHOUT ROWID"))
 }
 
 /// Paths helper for callers: does a schema path exist?

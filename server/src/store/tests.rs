@@ -577,3 +577,57 @@ fn older_files_are_marked_newer_files_refused() {
     let err = Store::open(&path).err().expect("a newer file is refused");
     assert!(format!("{err:#}").contains("newer Verdigris"), "{err:#}");
 }
+
+#[test]
+fn literal_inserts_skip_the_text_check_only_where_nothing_can_compute_text() {
+    let mut s = Store::open_in_memory().unwrap();
+    // A table created by a client with a trigger, then adopted by the schema: its inserts can
+    // run the trigger, which computes text, so they keep the check.
+    tx(
+        &mut s,
+        &[
+            "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT)",
+            "CREATE TRIGGER t_more AFTER INSERT ON t WHEN new.id < 10 BEGIN INSERT INTO t VALUES (new.id + 100, CAST(x'ff' AS TEXT)); END",
+        ],
+    );
+    s.apply_schema(
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT);
+         CREATE TABLE u (id INTEGER NOT NULL PRIMARY KEY, v TEXT);",
+    )
+    .unwrap();
+    let run = |s: &mut Store, sql: &str, params: Vec<Value>| {
+        s.transact(&[Statement::with_params(sql, params)], None)
+    };
+    let err = run(
+        &mut s,
+        "INSERT INTO t VALUES (?1, ?2)",
+        vec![Value::Integer(1), Value::Text("ok".into())],
+    )
+    .expect_err("the trigger's text is checked");
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+    // A plain literal insert into a table without triggers: stored, versioned, replicated.
+    let out = run(
+        &mut s,
+        "INSERT INTO u (id, v) VALUES (?1, ?2), (2, 'two')",
+        vec![Value::Integer(1), Value::Text("one".into())],
+    )
+    .unwrap();
+    assert!(out.version.is_some());
+    let vals: Vec<Value> = all_changes(&s)
+        .into_iter()
+        .filter(|c| &*c.table == "u")
+        .map(|c| c.val)
+        .collect();
+    assert_eq!(
+        vals,
+        vec![Value::Text("one".into()), Value::Text("two".into())]
+    );
+    // Computed text in the same table is still checked.
+    let err = run(
+        &mut s,
+        "INSERT INTO u VALUES (3, CAST(x'ff' AS TEXT))",
+        vec![],
+    )
+    .expect_err("computed text is checked");
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+}
