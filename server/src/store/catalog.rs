@@ -37,9 +37,10 @@ pub struct TableInfo {
     pub column_names: Vec<std::sync::Arc<str>>,
     /// The key is the table's rowid (`INTEGER PRIMARY KEY` of a rowid table).
     pub rowid_key: bool,
-    /// Triggers exist on the table (only possible for a table adopted with them: clients may
-    /// not create triggers on replicated tables).
-    pub has_triggers: bool,
+    /// An insert of given values (`literal_insert`) can only store UTF-8 text here: no
+    /// triggers (only possible on a table adopted with them: clients may not create triggers
+    /// on replicated tables), and every default is a literal (an expression could compute text).
+    pub literal_inserts_are_utf8: bool,
     pub columns: Vec<Column>,
     /// Indexes into `columns`, in primary-key order.
     pub pk_cols: Vec<usize>,
@@ -155,7 +156,10 @@ impl TableInfo {
             shared_name: name.as_str().into(),
             column_names: columns.iter().map(|c| c.name.as_str().into()).collect(),
             rowid_key,
-            has_triggers,
+            literal_inserts_are_utf8: !has_triggers
+                && columns
+                    .iter()
+                    .all(|c| c.default.as_deref().is_none_or(is_literal_default)),
             name,
             columns,
             pk_cols,
@@ -270,6 +274,18 @@ pub(crate) fn is_without_rowid(conn: &Connection, name: &str) -> Result<bool> {
         |r| r.get(0),
     )?;
     Ok(ddl.to_ascii_uppercase().contains("WITHOUT ROWID"))
+}
+
+/// A column default SQLite stores as written that is a plain literal (no expression).
+fn is_literal_default(d: &str) -> bool {
+    let d = d.trim();
+    let upper = d.to_ascii_uppercase();
+    (d.starts_with('\'') && d.ends_with('\'') && d.len() >= 2)
+        || matches!(
+            upper.as_str(),
+            "NULL" | "TRUE" | "FALSE" | "CURRENT_TIME" | "CURRENT_DATE" | "CURRENT_TIMESTAMP"
+        )
+        || d.trim_start_matches(['-', '+']).parse::<f64>().is_ok()
 }
 
 /// All replicated tables.

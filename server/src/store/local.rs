@@ -178,7 +178,9 @@ impl Store {
                 let key = format!("{}{CLIENT_SQL_MARK}", s.sql.trim());
                 held = Some((index, self.conn.prepare_cached(&key).map_err(failure)?));
                 let trusted = literal_insert_target(&s.sql)
-                    .and_then(|name| catalog.get(&name).filter(|t| !t.has_triggers).map(|t| t.id));
+                    .and_then(|name| catalog.get(&name))
+                    .filter(|t| t.literal_inserts_are_utf8)
+                    .map(|t| t.id);
                 self.capture.lock().expect("capture lock").trusted = trusted;
             }
             let stmt = &mut held.as_mut().expect("a prepared statement").1;

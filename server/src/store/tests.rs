@@ -622,6 +622,20 @@ fn literal_inserts_skip_the_text_check_only_where_nothing_can_compute_text() {
         vals,
         vec![Value::Text("one".into()), Value::Text("two".into())]
     );
+    // A default that is an expression could compute text: that table keeps the check.
+    s.apply_schema(
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT);
+         CREATE TABLE u (id INTEGER NOT NULL PRIMARY KEY, v TEXT);
+         CREATE TABLE w (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT (CAST(x'ff' AS TEXT)), n INTEGER DEFAULT -1, s TEXT DEFAULT 'x');",
+    )
+    .unwrap();
+    let err =
+        run(&mut s, "INSERT INTO w (id) VALUES (1)", vec![]).expect_err("the default is checked");
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+    let catalog = s.shared().catalog();
+    assert!(!catalog.get("w").unwrap().literal_inserts_are_utf8);
+    assert!(catalog.get("u").unwrap().literal_inserts_are_utf8);
+    assert!(!catalog.get("t").unwrap().literal_inserts_are_utf8);
     // Computed text in the same table is still checked.
     let err = run(
         &mut s,
