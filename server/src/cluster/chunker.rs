@@ -73,7 +73,7 @@ mod tests {
                 .iter()
                 .map(|s| Change {
                     table: "t".into(),
-                    pk: vec![0; 10],
+                    pk: vec![0; 10].into(),
                     cid: "v".into(),
                     val: Value::Text("x".repeat(100)),
                     col_version: 1,

@@ -316,12 +316,16 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
     let mut changes = Vec::with_capacity(raw.len());
     // Column names repeat in every row: each distinct one is allocated once per chunk.
     let mut cids: Vec<Arc<str>> = Vec::new();
+    // A row's cells come one after the other with the same key: they share one copy.
+    let no_pk: Arc<[u8]> = Arc::from(&[][..]);
+    let no_name: Arc<str> = Arc::from("");
+    let mut last_pk = no_pk.clone();
     for f in raw {
         let mut r = f.reader("change")?;
         let mut c = Change {
-            table: Arc::from(""),
-            pk: Vec::new(),
-            cid: Arc::from(""),
+            table: no_name.clone(),
+            pk: no_pk.clone(),
+            cid: no_name.clone(),
             val: Value::Null,
             col_version: 0,
             db_version: version,
@@ -333,7 +337,13 @@ fn get_chunk(f: Field<'_>) -> DResult<Chunk> {
         while let Some((t, f)) = r.next_field()? {
             match t {
                 1 => table = Some(f.u64("table index")?),
-                2 => c.pk = f.bytes_max("primary key", MAX_PK)?.to_vec(),
+                2 => {
+                    let pk = f.bytes_max("primary key", MAX_PK)?;
+                    if *last_pk != *pk {
+                        last_pk = pk.into();
+                    }
+                    c.pk = last_pk.clone();
+                }
                 3 => c.cid = intern(&mut cids, f.str("column", MAX_NAME)?),
                 4 => c.col_version = f.i64("col version")?,
                 5 => c.seq = f.u64("seq")?,

@@ -21,7 +21,7 @@ fn sample_chunk() -> Chunk {
             .enumerate()
             .map(|(i, v)| Change {
                 table: if i % 2 == 0 { "a".into() } else { "b".into() },
-                pk: vec![1, 9, i as u8],
+                pk: vec![1, 9, i as u8].into(),
                 cid: format!("c{i}").into(),
                 val: v.clone(),
                 col_version: i as i64 + 1,

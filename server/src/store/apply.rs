@@ -134,7 +134,7 @@ impl Store {
                 self.flush_fresh(&mut fresh, changes, &mut touched, impacted)?;
                 if self.apply_row(t, &changes[start..end])? {
                     touched.push(t.id, &first.pk);
-                    impacted.push((t.shared_name.clone(), first.pk.clone()));
+                    impacted.push((t.shared_name.clone(), first.pk.to_vec()));
                 }
             }
             start = end;

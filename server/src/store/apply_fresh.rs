@@ -114,7 +114,7 @@ impl Store {
             (Some(bt), Some(first)) => {
                 bt.id == t.id
                     && same_shape(&changes[first.start..first.end], row)
-                    && !batch.keys.contains(row[0].pk.as_slice())
+                    && !batch.keys.contains(&row[0].pk[..])
                     && batch.rows.len() < CLOCK_BATCH
             }
             _ => true,
@@ -123,7 +123,7 @@ impl Store {
             self.flush_fresh(batch, changes, out.0, out.1)?;
         }
         batch.table = Some(t);
-        batch.keys.insert(row[0].pk.as_slice());
+        batch.keys.insert(&row[0].pk[..]);
         batch.rows.push(FreshRow {
             start,
             end,
@@ -168,13 +168,13 @@ impl Store {
         for r in &new {
             let pk = &changes[r.start].pk;
             touched.push(t.id, pk);
-            impacted.push((t.shared_name.clone(), pk.clone()));
+            impacted.push((t.shared_name.clone(), pk.to_vec()));
         }
         for (r, _) in known {
             if self.apply_row(t, &changes[r.start..r.end])? {
                 let pk = &changes[r.start].pk;
                 touched.push(t.id, pk);
-                impacted.push((t.shared_name.clone(), pk.clone()));
+                impacted.push((t.shared_name.clone(), pk.to_vec()));
             }
         }
         Ok(())

@@ -110,7 +110,7 @@ mod tests {
             changes: (seqs.0..=seqs.1)
                 .map(|seq| Change {
                     table: "t".into(),
-                    pk: vec![seq as u8],
+                    pk: vec![seq as u8].into(),
                     cid: "v".into(),
                     val: Value::Integer(seq as i64),
                     col_version: 1,

@@ -324,7 +324,7 @@ fn read_buffered(
         Ok(Change {
             seq: r.get(0)?,
             table: r.get(1)?,
-            pk: r.get(2)?,
+            pk: r.get::<_, Vec<u8>>(2)?.into(),
             cid: r.get(3)?,
             val: r.get::<_, Value>(4)?,
             col_version: r.get(5)?,

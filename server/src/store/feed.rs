@@ -23,8 +23,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub table: Arc<str>,
-    /// Packed primary key ([`crate::crdt::pack`]).
-    pub pk: Vec<u8>,
+    /// Packed primary key ([`crate::crdt::pack`]), shared by the cells of one row.
+    pub pk: Arc<[u8]>,
     pub cid: Arc<str>,
     pub val: Value,
     pub col_version: i64,
@@ -143,9 +143,10 @@ fn version_changes(
         return Ok(());
     }
     let values = (clock.cl % 2 == 1).then_some(values);
+    let shared_pk: Arc<[u8]> = pk_blob.into();
     let change = |cid: Arc<str>, val: Value, col_version: i64, seq: u64| Change {
         table: t.shared_name.clone(),
-        pk: pk_blob.to_vec(),
+        pk: shared_pk.clone(),
         cid,
         val,
         col_version,

@@ -42,7 +42,10 @@ fn insert_produces_one_change_per_column_and_a_version() {
     let cids: Vec<&str> = v[0].changes.iter().map(|c| &*c.cid).collect();
     assert_eq!(cids, vec!["name", "score"]);
     assert_eq!(v[0].changes[0].val, Value::Text("a".into()));
-    assert_eq!(v[0].changes[0].pk, pack::pack_owned(&[Value::Integer(1)]));
+    assert_eq!(
+        &*v[0].changes[0].pk,
+        &pack::pack_owned(&[Value::Integer(1)])[..]
+    );
     assert_eq!(v[0].last_seq, 1);
 }
 
