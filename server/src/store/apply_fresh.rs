@@ -10,14 +10,14 @@
 
 use super::catalog::{quote, TableInfo};
 use super::feed::{Change, SENTINEL};
-use super::rows::{insert_new_clocks, power_of_two_batches, TouchedRows, CLOCK_BATCH};
+use super::rows::{insert_new_clocks, power_of_two_batches, ClockBuf, TouchedRows, CLOCK_BATCH};
 use super::ChangedRows;
 use super::Store;
 use crate::crdt::clock::{CellClock, RowClock, Stamp};
 use crate::crdt::pack;
 use anyhow::Result;
+use hashbrown::HashSet;
 use rusqlite::types::Value;
-use std::collections::HashSet;
 
 /// A candidate row: its changes are `changes[start..end]` of the version.
 struct FreshRow {
@@ -150,15 +150,17 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<Vec<u8>> = rows.iter().map(|r| r.clock.encode()).collect();
+        let mut encoded = ClockBuf::default();
+        for r in &rows {
+            encoded.push(&r.clock);
+        }
         let clocks: Vec<(&[Value], &[u8])> = rows
             .iter()
-            .zip(&encoded)
-            .map(|(r, c)| (&r.pk[..], &c[..]))
+            .zip(encoded.iter())
+            .map(|(r, c)| (&r.pk[..], c))
             .collect();
         let inserted = insert_new_clocks(&self.conn, t, &clocks)?;
         drop(clocks);
-        drop(encoded);
         let (new, known): (Vec<_>, Vec<_>) = rows
             .into_iter()
             .zip(inserted)

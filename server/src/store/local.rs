@@ -6,8 +6,8 @@ use super::catalog::{Catalog, TableInfo};
 use super::exec::{bind, Params, Statement};
 use super::literal_insert::literal_insert_target;
 use super::rows::{
-    insert_new_clocks, load_clock, next_even, next_odd, put_clock, record_version, TouchedRows,
-    CLOCK_BATCH,
+    insert_new_clocks, load_clock, next_even, next_odd, put_clock, record_version, ClockBuf,
+    TouchedRows, CLOCK_BATCH,
 };
 use super::ChangedRows;
 use super::Store;
@@ -352,36 +352,27 @@ impl Store {
 struct FreshClocks {
     /// The key values of every row, one key after the other.
     keys: Vec<Value>,
-    clocks: Vec<u8>,
-    /// Where each row's clock ends in `clocks`.
-    ends: Vec<usize>,
+    clocks: ClockBuf,
 }
 
 impl FreshClocks {
     fn push(&mut self, packed_key: &[u8], clock: &RowClock) -> Result<()> {
         pack::unpack_into(packed_key, &mut self.keys).context("captured key")?;
-        clock.encode_into(&mut self.clocks);
-        self.ends.push(self.clocks.len());
+        self.clocks.push(clock);
         Ok(())
     }
 
     fn len(&self) -> usize {
-        self.ends.len()
+        self.clocks.len()
     }
 
     fn clear(&mut self) {
         self.keys.clear();
         self.clocks.clear();
-        self.ends.clear();
     }
 
     /// (key values, encoded clock) per row, for keys of `width` columns.
     fn rows(&self, width: usize) -> Vec<(&[Value], &[u8])> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        self.keys
-            .chunks(width)
-            .zip(starts.zip(&self.ends))
-            .map(|(k, (a, b))| (k, &self.clocks[a..*b]))
-            .collect()
+        self.keys.chunks(width).zip(self.clocks.iter()).collect()
     }
 }

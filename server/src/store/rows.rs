@@ -219,6 +219,36 @@ pub fn next_even(cl: i64) -> i64 {
     }
 }
 
+/// The encoded clocks of several rows in one buffer (no allocation per row).
+#[derive(Debug, Default)]
+pub struct ClockBuf {
+    bytes: Vec<u8>,
+    /// Where each clock ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl ClockBuf {
+    pub fn push(&mut self, clock: &RowClock) {
+        clock.encode_into(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// The encoded clocks, in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, b)| &self.bytes[a..*b])
+    }
+}
+
 /// Rows per multi-row clock insert.
 pub const CLOCK_BATCH: usize = 1 << super::catalog::CLOCK_BATCH_LOG2;
 
