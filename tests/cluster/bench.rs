@@ -107,6 +107,9 @@ async fn bench_catch_up_one_million_rows() {
     let (catch_up, first_row) = time_catch_up(&b, total, start, (&origin, versions)).await;
     drop(b);
     let log = db.log();
+    if catch_up > raw * 2 {
+        eprintln!("slow snapshot catch-up; the new node's log:\n{log}");
+    }
     let line = log
         .lines()
         .find(|l| l.contains("bootstrapped from a peer's snapshot"));

@@ -268,9 +268,10 @@ fn put_chunk(w: &mut Writer, c: &Chunk) {
     for t in &tables {
         w.str(7, t);
     }
+    let mut scratch = Writer::new();
     for ch in &c.changes {
         let ti = tables.iter().position(|t| *t == &*ch.table).unwrap_or(0);
-        w.msg(8, |m| {
+        w.msg_in(8, &mut scratch, |m| {
             m.u64(1, ti as u64)
                 .bytes(2, &ch.pk)
                 .str(3, &ch.cid)

@@ -313,6 +313,7 @@ impl Driver {
                 .insert((Instant::now() + after, self.timer_seq), timer);
         }
         let mut changed = false;
+        let mut came_up = false;
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
@@ -325,7 +326,7 @@ impl Driver {
                         self.transport.forget(&a.addr);
                     }
                     self.incarnations.insert(a.addr, a.clone());
-                    self.new_member.notify_one();
+                    came_up = true;
                     changed = true;
                 }
                 OwnedNotification::MemberDown(a) => {
@@ -342,6 +343,11 @@ impl Driver {
         }
         if changed {
             self.refresh_view();
+        }
+        // Only now that the view lists the new member: a sync round woken earlier would find
+        // no peer and wait out its whole backoff.
+        if came_up {
+            self.new_member.notify_one();
         }
     }
 

@@ -126,9 +126,20 @@ impl Writer {
 
     /// A nested message written by `f`.
     pub fn msg(&mut self, tag: u32, f: impl FnOnce(&mut Writer)) -> &mut Self {
-        let mut inner = Writer::new();
-        f(&mut inner);
-        self.bytes(tag, &inner.buf)
+        self.msg_in(tag, &mut Writer::new(), f)
+    }
+
+    /// A nested message written by `f` into `scratch` (cleared first): for many nested
+    /// messages in a row without a buffer each.
+    pub fn msg_in(
+        &mut self,
+        tag: u32,
+        scratch: &mut Writer,
+        f: impl FnOnce(&mut Writer),
+    ) -> &mut Self {
+        scratch.buf.clear();
+        f(scratch);
+        self.bytes(tag, &scratch.buf)
     }
 
     pub fn finish(self) -> Vec<u8> {
