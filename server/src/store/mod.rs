@@ -31,6 +31,7 @@ mod literal_insert;
 pub mod local;
 pub mod reader;
 mod rows;
+pub use rows::{decode_touched, TouchedRows};
 pub mod schema;
 pub mod snapshot;
 
