@@ -26,26 +26,12 @@ pub fn literal_insert_target(sql: &str) -> Option<String> {
     let table = t.identifier()?;
     if t.peek() == Some(b'(') {
         t.bump();
-        loop {
-            t.identifier()?;
-            match t.next_byte()? {
-                b',' => continue,
-                b')' => break,
-                _ => return None,
-            }
-        }
+        t.list(|t| t.identifier().map(drop))?;
     }
     t.keyword("VALUES")?;
     loop {
         t.expect(b'(')?;
-        loop {
-            t.atom()?;
-            match t.next_byte()? {
-                b',' => continue,
-                b')' => break,
-                _ => return None,
-            }
-        }
+        t.list(Tokens::atom)?;
         match t.next_byte() {
             Some(b',') => continue,
             Some(b';') => {
@@ -83,6 +69,18 @@ impl Tokens<'_> {
         let b = self.peek()?;
         self.bump();
         Some(b)
+    }
+
+    /// Items separated by commas up to the closing `)` (the opening one already read).
+    fn list(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        loop {
+            item(self)?;
+            match self.next_byte()? {
+                b',' => continue,
+                b')' => return Some(()),
+                _ => return None,
+            }
+        }
     }
 
     fn expect(&mut self, b: u8) -> Option<()> {
