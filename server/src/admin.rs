@@ -160,9 +160,8 @@ async fn with_reader<T: Send + 'static>(
 ) -> Result<T, String> {
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
-        let shared = node.store.lock().expect("store lock").shared();
         let conn = node.reads.get()?;
-        f(&conn, &shared)
+        f(&conn, &node.shared)
     })
     .await
     .map_err(|e| e.to_string())?

@@ -16,6 +16,8 @@ pub struct Node {
     pub config: Config,
     pub store: Arc<Mutex<Store>>,
     pub reads: Arc<ReadPool>,
+    /// The store's state readers share (catalog, sites, bookkeeping), without its lock.
+    pub shared: Arc<crate::store::Shared>,
     pub actor: ActorId,
     pub started: Instant,
     /// What the cluster layer reports (members, gaps, lag, fault switch).
@@ -89,10 +91,12 @@ impl Node {
         .context("opening subscriptions")?;
         let notify = subs.clone();
         store.on_commit(Box::new(move |c| notify.enqueue(c)));
+        let shared = store.shared();
         Ok(Arc::new(Node {
             config,
             store: Arc::new(Mutex::new(store)),
             reads,
+            shared,
             actor,
             started: Instant::now(),
             cluster: Arc::default(),

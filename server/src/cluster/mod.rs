@@ -106,7 +106,7 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Optio
         addr: advertised,
         bump,
     };
-    let shared = node.store.lock().expect("store lock").shared();
+    let shared = node.shared.clone();
     let ingest = ingest::start(node.clone(), status.clone());
     let (local_tx, re_tx) = broadcast::start(
         node.clone(),

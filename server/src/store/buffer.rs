@@ -88,7 +88,8 @@ fn decode_seqs(mut b: &[u8]) -> Option<RangeSet> {
 }
 
 impl Store {
-    /// Rebuilds the in-memory bookkeeping from `__vd_versions` and `__vd_partials`.
+    /// Replaces the in-memory bookkeeping with what `__vd_versions` and `__vd_partials` record
+    /// (nothing held only in memory survives).
     pub(crate) fn load_bookkeeping(&mut self) -> Result<()> {
         let from_db = read_bookkeeping(&self.conn, &self.shared)?;
         let mut book = self.shared.book.write().expect("book lock");

@@ -149,8 +149,9 @@ impl Capture {
             PreUpdateCase::Insert(new) => {
                 let n = new.get_column_count();
                 let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                // Reading any value makes SQLite decode the whole new row: skip it when the
-                // statement inserts only given values and the key is the rowid.
+                // Reading any value makes SQLite decode the whole new row. The UTF-8 check is
+                // skipped when the statement inserts only given values; a rowid key comes
+                // without reading the row, so such rows are not decoded at all.
                 if self.invalid.is_none() && self.trusted != Some(id) {
                     self.invalid = check_text(table, n, get);
                 }

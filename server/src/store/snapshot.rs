@@ -137,8 +137,8 @@ impl Store {
         let me = self.actor;
         self.local_site = self.site_ordinal(&me)?;
         self.local_max = self.max_version(self.local_site)?;
-        // Versions held before the import but absent from the snapshot must read as missing.
-        *self.shared.book.write().expect("book lock") = super::bookkeeping::Bookie::new();
+        // Rebuilt from the imported tables alone: versions held before the import but absent
+        // from the snapshot read as missing.
         self.load_bookkeeping()?;
         Ok(imported)
     }
