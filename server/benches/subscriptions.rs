@@ -6,10 +6,15 @@
 //! Run: `cargo bench -p verdigris --bench subscriptions` (VERDIGRIS_BENCH_MAX_SUBS caps the
 //! largest case, default 10000).
 
+use futures_util::StreamExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use verdigris::config::Config;
 use verdigris::node::Node;
 use verdigris::store::Statement;
+use verdigris::subs::attach::Published;
+use verdigris::subs::Item;
+use verdigris_api_types::QueryEvent;
 
 const SCHEMA: &str =
     "CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, app TEXT, val INTEGER DEFAULT 0);
@@ -55,6 +60,18 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A listener's live batches (its snapshot skipped).
+fn live_batches(
+    a: verdigris::subs::Attach,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Arc<Published<QueryEvent>>> + Send>> {
+    Box::pin(a.into_stream().filter_map(|item| async move {
+        match item {
+            Item::Batch(b) => Some(b),
+            _ => None,
+        }
+    }))
+}
+
 /// Latency from commit to the event reaching the listener of the changed subscription.
 fn latency(n_subs: usize, dir: &std::path::Path) -> (f64, f64, f64) {
     let node = node(dir, &format!("lat{n_subs}"));
@@ -71,7 +88,7 @@ fn latency(n_subs: usize, dir: &std::path::Path) -> (f64, f64, f64) {
                 false,
             )
             .unwrap();
-        listeners.push(a.rx.unwrap());
+        listeners.push(live_batches(a));
     }
     let per_sub = (rss_kib().saturating_sub(rss0)) as f64 / n_subs as f64;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -88,7 +105,7 @@ fn latency(n_subs: usize, dir: &std::path::Path) -> (f64, f64, f64) {
             format!("UPDATE items SET val = val + 1 WHERE id = {target}"),
         );
         let got = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), listeners[target].recv()).await
+            tokio::time::timeout(Duration::from_secs(10), listeners[target].next()).await
         });
         assert!(
             matches!(got, Ok(Some(_))),
@@ -108,7 +125,9 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
     let stmt = Statement::new("SELECT id, val FROM items");
     let mut rxs = Vec::new();
     for _ in 0..n {
-        rxs.push(node.subs.subscribe(&stmt, None, false).unwrap().rx.unwrap());
+        rxs.push(live_batches(
+            node.subs.subscribe(&stmt, None, false).unwrap(),
+        ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,7 +147,7 @@ fn fanout(n: usize, dir: &std::path::Path) -> f64 {
                 while last < target.load(std::sync::atomic::Ordering::SeqCst)
                     && Instant::now() < give_up
                 {
-                    match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+                    match tokio::time::timeout(Duration::from_millis(50), rx.next()).await {
                         Ok(Some(b)) => {
                             events += b.last_id - last;
                             last = b.last_id;

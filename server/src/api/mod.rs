@@ -12,10 +12,15 @@
 #![allow(clippy::result_large_err)]
 
 pub mod json;
+pub mod ndjson;
 pub mod queries;
+mod query_string;
 pub mod status;
 pub mod subscriptions;
 pub mod transactions;
+pub mod ws;
+
+pub use query_string::Query;
 
 use crate::node::Node;
 use anyhow::{Context, Result};
@@ -38,6 +43,12 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub struct Api {
     pub node: Arc<Node>,
     limiter: Semaphore,
+    /// One permit per open WebSocket (`api.ws.max_sockets`).
+    ws_sockets: Arc<Semaphore>,
+    /// WebSocket sessions, which outlive the HTTP connection they were upgraded from.
+    tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the node shuts down: sessions close their sockets.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -132,36 +143,25 @@ pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Response<Body>> {
     })
 }
 
-/// Reads `name=value` from the query string.
-pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
-}
-
-/// Parses an optional numeric query parameter, with a 400 naming it.
-pub fn numeric_param<T: std::str::FromStr>(
-    req: &Request<Incoming>,
-    name: &str,
-) -> Result<Option<T>, Response<Body>> {
-    match query_param(req, name) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("query parameter {name}={v:?} is not a valid number"),
-            )
-        }),
-    }
+/// Reads a body holding one statement, in any of its four JSON forms.
+pub async fn read_statement(
+    api: &Api,
+    req: Request<Incoming>,
+) -> Result<crate::store::Statement, Response<Body>> {
+    let v = read_json(api, req).await?;
+    json::decode_statement(v).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 impl Api {
     pub fn new(node: Arc<Node>) -> Arc<Api> {
         let permits = node.config.api.max_concurrency;
+        let sockets = node.config.api.ws.max_sockets;
         Arc::new(Api {
             node,
             limiter: Semaphore::new(permits),
+            ws_sockets: Arc::new(Semaphore::new(sockets)),
+            tasks: tokio_util::task::TaskTracker::new(),
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -175,14 +175,20 @@ impl Api {
             .and_then(|a| a.bearer_token.as_deref())
         {
             let expected = format!("Bearer {token}");
-            let ok = req
-                .headers()
-                .get(AUTHORIZATION)
-                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            let header = req.headers().get(AUTHORIZATION);
+            let ok = match header {
+                Some(v) => v.as_bytes() == expected.as_bytes(),
+                // Browsers cannot set headers on a WebSocket: the token may come as a
+                // subprotocol entry or a query parameter instead.
+                None if is_ws_path(req.uri().path()) => {
+                    ws::browser_token(req).is_some_and(|t| t == token)
+                }
+                None => false,
+            };
             if !ok {
                 return Some(error(
                     StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token: send the header `Authorization: Bearer <api.authz.bearer-token>`",
+                    "missing or wrong bearer token: send the header `Authorization: Bearer <api.authz.bearer-token>` (WebSocket clients in a browser: the subprotocol `verdigris.bearer.<token>` or `?token=<token>`)",
                 ));
             }
         }
@@ -222,6 +228,10 @@ impl Api {
             raw_path.clone()
         };
         let method = req.method().clone();
+        if is_ws_path(&path) {
+            // The upgrade answers at once; the socket's own limits apply from then on.
+            return Ok(ws::upgrade(self.clone(), req).await);
+        }
         let known = matches!(
             path.as_str(),
             "/v1/transactions"
@@ -234,7 +244,7 @@ impl Api {
         if !known {
             return Ok(error(
                 StatusCode::NOT_FOUND,
-                format!("no such endpoint: {raw_path} (endpoints: /v1/transactions, /v1/queries, /v1/subscriptions, /v1/updates/{{table}}, /v1/health, /v1/table_stats)"),
+                format!("no such endpoint: {raw_path} (endpoints: /v1/transactions, /v1/queries, /v1/subscriptions, /v1/updates/{{table}}, /v1/ws, /v1/health, /v1/table_stats)"),
             ));
         }
         let _permit = match self.limiter.try_acquire() {
@@ -277,6 +287,10 @@ impl Api {
         };
         Ok(resp)
     }
+}
+
+fn is_ws_path(path: &str) -> bool {
+    path == "/v1/ws" || path == "/v1/ws/"
 }
 
 /// Binds every configured API address.
@@ -337,8 +351,16 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    // WebSocket sessions send a close frame and end; HTTP connections finish their requests.
+    api.closing.cancel();
+    api.tasks.close();
+    let drained = async {
+        tokio::join!(graceful.shutdown(), api.tasks.wait());
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 5 s after shutdown began; closing them");
     }
 }

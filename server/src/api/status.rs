@@ -1,6 +1,6 @@
 //! `GET /v1/health` and `POST /v1/table_stats`.
 
-use super::{error, json_response, numeric_param, Api, Body};
+use super::{error, json_response, Api, Body, Query};
 use crate::store::catalog::quote;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -10,13 +10,14 @@ use serde_json::json;
 /// `queue_size`, `failure_status`). Unlike Corrosion, an idle cluster is healthy: with no
 /// recent remote change the lag is 0, not "unknown".
 pub async fn health(api: &Api, req: Request<Incoming>) -> Response<Body> {
+    let q = Query::parse(&req);
     let params = (|| -> Result<_, Response<Body>> {
         Ok((
-            numeric_param::<i64>(&req, "gaps")?,
-            numeric_param::<f64>(&req, "p99_lag")?,
-            numeric_param::<u64>(&req, "max_queue")?,
-            numeric_param::<u64>(&req, "queue_size")?,
-            numeric_param::<u16>(&req, "failure_status")?,
+            q.number::<i64>("gaps")?,
+            q.number::<f64>("p99_lag")?,
+            q.number::<u64>("max_queue")?,
+            q.number::<u64>("queue_size")?,
+            q.number::<u16>("failure_status")?,
         ))
     })();
     let (max_gaps, max_lag, max_queue, queue_size_param, failure_status) = match params {

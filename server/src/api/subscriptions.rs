@@ -1,135 +1,89 @@
 //! `POST /v1/subscriptions[?from=&skip_rows=]`, `GET /v1/subscriptions/{id}[?from=&skip_rows=]`
 //! and `POST /v1/updates/{table}`: NDJSON streams of subscription events.
 
-use super::{error, json, numeric_param, query_param, Api, Body};
+use super::{error, ndjson, Api, Body, Query};
+use crate::subs::attach::Failure;
 use crate::subs::{Attach, SubsError};
-use bytes::Bytes;
-use futures_util::stream;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use serde::Serialize;
+use verdigris_api_types::{QUERY_HASH_HEADER, QUERY_ID_HEADER};
 
-fn skip_rows(req: &Request<Incoming>) -> Result<bool, Response<Body>> {
-    match query_param(req, "skip_rows") {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") | Some("") => Ok(true),
-        Some(v) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("skip_rows={v:?} must be true or false"),
-        )),
-    }
+/// `?from=` and `?skip_rows=`.
+fn stream_params(req: &Request<Incoming>) -> Result<(Option<u64>, bool), Response<Body>> {
+    let q = Query::parse(req);
+    Ok((q.number("from")?, q.flag("skip_rows")?))
 }
 
-fn failure(e: SubsError) -> Response<Body> {
+pub fn failure(e: SubsError) -> Response<Body> {
     match e {
-        SubsError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        SubsError::BadRequest(m) | SubsError::NoSubscription(m) => {
+            error(StatusCode::BAD_REQUEST, m)
+        }
         SubsError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         SubsError::Internal(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
 
-/// Streams `initial`, then every batch newer than `start`; ends with an error event naming
-/// the last change id sent if the listener was dropped for being too slow.
-fn stream_response(a: Attach, updates: bool) -> Response<Body> {
-    struct S {
-        initial: Option<Bytes>,
-        rx: Option<tokio::sync::mpsc::Receiver<crate::subs::Batch>>,
-        last: u64,
-        a_id: String,
-        lagged: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        done: bool,
+/// Streams an attach as NDJSON, with the subscription's id and hash headers.
+fn stream_response<E: Serialize + Send + Sync + 'static>(a: Attach<E>) -> Response<Body> {
+    let id = a.id.clone();
+    let hash = a.hash.clone();
+    let sub_id = id.clone();
+    let text = move |f: &Failure| {
+        match f {
+        Failure::TooSlow {
+            last_change_id: Some(last),
+        } => format!(
+            "subscriber too slow: disconnected after change id {last}; resume with GET /v1/subscriptions/{sub_id}?from={last}"
+        ),
+        f => f.message(),
     }
-    let st = S {
-        initial: Some(a.initial),
-        rx: a.rx,
-        last: a.start,
-        a_id: a.id.clone(),
-        lagged: a.lagged,
-        done: false,
     };
-    let body = stream::unfold(st, move |mut st| async move {
-        if st.done {
-            return None;
-        }
-        if let Some(i) = st.initial.take() {
-            if !i.is_empty() {
-                return Some((Ok::<_, Infallible>(Frame::data(i)), st));
-            }
-        }
-        loop {
-            let Some(rx) = st.rx.as_mut() else {
-                return None;
-            };
-            match rx.recv().await {
-                Some(b) if b.last_id != 0 && b.last_id <= st.last => continue,
-                Some(b) => {
-                    st.last = st.last.max(b.last_id);
-                    return Some((Ok(Frame::data(b.bytes)), st));
-                }
-                None => {
-                    st.done = true;
-                    if st.lagged.load(Ordering::SeqCst) {
-                        let mut buf = Vec::new();
-                        let msg = if updates {
-                            "listener too slow: it fell too far behind and was disconnected; re-open the stream".to_string()
-                        } else {
-                            format!(
-                                "subscriber too slow: disconnected after change id {}; resume with GET /v1/subscriptions/{}?from={}",
-                                st.last, st.a_id, st.last
-                            )
-                        };
-                        crate::subs::events::error(&mut buf, &msg);
-                        return Some((Ok(Frame::data(Bytes::from(buf))), st));
-                    }
-                    return None;
-                }
-            }
-        }
-    });
-    let mut r = Response::new(StreamBody::new(body).boxed());
+    let mut r = ndjson::response(ndjson::encode_items(a.into_stream(), text));
     let h = r.headers_mut();
-    h.insert(
-        "content-type",
-        "application/x-ndjson".parse().expect("header"),
-    );
-    if let Ok(v) = a.id.parse() {
-        h.insert("corro-query-id", v);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(QUERY_ID_HEADER, v);
     }
-    if !a.hash.is_empty() {
-        if let Ok(v) = a.hash.parse() {
-            h.insert("corro-query-hash", v);
+    if !hash.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&hash) {
+            h.insert(QUERY_HASH_HEADER, v);
         }
     }
     r
 }
 
+/// Runs a blocking subscription-manager call off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SubsError> + Send + 'static,
+) -> Result<T, SubsError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(SubsError::Internal(anyhow::anyhow!(
+            "subscription task failed: {e}"
+        ))),
+    }
+}
+
 pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
-    let (from, skip) = match (numeric_param::<u64>(&req, "from"), skip_rows(&req)) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (from, skip) = match stream_params(&req) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let stmt = match super::read_json(api, req)
-        .await
-        .and_then(|v| json::statement(v).map_err(|e| error(StatusCode::BAD_REQUEST, e)))
-    {
+    let stmt = match super::read_statement(api, req).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let subs = api.node.subs.clone();
-    match tokio::task::spawn_blocking(move || subs.subscribe(&stmt, from, skip)).await {
-        Ok(Ok(a)) => stream_response(a, false),
-        Ok(Err(e)) => failure(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || subs.subscribe(&stmt, from, skip)).await {
+        Ok(a) => stream_response(a),
+        Err(e) => failure(e),
     }
 }
 
-pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> {
-    let (from, skip) = match (numeric_param::<u64>(&req, "from"), skip_rows(&req)) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+/// Checks that `id` looks like a subscription id (a hyphenated UUID).
+pub fn check_id(id: &str) -> Result<String, String> {
     let groups: Vec<&str> = id.split('-').collect();
     let layout_ok = groups.len() == 5
         && groups
@@ -137,23 +91,34 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
     if !layout_ok {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a subscription id (a UUID like 1b4e28ba-2fa1-41d2-883f-0016d3cca427)"),
-        );
+        return Err(format!(
+            "{id:?} is not a subscription id (a UUID like 1b4e28ba-2fa1-41d2-883f-0016d3cca427)"
+        ));
     }
+    Ok(id.to_ascii_lowercase())
+}
+
+pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> {
+    let (from, skip) = match stream_params(&req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let id = match check_id(id) {
+        Ok(id) => id,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let subs = api.node.subs.clone();
-    let id = id.to_ascii_lowercase();
-    match tokio::task::spawn_blocking(move || subs.attach(&id, from, skip)).await {
-        Ok(Ok(a)) => stream_response(a, false),
-        Ok(Err(e)) => failure(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || subs.attach(&id, from, skip)).await {
+        Ok(a) => stream_response(a),
+        Err(e) => failure(e),
     }
 }
 
 pub async fn updates(api: &Api, table: &str) -> Response<Body> {
-    match api.node.subs.updates(table) {
-        Ok(a) => stream_response(a, true),
+    let subs = api.node.subs.clone();
+    let table = table.to_string();
+    match blocking(move || subs.updates(&table)).await {
+        Ok(a) => stream_response(a),
         Err(e) => failure(e),
     }
 }

@@ -1,50 +1,59 @@
 //! `POST /v1/transactions[?timeout=<secs>]`: a JSON array of statements run as one atomic
-//! transaction on the writer.
+//! transaction on the writer. [`run`] serves the WebSocket `transaction` message too.
 
-use super::{error, json, json_response, numeric_param, Api, Body};
+use super::{json, json_response, Api, Body, Query};
 use crate::store::local::TxError;
+use crate::store::Statement;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
 use std::time::Duration;
+use verdigris_api_types::{ExecResponse, ExecResult};
 
-pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
-    let timeout = match numeric_param::<f64>(&req, "timeout") {
-        Ok(t) => t.filter(|t| *t > 0.0).map(Duration::from_secs_f64),
-        Err(r) => return r,
-    };
-    let value = match super::read_json(api, req).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let actor_id = api.node.actor.to_string();
-    let fail = |status: StatusCode, msg: String| {
-        json_response(
+/// A failed transaction: the status that says whose fault it is, and the message.
+pub struct Failed {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Failed {
+    fn new(status: StatusCode, message: impl Into<String>) -> Failed {
+        Failed {
             status,
-            serde_json::to_vec(&json!({
-                "error": msg, "results": [{"error": msg}], "time": 0.0, "version": null, "actor_id": actor_id,
-            }))
-            .expect("json"),
-        )
-    };
-    let serde_json::Value::Array(items) = value else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "body must be a JSON array of statements, e.g. [\"INSERT INTO t VALUES (1)\"]".into(),
-        );
-    };
-    if items.is_empty() {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "at least 1 statement is required".into(),
-        );
-    }
-    let mut stmts = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        match json::statement(item) {
-            Ok(s) => stmts.push(s),
-            Err(e) => return fail(StatusCode::BAD_REQUEST, format!("statement {}: {e}", i + 1)),
+            message: message.into(),
         }
+    }
+}
+
+/// Decodes a JSON array of statements.
+pub fn decode(value: serde_json::Value) -> Result<Vec<Statement>, Failed> {
+    let serde_json::Value::Array(items) = value else {
+        return Err(Failed::new(
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON array of statements, e.g. [\"INSERT INTO t VALUES (1)\"]",
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            json::decode_statement(item).map_err(|e| {
+                Failed::new(StatusCode::BAD_REQUEST, format!("statement {}: {e}", i + 1))
+            })
+        })
+        .collect()
+}
+
+/// Runs `stmts` as one transaction on the writer, off the async workers.
+pub async fn run(
+    api: &Api,
+    stmts: Vec<Statement>,
+    timeout: Option<Duration>,
+) -> Result<ExecResponse, Failed> {
+    if stmts.is_empty() {
+        return Err(Failed::new(
+            StatusCode::BAD_REQUEST,
+            "at least 1 statement is required",
+        ));
     }
     let store = api.node.store.clone();
     // The statements go to the writer thread and come back for error messages (no copy).
@@ -54,33 +63,74 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
     })
     .await;
     match run {
-        Ok((Ok(out), _)) => {
-            let results: Vec<_> = out
+        Ok((Ok(out), _)) => Ok(ExecResponse {
+            error: None,
+            results: out
                 .results
                 .iter()
-                .map(|r| json!({"rows_affected": r.rows_affected, "time": r.time}))
-                .collect();
-            json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&json!({"results": results, "time": out.time, "version": out.version, "actor_id": actor_id}))
-                    .expect("json"),
-            )
-        }
+                .map(|r| ExecResult::Execute {
+                    rows_affected: r.rows_affected,
+                    time: r.time,
+                })
+                .collect(),
+            time: out.time,
+            version: out.version,
+            actor_id: Some(api.node.actor.to_string()),
+        }),
         Ok((Err(TxError::Client { index, message }), stmts)) => {
             let sql: String = stmts[index].sql.chars().take(80).collect();
-            fail(
+            Err(Failed::new(
                 StatusCode::BAD_REQUEST,
                 format!("statement {} ({sql}): {message}", index + 1),
-            )
+            ))
         }
-        Ok((Err(e @ TxError::Timeout(_)), _)) => fail(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        Ok((Err(e @ TxError::Timeout(_)), _)) => {
+            Err(Failed::new(StatusCode::REQUEST_TIMEOUT, e.to_string()))
+        }
         Ok((Err(TxError::Internal(e)), _)) => {
             tracing::error!(error = %format!("{e:#}"), "transaction failed");
-            fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+            Err(Failed::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e:#}"),
+            ))
         }
-        Err(e) => error(
+        Err(e) => Err(Failed::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("transaction task failed: {e}"),
-        ),
+        )),
     }
+}
+
+/// A timeout in seconds as asked (`None` or ≤ 0: none).
+pub fn timeout(secs: Option<f64>) -> Option<Duration> {
+    secs.filter(|t| *t > 0.0 && t.is_finite())
+        .map(Duration::from_secs_f64)
+}
+
+pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
+    let asked = match Query::parse(&req).number::<f64>("timeout") {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let result = match super::read_json(api, req).await {
+        Ok(v) => match decode(v) {
+            Ok(stmts) => run(api, stmts, timeout(asked)).await,
+            Err(f) => Err(f),
+        },
+        Err(r) => return r,
+    };
+    let (status, body) = match result {
+        Ok(out) => (StatusCode::OK, out),
+        Err(f) => (
+            f.status,
+            ExecResponse {
+                error: Some(f.message.clone()),
+                results: vec![ExecResult::Error { error: f.message }],
+                time: 0.0,
+                version: None,
+                actor_id: Some(api.node.actor.to_string()),
+            },
+        ),
+    };
+    json_response(status, crate::subs::attach::to_json(&body))
 }

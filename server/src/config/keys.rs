@@ -37,7 +37,8 @@ pub(super) const SCHEMA: &[(&str, &[KeySpec])] = {
     &[
         ("", &[k("db", Section), k("api", Section), k("gossip", Section), k("admin", Section), k("perf", Section), k("log", Section)]),
         ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int), k("subscription_log_retention", Int), k("subscription_idle_secs", Int)]),
-        ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int)]),
+        ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int), k("ws", Section)]),
+        ("api.ws", &[k("max_message_bytes", Int), k("max_subscriptions", Int), k("max_sockets", Int), k("max_in_flight", Int), k("ping_interval_secs", Int), k("idle_timeout_secs", Int), k("write_timeout_secs", Int)]),
         ("api.authz", &[a("bearer-token", &["authorization", "bearer"], Str)]),
         ("gossip", &[a("addr", &["bind_addr"], Str), k("external_addr", Str), k("bootstrap", List), k("plaintext", Bool), k("tls", Section), k("cluster_id", Int), k("max_mtu", Int), k("idle_timeout_secs", Int), k("member_id", Int), k("snapshot_bootstrap", Bool), k("snapshot_min_bytes", Int)]),
         ("gossip.tls", &[k("cert_file", Str), k("key_file", Str), k("ca_file", Str), k("insecure", Bool), k("client", Section)]),

@@ -122,6 +122,42 @@ pub struct ApiConfig {
     pub query_timeout_secs: u64,
     /// `api.max_concurrency` (default 128): requests served at once.
     pub max_concurrency: usize,
+    /// `[api.ws]`: the WebSocket endpoint's limits.
+    pub ws: WsConfig,
+}
+
+/// `[api.ws]`: limits of `GET /v1/ws`. Every violation is answered with an error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConfig {
+    /// `max_message_bytes` (default 1 MiB): largest client message (and frame); larger ones
+    /// close the socket with code 1009.
+    pub max_message_bytes: usize,
+    /// `max_subscriptions` (default 10000): subscriptions per socket.
+    pub max_subscriptions: usize,
+    /// `max_sockets` (default 20000): open sockets per node.
+    pub max_sockets: usize,
+    /// `max_in_flight` (default 32): queries and transactions running at once per socket.
+    pub max_in_flight: usize,
+    /// `ping_interval_secs` (default 15): the node pings an idle socket this often.
+    pub ping_interval_secs: u64,
+    /// `idle_timeout_secs` (default 60): a socket silent this long (not even a pong) is closed.
+    pub idle_timeout_secs: u64,
+    /// `write_timeout_secs` (default 30): a socket that accepts no data this long is closed.
+    pub write_timeout_secs: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: 1024 * 1024,
+            max_subscriptions: 10_000,
+            max_sockets: 20_000,
+            max_in_flight: 32,
+            ping_interval_secs: 15,
+            idle_timeout_secs: 60,
+            write_timeout_secs: 30,
+        }
+    }
 }
 
 /// `[api.authz]`. `Debug` redacts the token so it never reaches logs.
@@ -581,6 +617,7 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
         max_body_bytes: r.count("api.max_body_bytes", 16 * 1024 * 1024)?,
         query_timeout_secs: r.unsigned("api.query_timeout_secs", 60)?,
         max_concurrency: r.count("api.max_concurrency", 128)?,
+        ws: ws_config(r)?,
     };
 
     let tls = tls(r)?;
@@ -665,6 +702,32 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
         perf,
         log,
     })
+}
+
+fn ws_config(r: &Reader<'_>) -> Result<WsConfig, ConfigError> {
+    let d = WsConfig::default();
+    let ws = WsConfig {
+        max_message_bytes: r.count("api.ws.max_message_bytes", d.max_message_bytes)?,
+        max_subscriptions: r.count("api.ws.max_subscriptions", d.max_subscriptions)?,
+        max_sockets: r.count("api.ws.max_sockets", d.max_sockets)?,
+        max_in_flight: r.count("api.ws.max_in_flight", d.max_in_flight)?,
+        ping_interval_secs: r.count("api.ws.ping_interval_secs", d.ping_interval_secs as usize)?
+            as u64,
+        idle_timeout_secs: r.count("api.ws.idle_timeout_secs", d.idle_timeout_secs as usize)?
+            as u64,
+        write_timeout_secs: r.count("api.ws.write_timeout_secs", d.write_timeout_secs as usize)?
+            as u64,
+    };
+    if ws.idle_timeout_secs <= ws.ping_interval_secs {
+        return Err(r.invalid(
+            "api.ws.idle_timeout_secs",
+            format!(
+                "must be longer than api.ws.ping_interval_secs ({}), or every quiet socket is closed before its pong can arrive",
+                ws.ping_interval_secs
+            ),
+        ));
+    }
+    Ok(ws)
 }
 
 /// `[gossip.tls]` and its `[gossip.tls.client]`, if present.

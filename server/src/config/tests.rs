@@ -89,6 +89,7 @@ fn defaults_fill_unset_keys() {
         max_body_bytes: 16_777_216,
         query_timeout_secs: 60,
         max_concurrency: 128,
+        ws: WsConfig::default(),
     };
     assert_eq!(cfg.api, api);
     // Neither TLS nor plaintext is fine: the node runs single-node.

@@ -4,7 +4,6 @@ use super::catalog::Catalog;
 use super::exec::{bind, Statement};
 use super::guard::Guard;
 use anyhow::{Context, Result};
-use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
@@ -102,15 +101,10 @@ pub fn open_read_connection(path: &std::path::Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// What a query produces, in order: `Columns`, any number of `Row`s, then `End` or `Error`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum QueryEvent {
-    Columns(Vec<String>),
-    Row(u64, Vec<Value>),
-    /// Seconds spent running the query.
-    End(f64),
-    Error(String),
-}
+/// What a query produces, in order: `Columns`, any number of `Row`s, then `EndOfQuery` (with
+/// the seconds spent) or `Error`.
+pub use verdigris_api_types::QueryEvent;
+use verdigris_api_types::TypedQueryEvent;
 
 /// Errors detected before any row is produced (answered with a 4xx).
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +148,7 @@ pub fn run_query(
     let mut stmt = prepare(conn, s)?;
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let n = columns.len();
-    if !sink(QueryEvent::Columns(columns)) {
+    if !sink(TypedQueryEvent::Columns(columns)) {
         return Ok(());
     }
     conn.guard().begin(timeout);
@@ -164,28 +158,33 @@ pub fn run_query(
         match rows.next() {
             Ok(Some(r)) => {
                 row_id += 1;
-                let cells: rusqlite::Result<Vec<Value>> = (0..n)
-                    .map(|i| verdigris_subscriptions::stmt::value_at(r, i))
+                let cells: rusqlite::Result<Vec<verdigris_api_types::SqliteValue>> = (0..n)
+                    .map(|i| verdigris_subscriptions::stmt::value_at(r, i).map(Into::into))
                     .collect();
                 match cells {
                     Ok(cells) => {
-                        if !sink(QueryEvent::Row(row_id, cells)) {
+                        if !sink(TypedQueryEvent::Row(row_id, cells)) {
                             break None;
                         }
                     }
-                    Err(e) => break Some(QueryEvent::Error(e.to_string())),
+                    Err(e) => break Some(TypedQueryEvent::Error(e.to_string())),
                 }
             }
-            Ok(None) => break Some(QueryEvent::End(start.elapsed().as_secs_f64())),
+            Ok(None) => {
+                break Some(TypedQueryEvent::EndOfQuery {
+                    time: start.elapsed().as_secs_f64(),
+                    change_id: None,
+                })
+            }
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::OperationInterrupted =>
             {
-                break Some(QueryEvent::Error(format!(
+                break Some(TypedQueryEvent::Error(format!(
                     "query timed out after {:?}; add a LIMIT, an index, or raise ?timeout=",
                     timeout.unwrap_or_default()
                 )))
             }
-            Err(e) => break Some(QueryEvent::Error(e.to_string())),
+            Err(e) => break Some(TypedQueryEvent::Error(e.to_string())),
         }
     };
     drop(rows);

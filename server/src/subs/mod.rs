@@ -8,29 +8,27 @@
 //! the writer never waits for subscriptions.
 //!
 //! - [`persist`]: the on-disk registry, rows and change logs.
-//! - [`events`]: NDJSON encoding of subscription events.
+//! - [`attach`]: what a listener receives (the attach contract every transport uses).
 
-pub mod events;
+pub mod attach;
 pub mod persist;
 
 use crate::crdt::ActorId;
 use crate::store::reader::ReadPool;
 use crate::store::{Committed, Shared, Statement};
 use anyhow::Result;
-use bytes::Bytes;
+use attach::{publish, Failure, Listener, Published};
+pub use attach::{Attach, Item};
 use persist::{Persist, RoundWrite};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use verdigris_api_types::{NotifyEvent, NotifyKind, QueryEvent, SqliteValue, TypedQueryEvent};
 use verdigris_subscriptions::family::FamilyInfo;
 use verdigris_subscriptions::matview::Changes;
 use verdigris_subscriptions::{analyze, Analysis, MatView, Schema};
 
-/// Messages queued per listener before it is considered too slow.
-const LISTENER_QUEUE: usize = 1024;
 /// Keys pending before the matcher treats whole tables as changed.
 const MAX_PENDING_KEYS: usize = 200_000;
 
@@ -59,32 +57,11 @@ pub enum SubsError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// `from` was given, but there is no such subscription to resume.
+    #[error("{0}")]
+    NoSubscription(String),
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
-}
-
-/// What a listener receives after its initial lines.
-#[derive(Debug)]
-pub struct Batch {
-    /// Highest change id in `bytes`.
-    pub last_id: u64,
-    pub bytes: Bytes,
-}
-
-struct Listener {
-    tx: mpsc::Sender<Batch>,
-    lagged: Arc<AtomicBool>,
-}
-
-/// An attached listener: send `initial`, then every batch from `rx` with `last_id > start`.
-pub struct Attach {
-    pub id: String,
-    pub hash: String,
-    pub initial: Bytes,
-    pub rx: Option<mpsc::Receiver<Batch>>,
-    pub start: u64,
-    /// Set when the listener was dropped for being too slow.
-    pub lagged: Arc<AtomicBool>,
 }
 
 struct Sub {
@@ -96,7 +73,7 @@ struct Sub {
     tables: BTreeSet<String>,
     mv: MatView,
     last_change_id: u64,
-    listeners: Vec<Listener>,
+    listeners: Vec<Listener<QueryEvent>>,
     idle_since: Instant,
     /// Family key and member index, for subscriptions evaluated with their family.
     family: Option<(String, u64)>,
@@ -164,7 +141,7 @@ impl State {
 
 struct UpdatesHandle {
     id: String,
-    listeners: Vec<Listener>,
+    listeners: Vec<Listener<NotifyEvent>>,
 }
 
 #[derive(Default)]
@@ -374,7 +351,7 @@ impl Manager {
             return self.attach_locked(&mut st, &id, from, skip_rows);
         }
         if from.is_some() {
-            return Err(SubsError::BadRequest(
+            return Err(SubsError::NoSubscription(
                 "a `from` query param was supplied, but no existing subscription found; subscribe without `from`".into(),
             ));
         }
@@ -394,16 +371,13 @@ impl Manager {
         if let Some(f) = &analysis.family {
             sub.family = Some((f.key.clone(), st.join_family(f, &id)?));
         }
-        let mut initial = Vec::new();
         // `skip_rows` suppresses the snapshot entirely (columns, rows and eoq), as Corrosion does.
-        if !skip_rows {
-            events::columns(&mut initial, &sub.columns);
-            for (rid, cells) in &rows {
-                events::row(&mut initial, *rid, cells);
-            }
-            events::eoq(&mut initial, start.elapsed().as_secs_f64(), 0);
-        }
-        let (attach, listener) = listener(&sub, Bytes::from(initial), 0);
+        let initial = if skip_rows {
+            Vec::new()
+        } else {
+            snapshot_events(&sub.columns, rows, start.elapsed().as_secs_f64(), 0)
+        };
+        let (attach, listener) = Attach::listen(sub.id.clone(), sub.hash.clone(), initial, 0);
         sub.listeners.push(listener);
         st.by_key.insert(analysis.normalized.clone(), id.clone());
         st.subs.insert(id, sub);
@@ -436,55 +410,36 @@ impl Manager {
                 )))
             }
         };
-        let mut initial = Vec::new();
-        let start = match from {
+        let initial = match from {
             Some(from) if from > 0 => {
                 if from > last {
-                    events::error(
-                        &mut initial,
-                        &format!(
-                            "from={from} is ahead of this subscription's last change id {last}"
-                        ),
-                    );
-                    return Ok(closed(st, id, initial));
+                    return Ok(closed(st, id, Failure::Ahead { from, last }));
                 }
                 let (min, changes) = st.persist.changes_after(id, from)?;
                 let first_needed = from + 1;
                 if first_needed <= last && min.is_none_or(|m| m > first_needed) {
-                    events::error(
-                        &mut initial,
-                        &format!(
-                            "subscription already deleted older changes (min change id: {}); you asked for changes after {from}: resubscribe without `from` to get a fresh snapshot",
-                            min.unwrap_or(last + 1)
-                        ),
-                    );
-                    return Ok(closed(st, id, initial));
+                    let min = min.unwrap_or(last + 1);
+                    return Ok(closed(st, id, Failure::TooOld { from, min }));
                 }
-                for (cid, ch) in &changes {
-                    events::change(&mut initial, ch, *cid);
-                }
-                last
+                changes
+                    .into_iter()
+                    .map(|(cid, ch)| change_event(ch, cid))
+                    .collect()
             }
+            _ if skip_rows => Vec::new(),
             _ => {
                 let sub = st.subs.get(id).expect("checked");
-                if !skip_rows {
-                    events::columns(&mut initial, &columns);
-                    for (rid, cells) in sub.mv.snapshot() {
-                        events::row(&mut initial, rid, &cells);
-                    }
-                    events::eoq(&mut initial, 0.0, last);
-                }
-                last
+                snapshot_events(&columns, sub.mv.snapshot(), 0.0, last)
             }
         };
         let sub = st.subs.get_mut(id).expect("checked");
-        let (attach, l) = listener(sub, Bytes::from(initial), start);
+        let (attach, l) = Attach::listen(sub.id.clone(), sub.hash.clone(), initial, last);
         sub.listeners.push(l);
         Ok(attach)
     }
 
     /// `POST /v1/updates/{table}`: key notifications for one table.
-    pub fn updates(&self, table: &str) -> Result<Attach, SubsError> {
+    pub fn updates(&self, table: &str) -> Result<Attach<NotifyEvent>, SubsError> {
         let catalog = self.shared.catalog();
         let Some(t) = catalog.get(table) else {
             return Err(SubsError::BadRequest(format!(
@@ -497,20 +452,9 @@ impl Manager {
             id: ActorId::random().hyphenated(),
             listeners: vec![],
         });
-        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
-        let lagged = Arc::new(AtomicBool::new(false));
-        h.listeners.push(Listener {
-            tx,
-            lagged: lagged.clone(),
-        });
-        Ok(Attach {
-            id: h.id.clone(),
-            hash: String::new(),
-            initial: Bytes::new(),
-            rx: Some(rx),
-            start: 0,
-            lagged,
-        })
+        let (attach, l) = Attach::listen(h.id.clone(), String::new(), Vec::new(), 0);
+        h.listeners.push(l);
+        Ok(attach)
     }
 
     pub fn list(&self) -> Vec<SubInfo> {
@@ -653,20 +597,21 @@ impl Manager {
         }
         drop(writes);
         for (id, first, ch) in produced {
-            let mut buf = Vec::new();
-            for (i, c) in ch.iter().enumerate() {
-                events::change(&mut buf, c, first + i as u64);
-            }
             let last_id = first + ch.len() as u64 - 1;
+            let events = ch
+                .into_iter()
+                .zip(first..)
+                .map(|(c, cid)| change_event(c, cid))
+                .collect();
             let sub = st.subs.get_mut(&id).expect("sub");
-            publish(&mut sub.listeners, last_id, Bytes::from(buf));
+            publish(&mut sub.listeners, Published::new(last_id, events));
             if sub.listeners.is_empty() {
                 sub.idle_since = sub.idle_since.min(Instant::now());
             }
         }
-        for (table, bytes) in notifications {
+        for (table, events) in notifications {
             if let Some(h) = st.updates.get_mut(&table) {
-                publish(&mut h.listeners, 0, bytes);
+                publish(&mut h.listeners, Published::new(0, events));
             }
         }
         st.updates.retain(|_, h| !h.listeners.is_empty());
@@ -679,7 +624,7 @@ impl Manager {
         st: &State,
         conn: &rusqlite::Connection,
         changes: &Changes,
-    ) -> Vec<(String, Bytes)> {
+    ) -> Vec<(String, Vec<NotifyEvent>)> {
         let catalog = self.shared.catalog();
         let mut out = Vec::new();
         for (table, h) in &st.updates {
@@ -694,7 +639,7 @@ impl Manager {
                 crate::store::catalog::quote(&t.name),
                 t.sql.pk_where
             );
-            let mut buf = Vec::new();
+            let mut events = Vec::with_capacity(keys.len());
             for k in keys {
                 let Ok(vals) = crate::crdt::pack::unpack(k) else {
                     continue;
@@ -703,9 +648,17 @@ impl Manager {
                     .prepare_cached(&sql)
                     .and_then(|mut s| s.exists(rusqlite::params_from_iter(&vals)))
                     .unwrap_or(false);
-                events::notify(&mut buf, if exists { "update" } else { "delete" }, &vals);
+                let kind = if exists {
+                    NotifyKind::Update
+                } else {
+                    NotifyKind::Delete
+                };
+                events.push(NotifyEvent::Notify(
+                    kind,
+                    vals.into_iter().map(SqliteValue::from).collect(),
+                ));
             }
-            out.push((table.clone(), Bytes::from(buf)));
+            out.push((table.clone(), events));
         }
         out
     }
@@ -716,7 +669,7 @@ impl Manager {
             .subs
             .values_mut()
             .filter_map(|s| {
-                s.listeners.retain(|l| !l.tx.is_closed());
+                s.listeners.retain(|l| !l.is_closed());
                 if !s.listeners.is_empty() {
                     s.idle_since = Instant::now();
                     None
@@ -753,50 +706,44 @@ fn new_sub(id: String, a: &Analysis, mv: MatView) -> Sub {
     }
 }
 
-fn listener(sub: &Sub, initial: Bytes, start: u64) -> (Attach, Listener) {
-    let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
-    let lagged = Arc::new(AtomicBool::new(false));
-    (
-        Attach {
-            id: sub.id.clone(),
-            hash: sub.hash.clone(),
-            initial,
-            rx: Some(rx),
-            start,
-            lagged: lagged.clone(),
-        },
-        Listener { tx, lagged },
-    )
-}
-
-/// An attach that only sends `initial` (an error) and ends.
-fn closed(st: &State, id: &str, initial: Vec<u8>) -> Attach {
-    let hash = st.subs.get(id).map(|s| s.hash.clone()).unwrap_or_default();
-    Attach {
-        id: id.to_string(),
-        hash,
-        initial: Bytes::from(initial),
-        rx: None,
-        start: 0,
-        lagged: Arc::new(AtomicBool::new(false)),
-    }
-}
-
-/// Sends a batch to every listener; a listener whose queue is full is dropped and flagged.
-fn publish(listeners: &mut Vec<Listener>, last_id: u64, bytes: Bytes) {
-    listeners.retain(|l| {
-        match l.tx.try_send(Batch {
-            last_id,
-            bytes: bytes.clone(),
-        }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                l.lagged.store(true, Ordering::SeqCst);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+/// The snapshot a listener starts from: `columns`, every row, `eoq` with the change id the
+/// snapshot is at.
+fn snapshot_events(
+    columns: &[String],
+    rows: Vec<(u64, Vec<rusqlite::types::Value>)>,
+    time: f64,
+    change_id: u64,
+) -> Vec<QueryEvent> {
+    let mut out = Vec::with_capacity(rows.len() + 2);
+    out.push(TypedQueryEvent::Columns(columns.to_vec()));
+    out.extend(
+        rows.into_iter()
+            .map(|(rid, cells)| TypedQueryEvent::Row(rid, wire_cells(cells))),
+    );
+    out.push(TypedQueryEvent::EndOfQuery {
+        time,
+        change_id: Some(change_id),
     });
+    out
+}
+
+fn change_event(c: verdigris_subscriptions::RowChange, change_id: u64) -> QueryEvent {
+    let kind = match c.kind {
+        verdigris_subscriptions::ChangeKind::Insert => verdigris_api_types::ChangeType::Insert,
+        verdigris_subscriptions::ChangeKind::Update => verdigris_api_types::ChangeType::Update,
+        verdigris_subscriptions::ChangeKind::Delete => verdigris_api_types::ChangeType::Delete,
+    };
+    TypedQueryEvent::Change(kind, c.row_id, wire_cells(c.cells), change_id)
+}
+
+fn wire_cells(cells: Vec<rusqlite::types::Value>) -> Vec<SqliteValue> {
+    cells.into_iter().map(SqliteValue::from).collect()
+}
+
+/// An attach that only reports `failure`.
+fn closed(st: &State, id: &str, failure: Failure) -> Attach {
+    let hash = st.subs.get(id).map(|s| s.hash.clone()).unwrap_or_default();
+    Attach::failed(id.to_string(), hash, failure)
 }
 
 fn matcher_loop(m: std::sync::Weak<Manager>) {

@@ -1,0 +1,297 @@
+//! The attach contract, in one place for every transport: what a listener receives after it
+//! attaches to a subscription (or an `/v1/updates` handle), as typed [`Item`]s.
+//!
+//! 1. The initial events — a snapshot (`columns`, `row`…, `eoq`) or a replay of the change log
+//!    after `from` — or a [`Failure`] if the attach cannot be served (`from` too old or ahead).
+//! 2. Every published batch whose last change id is newer than the attach point, in order, so
+//!    change ids stay contiguous across the hand-over from replay to live.
+//! 3. If the listener fell too far behind and was dropped, a final [`Failure::TooSlow`] naming
+//!    the last change id it was sent, so the client can resume from there.
+//!
+//! Encoding (NDJSON lines, WebSocket frames) is the transport's job.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+use verdigris_api_types::QueryEvent;
+
+/// Batches queued per listener before it is considered too slow.
+pub const LISTENER_QUEUE: usize = 1024;
+
+/// The events of one matcher round for one subscription (or updates handle), shared by all
+/// its listeners. Each event's JSON is computed once, by the first transport that asks.
+#[derive(Debug)]
+pub struct Published<E> {
+    /// Highest change id in `events` (0 for `/v1/updates` notifications, which have none).
+    pub last_id: u64,
+    pub events: Vec<E>,
+    json: OnceLock<Vec<Bytes>>,
+}
+
+impl<E> Published<E> {
+    pub fn new(last_id: u64, events: Vec<E>) -> Arc<Self> {
+        Arc::new(Published {
+            last_id,
+            events,
+            json: OnceLock::new(),
+        })
+    }
+}
+
+impl<E: Serialize> Published<E> {
+    /// Each event as one JSON object (no trailing newline).
+    pub fn json(&self) -> &[Bytes] {
+        self.json.get_or_init(|| {
+            self.events
+                .iter()
+                .map(|e| Bytes::from(to_json(e)))
+                .collect()
+        })
+    }
+}
+
+/// JSON of a wire value. Our event types only have string map keys and serialize
+/// non-finite reals as null, so serialization cannot fail.
+pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("wire types always serialize to JSON")
+}
+
+/// The sending side of a listener, kept by the manager.
+pub(super) struct Listener<E> {
+    tx: mpsc::Sender<Arc<Published<E>>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl<E> Listener<E> {
+    pub(super) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Why an attach ended (or could not start) with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// `from` is ahead of the subscription's last change id.
+    Ahead { from: u64, last: u64 },
+    /// The change log no longer holds the changes right after `from`.
+    TooOld { from: u64, min: u64 },
+    /// The listener fell too far behind and was dropped. `last_change_id` is the last change
+    /// id it was sent (`None` for `/v1/updates`, whose notifications have no ids).
+    TooSlow { last_change_id: Option<u64> },
+}
+
+impl Failure {
+    /// A transport-neutral description.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Ahead { from, last } => {
+                format!("from={from} is ahead of this subscription's last change id {last}")
+            }
+            Failure::TooOld { from, min } => format!(
+                "subscription already deleted older changes (min change id: {min}); you asked for changes after {from}: resubscribe without `from` to get a fresh snapshot"
+            ),
+            Failure::TooSlow { last_change_id: Some(last) } => format!(
+                "subscriber too slow: disconnected after change id {last}; resume from change id {last}"
+            ),
+            Failure::TooSlow { last_change_id: None } => {
+                "listener too slow: it fell too far behind and was disconnected; re-open the stream".into()
+            }
+        }
+    }
+}
+
+/// What a listener receives, in order.
+#[derive(Debug)]
+pub enum Item<E> {
+    /// An initial event (snapshot or replay).
+    Event(E),
+    /// A live batch, shared with the subscription's other listeners.
+    Batch(Arc<Published<E>>),
+    /// The last item: the attach failed or the listener was dropped.
+    Failed(Failure),
+}
+
+/// An attached listener, before it is turned into a stream of [`Item`]s.
+pub struct Attach<E = QueryEvent> {
+    /// The subscription's (or updates handle's) id: `corro-query-id`.
+    pub id: String,
+    /// The hash of the subscription's SQL: `corro-query-hash` (empty for updates).
+    pub hash: String,
+    initial: Vec<E>,
+    failure: Option<Failure>,
+    rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
+    start: u64,
+    lagged: Arc<AtomicBool>,
+}
+
+impl<E> Attach<E> {
+    /// A new listener that first receives `initial`, then every batch newer than `start`.
+    pub(super) fn listen(
+        id: String,
+        hash: String,
+        initial: Vec<E>,
+        start: u64,
+    ) -> (Attach<E>, Listener<E>) {
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let attach = Attach {
+            id,
+            hash,
+            initial,
+            failure: None,
+            rx: Some(rx),
+            start,
+            lagged: lagged.clone(),
+        };
+        (attach, Listener { tx, lagged })
+    }
+
+    /// An attach that only reports `failure`.
+    pub(super) fn failed(id: String, hash: String, failure: Failure) -> Attach<E> {
+        Attach {
+            id,
+            hash,
+            initial: Vec::new(),
+            failure: Some(failure),
+            rx: None,
+            start: 0,
+            lagged: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The items this listener receives; ends after a failure or when the subscription ends.
+    pub fn into_stream(self) -> impl Stream<Item = Item<E>> + Send + 'static
+    where
+        E: Send + Sync + 'static,
+    {
+        struct State<E> {
+            initial: std::vec::IntoIter<E>,
+            failure: Option<Failure>,
+            rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
+            last: u64,
+            lagged: Arc<AtomicBool>,
+            counts_ids: bool,
+        }
+        let st = State {
+            initial: self.initial.into_iter(),
+            failure: self.failure,
+            rx: self.rx,
+            last: self.start,
+            lagged: self.lagged,
+            counts_ids: !self.hash.is_empty(),
+        };
+        futures_util::stream::unfold(st, |mut st| async move {
+            if let Some(ev) = st.initial.next() {
+                return Some((Item::Event(ev), st));
+            }
+            if let Some(f) = st.failure.take() {
+                st.rx = None;
+                return Some((Item::Failed(f), st));
+            }
+            let rx = st.rx.as_mut()?;
+            loop {
+                match rx.recv().await {
+                    // Already sent as part of the replay.
+                    Some(b) if b.last_id != 0 && b.last_id <= st.last => continue,
+                    Some(b) => {
+                        st.last = st.last.max(b.last_id);
+                        return Some((Item::Batch(b), st));
+                    }
+                    None => {
+                        st.rx = None;
+                        if st.lagged.load(Ordering::SeqCst) {
+                            let last_change_id = st.counts_ids.then_some(st.last);
+                            return Some((Item::Failed(Failure::TooSlow { last_change_id }), st));
+                        }
+                        return None;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Sends a batch to every listener; a listener whose queue is full is dropped and flagged.
+pub(super) fn publish<E>(listeners: &mut Vec<Listener<E>>, batch: Arc<Published<E>>) {
+    listeners.retain(|l| match l.tx.try_send(batch.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            l.lagged.store(true, Ordering::SeqCst);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use verdigris_api_types::{ChangeType, TypedQueryEvent};
+
+    fn change(id: u64) -> QueryEvent {
+        TypedQueryEvent::Change(ChangeType::Insert, id, vec![], id)
+    }
+
+    fn ids(items: &[Item<QueryEvent>]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Event(TypedQueryEvent::Change(_, _, _, c)) => format!("e{c}"),
+                Item::Event(_) => "e".into(),
+                Item::Batch(b) => format!("b{}", b.last_id),
+                Item::Failed(f) => format!("{f:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_skips_what_the_replay_sent() {
+        let (a, l) = Attach::listen("x".into(), "h".into(), vec![change(3), change(4)], 4);
+        let mut ls = vec![l];
+        // Published while the replay was being read: already covered by it.
+        publish(&mut ls, Published::new(4, vec![change(4)]));
+        publish(&mut ls, Published::new(6, vec![change(5), change(6)]));
+        drop(ls);
+        let items: Vec<_> = a.into_stream().collect().await;
+        assert_eq!(ids(&items), ["e3", "e4", "b6"]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_listener_gets_too_slow_with_its_last_id() {
+        let (a, l) = Attach::<QueryEvent>::listen("x".into(), "h".into(), vec![], 0);
+        let mut ls = vec![l];
+        for i in 1..=(LISTENER_QUEUE as u64 + 1) {
+            publish(&mut ls, Published::new(i, vec![change(i)]));
+        }
+        assert!(ls.is_empty(), "the full listener was dropped");
+        let items: Vec<_> = a.into_stream().collect().await;
+        assert_eq!(items.len(), LISTENER_QUEUE + 1);
+        assert!(matches!(
+            items.last(),
+            Some(Item::Failed(Failure::TooSlow { last_change_id: Some(l) })) if *l == LISTENER_QUEUE as u64
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_attach_reports_only_its_failure() {
+        let a = Attach::<QueryEvent>::failed(
+            "x".into(),
+            "h".into(),
+            Failure::Ahead { from: 9, last: 2 },
+        );
+        let items: Vec<_> = a.into_stream().collect().await;
+        assert_eq!(ids(&items), ["Ahead { from: 9, last: 2 }"]);
+    }
+
+    #[test]
+    fn json_is_computed_once_per_batch() {
+        let b = Published::new(1, vec![change(1)]);
+        let first = b.json().as_ptr();
+        assert_eq!(b.json().as_ptr(), first);
+        assert_eq!(&b.json()[0][..], br#"{"change":["insert",1,[],1]}"#);
+    }
+}
