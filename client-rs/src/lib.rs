@@ -9,14 +9,14 @@
 //! # Writing and reading
 //!
 //! ```no_run
-//! use verdigris_client::{Client, Statement};
+//! use verdigris_client::{Client, SqliteValue, Statement};
 //!
 //! # async fn f() -> verdigris_client::Result<()> {
 //! let client = Client::new(["127.0.0.1:8080", "127.0.0.1:8081"])?;
 //! let r = client
 //!     .execute(&[Statement::with_params(
 //!         "INSERT INTO todos (id, title) VALUES (?, ?)",
-//!         [1.into(), "write docs".into()],
+//!         [SqliteValue::from(1), "write docs".into()],
 //!     )])
 //!     .await?;
 //! println!("version {:?}", r.version);
