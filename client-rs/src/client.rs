@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Largest transaction answer read.
@@ -37,7 +37,8 @@ struct Inner {
     cfg: Arc<Config>,
     nodes: Arc<Nodes>,
     http: Http,
-    ws: OnceLock<WsHandle>,
+    /// The WebSocket connection task, started on first use (again if its runtime ended).
+    ws: Mutex<Option<WsHandle>>,
 }
 
 /// Whether a failed request may be sent again.
@@ -76,7 +77,7 @@ impl Client {
                 cfg: Arc::new(cfg),
                 nodes,
                 http,
-                ws: OnceLock::new(),
+                ws: Mutex::new(None),
             }),
         }
     }
@@ -91,12 +92,18 @@ impl Client {
         &self.inner.http
     }
 
-    /// The WebSocket connection task, started on first use.
+    /// The WebSocket connection task, started on first use. A task that is gone (its
+    /// Tokio runtime shut down) is replaced.
     pub(crate) fn ws_handle(&self) -> WsHandle {
-        self.inner
-            .ws
-            .get_or_init(|| WsHandle::spawn(self.inner.cfg.clone(), self.inner.nodes.clone()))
-            .clone()
+        let mut ws = self.inner.ws.lock().unwrap_or_else(|p| p.into_inner());
+        match &*ws {
+            Some(h) if !h.is_closed() => h.clone(),
+            _ => {
+                let h = WsHandle::spawn(self.inner.cfg.clone(), self.inner.nodes.clone());
+                *ws = Some(h.clone());
+                h
+            }
+        }
     }
 
     /// The node requests currently go to.

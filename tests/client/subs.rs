@@ -1,10 +1,11 @@
 //! Subscriptions over both transports, against real nodes that restart, die, and forget.
 
 use crate::support::NodeDir;
-use crate::{client, fixed_port_dir, next, snapshot, SCHEMA};
+use crate::{builder, client, fixed_port_dir, next, snapshot, SCHEMA};
 use futures_util::StreamExt;
 use verdigris_client::{
-    ChangeType, Client, Error, ResetReason, Statement, SubEvent, SubscribeOptions, Transport,
+    ChangeType, Client, Error, HttpVersion, ResetReason, Statement, SubEvent, SubscribeOptions,
+    Transport,
 };
 
 const BOTH: [Transport; 2] = [Transport::Ndjson, Transport::WebSocket];
@@ -19,10 +20,18 @@ async fn write(c: &Client, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_query_follows_the_result() {
-    for t in BOTH {
+    let cases = [
+        (Transport::Ndjson, HttpVersion::Http1),
+        (Transport::Ndjson, HttpVersion::H2c),
+        (Transport::WebSocket, HttpVersion::Http1),
+    ];
+    for (t, version) in cases {
         let dir = NodeDir::with_schema(SCHEMA);
         let node = dir.start();
-        let c = client([node.addr()]);
+        let c = builder([node.addr()])
+            .http_version(version)
+            .build()
+            .unwrap();
         for (id, healthy) in [("m1", 1), ("m2", 1), ("m3", 0)] {
             write(&c, &format!("INSERT INTO machines VALUES ('{id}', 'web', '10.0.0.{}', 'started', {healthy})", &id[1..])).await;
         }

@@ -128,6 +128,11 @@ impl WsHandle {
         }
     }
 
+    /// The connection task is gone.
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+
     /// A new id, never used before on this client's sockets.
     pub fn next_id(&self, prefix: char) -> String {
         format!("{prefix}{}", self.ids.fetch_add(1, Ordering::Relaxed))
