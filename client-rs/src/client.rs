@@ -294,8 +294,9 @@ impl Client {
     }
 
     /// Runs a read-only query over the client's WebSocket. Errors (bad SQL included) are
-    /// yielded by the stream. Read it promptly: a query whose buffer fills is abandoned
-    /// with [`Error::Lagged`] (the connection never waits for one consumer).
+    /// yielded by the stream. Rows wait for the reader up to
+    /// [`ClientBuilder::ws_buffer_bytes`]; beyond, the query is abandoned with
+    /// [`Error::Lagged`] (the connection never waits for one consumer).
     pub async fn ws_query(&self, stmt: impl Into<Statement>) -> Result<QueryStream> {
         self.ws_query_typed(stmt, None).await
     }

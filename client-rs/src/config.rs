@@ -108,6 +108,7 @@ pub(crate) struct Config {
     pub ws_ping_interval: Duration,
     pub ws_idle_timeout: Duration,
     pub subscription_buffer: usize,
+    pub ws_buffer_bytes: usize,
     pub max_line_bytes: usize,
     pub max_ws_requests: usize,
 }
@@ -153,7 +154,8 @@ impl ClientBuilder {
                 backoff: Backoff::default(),
                 ws_ping_interval: Duration::from_secs(15),
                 ws_idle_timeout: Duration::from_secs(45),
-                subscription_buffer: 1024,
+                subscription_buffer: 4096,
+                ws_buffer_bytes: 64 << 20,
                 max_line_bytes: 64 << 20,
                 max_ws_requests: 10_000,
             },
@@ -213,12 +215,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Events buffered per WebSocket subscription or query before it counts as fallen
-    /// behind (default 1024). The connection never waits for one slow consumer: a
-    /// subscription whose buffer fills is dropped on the node and re-snapshotted when its
-    /// consumer catches up.
+    /// Changes buffered per WebSocket subscription before it counts as fallen behind
+    /// (default 4096). The connection never waits for one slow consumer: a subscription
+    /// whose buffer fills is unsubscribed on the node, and re-subscribes with a fresh
+    /// snapshot ([`SubEvent::Reset`](crate::SubEvent::Reset)) when its consumer reads again.
     pub fn subscription_buffer(mut self, n: usize) -> Self {
         self.cfg.subscription_buffer = n.max(1);
+        self
+    }
+
+    /// Bytes buffered per WebSocket subscription or query (all events, snapshot and query
+    /// rows included) before it counts as fallen behind (default 64 MiB). A query over it
+    /// fails with [`Error::Lagged`].
+    pub fn ws_buffer_bytes(mut self, n: usize) -> Self {
+        self.cfg.ws_buffer_bytes = n.max(64 * 1024);
         self
     }
 

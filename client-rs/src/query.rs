@@ -96,9 +96,9 @@ impl<T: DeserializeOwned + Send + 'static> QueryStream<T> {
         let inner = stream::unfold(Some(St { feed, handle }), |st| async move {
             let mut st = st?;
             loop {
-                let item = match st.feed.rx.recv().await {
+                let item = match st.feed.recv().await {
                     Some(Item::Started { .. }) => continue,
-                    Some(Item::Msg(m)) => match m.body {
+                    Some(Item::Msg { msg: m, .. }) => match m.body {
                         ServerBody::Columns(c) => Ok(TypedQueryEvent::Columns(c)),
                         ServerBody::Row(rid, cells) => serde_json::from_value::<T>(cells)
                             .map(|r| TypedQueryEvent::Row(rid, r))

@@ -443,12 +443,12 @@ impl<T: DeserializeOwned + Send + 'static> Driver<T> {
                 }
                 Err(e) => Step::Fatal(e),
             },
-            Conn::Ws(ws) => match ws.feed.rx.recv().await {
+            Conn::Ws(ws) => match ws.feed.recv().await {
                 Some(Item::Started { node, resumed }) => {
                     self.machine.started(node, resumed, &mut self.out);
                     Step::Continue
                 }
-                Some(Item::Msg(m)) => {
+                Some(Item::Msg { msg: m, .. }) => {
                     session.healthy = true;
                     self.ws_message(m)
                 }

@@ -55,6 +55,22 @@ async fn queries_transactions_and_pings() {
     );
     assert!(!e.is_retryable());
     assert!(c.ws_ping().await.unwrap() < Duration::from_secs(5));
+    // A large result read as it arrives: the consumer keeps up with the connection.
+    c.execute(&["WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i+1 FROM n WHERE i < 30000) INSERT INTO t SELECT i, printf('%.100c', 'x'), i FROM n".into()])
+        .await
+        .unwrap();
+    let big: Vec<(i64, String, i64)> = c.ws_query_as("SELECT id, a, b FROM t").await.unwrap();
+    assert_eq!(big.len(), 30000);
+    // So is a large snapshot (bounded by bytes, not by the change count).
+    let mut live =
+        c.live_query::<(i64, String, i64)>("SELECT id, a, b FROM t", SubscribeOptions::websocket());
+    let up = live.next().await.unwrap().unwrap();
+    assert!(up.snapshot && up.reset.is_none());
+    assert_eq!(live.rows().len(), 30000);
+    drop(live);
+    c.execute(&["DELETE FROM t WHERE id > 1".into()])
+        .await
+        .unwrap();
     // The socket survived the errors.
     assert_eq!(
         c.ws_query_as::<(i64,)>("SELECT id FROM t").await.unwrap(),

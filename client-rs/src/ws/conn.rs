@@ -5,7 +5,7 @@
 //! It owns the socket and the routes, and ends when every handle on it is dropped.
 
 use super::routes::Routes;
-use super::{Cmd, RawMessage};
+use super::{Cmd, Limits, RawMessage};
 use crate::config::{Config, NodeAddr, Nodes};
 use crate::error::{Error, Result};
 use crate::types::ws::{ClientMessage, SUBPROTOCOL};
@@ -39,7 +39,13 @@ enum Outcome {
 }
 
 pub(super) async fn run(cfg: Arc<Config>, nodes: Arc<Nodes>, mut cmds: mpsc::Receiver<Cmd>) {
-    let mut routes = Routes::new(cfg.max_ws_requests);
+    let mut routes = Routes::new(
+        cfg.max_ws_requests,
+        Limits {
+            changes: cfg.subscription_buffer,
+            bytes: cfg.ws_buffer_bytes,
+        },
+    );
     let mut failures: u32 = 0;
     loop {
         if routes.is_empty() {
@@ -266,6 +272,8 @@ async fn session(
 ) -> Outcome {
     let (mut sink, mut stream) = ws.split();
     let mut out: VecDeque<ClientMessage> = VecDeque::new();
+    // Consumers that left while offline need nothing sent.
+    routes.sweep(false, &mut out);
     routes.connected(node, &mut out);
     let mut ping_due = false;
     let mut unflushed = false;
@@ -297,7 +305,7 @@ async fn session(
                 received = true;
                 match m {
                     Message::Text(t) => match serde_json::from_str::<RawMessage>(t.as_str()) {
-                        Ok(msg) => routes.message(msg, &mut out),
+                        Ok(msg) => routes.message(msg, t.len(), &mut out),
                         Err(e) => {
                             let head: String = t.as_str().chars().take(200).collect();
                             tracing::warn!(node = %addr, "ignoring a message that does not decode ({e}): {head}");

@@ -3,20 +3,21 @@
 //! over it by client-chosen ids ([`routes`]).
 //!
 //! Consumers talk to the task through a bounded command channel ([`WsHandle`]); the task
-//! delivers each subscription's or query's messages into that consumer's own bounded
-//! channel and never waits for it: a consumer whose channel is full is cut off (its
-//! subscription unsubscribed on the node, marked [`EndReason::Behind`]) and recovers when it
-//! reads again.
+//! delivers each subscription's or query's messages into that consumer's own channel and
+//! never waits for it. Each channel is bounded by a [`Budget`]: pending changes (a count)
+//! and pending bytes (snapshot and query rows count only there, so a large result read at
+//! the consumer's pace is fine). A consumer over budget is cut off (its subscription
+//! unsubscribed on the node, marked [`EndReason::Behind`]) and recovers when it reads again.
 
 mod conn;
 mod routes;
 
 use crate::config::{Config, Nodes};
 use crate::error::{Error, Result};
-use crate::types::ws::ServerMessage;
+use crate::types::ws::{ServerBody, ServerMessage};
 use crate::types::{ChangeId, Statement};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,11 +32,56 @@ pub(crate) type RawMessage = ServerMessage<Value>;
 pub(crate) enum Item {
     /// The request was sent on the connection to node `node` (index); `resumed` when a
     /// subscription continues after its `from` change id there (else it is a fresh one).
-    Started {
-        node: usize,
-        resumed: bool,
-    },
-    Msg(RawMessage),
+    Started { node: usize, resumed: bool },
+    /// A message and the size of its frame (its share of the [`Budget`]).
+    Msg { msg: RawMessage, bytes: usize },
+}
+
+/// What a consumer may have pending before it counts as fallen behind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Pending `change` messages.
+    pub changes: usize,
+    /// Pending bytes (frame sizes) of all messages.
+    pub bytes: usize,
+}
+
+/// What one consumer has pending: reserved by the task when it delivers a message,
+/// released by the consumer when it receives it.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    changes: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+fn is_change(m: &RawMessage) -> bool {
+    matches!(m.body, ServerBody::Change(..))
+}
+
+impl Budget {
+    /// Takes room for `msg`, or `false` if that would exceed `limits` (nothing taken).
+    pub fn reserve(&self, msg: &RawMessage, bytes: usize, limits: Limits) -> bool {
+        let change = is_change(msg);
+        if change && self.changes.load(Ordering::Acquire) >= limits.changes {
+            return false;
+        }
+        // Only the connection task reserves, so check-then-add cannot overshoot.
+        if self.bytes.load(Ordering::Acquire) + bytes > limits.bytes {
+            return false;
+        }
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if change {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    fn release(&self, msg: &RawMessage, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if is_change(msg) {
+            self.changes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Why a consumer's channel closed (set before the task drops its sender).
@@ -77,8 +123,54 @@ pub(crate) struct Resume {
 /// A consumer's side of a route: its messages and why they stopped.
 pub(crate) struct Feed {
     pub id: String,
-    pub rx: mpsc::Receiver<Item>,
+    rx: mpsc::UnboundedReceiver<Item>,
+    budget: Arc<Budget>,
     pub end: Arc<EndSlot>,
+}
+
+impl Feed {
+    /// The next item; `None` once the task closed the route (see [`Feed::end`]).
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await;
+        if let Some(Item::Msg { msg, bytes }) = &item {
+            self.budget.release(msg, *bytes);
+        }
+        item
+    }
+
+    /// The next item if one is ready.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<Item> {
+        let item = self.rx.try_recv().ok();
+        if let Some(Item::Msg { msg, bytes }) = &item {
+            self.budget.release(msg, *bytes);
+        }
+        item
+    }
+}
+
+/// The task's side of a route.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub tx: mpsc::UnboundedSender<Item>,
+    pub budget: Arc<Budget>,
+    pub end: Arc<EndSlot>,
+}
+
+/// A route's two sides.
+pub(crate) fn route_channel(id: String) -> (Feed, Delivery) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Budget::default());
+    let end = Arc::new(EndSlot::default());
+    (
+        Feed {
+            id,
+            rx,
+            budget: budget.clone(),
+            end: end.clone(),
+        },
+        Delivery { tx, budget, end },
+    )
 }
 
 #[derive(Debug)]
@@ -88,15 +180,13 @@ pub(crate) enum Cmd {
         stmt: Statement,
         skip_rows: bool,
         resume: Option<Resume>,
-        tx: mpsc::Sender<Item>,
-        end: Arc<EndSlot>,
+        to: Delivery,
     },
     Query {
         id: String,
         stmt: Statement,
         timeout: Option<f64>,
-        tx: mpsc::Sender<Item>,
-        end: Arc<EndSlot>,
+        to: Delivery,
     },
     /// A transaction or ping: one reply.
     Request {
@@ -112,19 +202,16 @@ pub(crate) enum Cmd {
 pub(crate) struct WsHandle {
     cmd: mpsc::Sender<Cmd>,
     ids: Arc<AtomicU64>,
-    buffer: usize,
 }
 
 impl WsHandle {
     /// Starts the connection task (on the current Tokio runtime).
     pub fn spawn(cfg: Arc<Config>, nodes: Arc<Nodes>) -> WsHandle {
         let (tx, rx) = mpsc::channel(CMD_QUEUE);
-        let buffer = cfg.subscription_buffer;
         tokio::spawn(conn::run(cfg, nodes, rx));
         WsHandle {
             cmd: tx,
             ids: Arc::new(AtomicU64::new(1)),
-            buffer,
         }
     }
 
@@ -149,34 +236,28 @@ impl WsHandle {
         skip_rows: bool,
         resume: Option<Resume>,
     ) -> Result<Feed> {
-        let id = self.next_id('s');
-        let (tx, rx) = mpsc::channel(self.buffer);
-        let end = Arc::new(EndSlot::default());
+        let (feed, to) = route_channel(self.next_id('s'));
         self.send(Cmd::Subscribe {
-            id: id.clone(),
+            id: feed.id.clone(),
             stmt,
             skip_rows,
             resume,
-            tx,
-            end: end.clone(),
+            to,
         })
         .await?;
-        Ok(Feed { id, rx, end })
+        Ok(feed)
     }
 
     pub async fn query(&self, stmt: Statement, timeout: Option<f64>) -> Result<Feed> {
-        let id = self.next_id('q');
-        let (tx, rx) = mpsc::channel(self.buffer);
-        let end = Arc::new(EndSlot::default());
+        let (feed, to) = route_channel(self.next_id('q'));
         self.send(Cmd::Query {
-            id: id.clone(),
+            id: feed.id.clone(),
             stmt,
             timeout,
-            tx,
-            end: end.clone(),
+            to,
         })
         .await?;
-        Ok(Feed { id, rx, end })
+        Ok(feed)
     }
 
     /// Sends a transaction or ping and waits for its reply.

@@ -2,14 +2,12 @@
 //! consumer, what to send when (re)connected, and what happens to a consumer that does not
 //! keep up. Pure bookkeeping (no socket), driven by the connection task.
 
-use super::{statement_parts, Cmd, EndReason, EndSlot, Item, RawMessage, Resume};
+use super::{statement_parts, Cmd, Delivery, EndReason, Item, Limits, RawMessage, Resume};
 use crate::error::Error;
 use crate::types::ws::{ClientMessage, ErrorCode, ServerBody};
 use crate::types::Statement;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// What is yet to be sent for a route.
 #[derive(Debug)]
@@ -29,11 +27,7 @@ enum Pending {
 #[derive(Debug)]
 enum Sink {
     /// A subscription or query: a stream of messages.
-    Stream {
-        tx: mpsc::Sender<Item>,
-        end: Arc<EndSlot>,
-        subscription: bool,
-    },
+    Stream { to: Delivery, subscription: bool },
     /// A transaction or ping: one reply.
     Reply(oneshot::Sender<crate::Result<RawMessage>>),
 }
@@ -50,13 +44,16 @@ struct Route {
 pub(crate) struct Routes {
     map: HashMap<String, Route>,
     max: usize,
+    limits: Limits,
 }
 
 impl Routes {
-    pub fn new(max: usize) -> Routes {
+    /// At most `max` routes; each consumer may have `limits` pending.
+    pub fn new(max: usize, limits: Limits) -> Routes {
         Routes {
             map: HashMap::new(),
             max,
+            limits,
         }
     }
 
@@ -92,14 +89,12 @@ impl Routes {
                 stmt,
                 skip_rows,
                 resume,
-                tx,
-                end,
+                to,
             } => (
                 id,
                 Route {
                     sink: Sink::Stream {
-                        tx,
-                        end,
+                        to,
                         subscription: true,
                     },
                     pending: Some(Pending::Sub {
@@ -113,14 +108,12 @@ impl Routes {
                 id,
                 stmt,
                 timeout,
-                tx,
-                end,
+                to,
             } => (
                 id,
                 Route {
                     sink: Sink::Stream {
-                        tx,
-                        end,
+                        to,
                         subscription: false,
                     },
                     pending: Some(Pending::Query { stmt, timeout }),
@@ -201,9 +194,7 @@ impl Routes {
                 let resume = resume.filter(|r| r.node == node);
                 let resumed = resume.is_some();
                 let gone = match &route.sink {
-                    Sink::Stream { tx, .. } => {
-                        tx.try_send(Item::Started { node, resumed }).is_err()
-                    }
+                    Sink::Stream { to, .. } => to.tx.send(Item::Started { node, resumed }).is_err(),
                     Sink::Reply(_) => false,
                 };
                 if gone {
@@ -245,7 +236,8 @@ impl Routes {
 
     /// Routes one message from the node to its consumer, never waiting: a consumer whose
     /// channel is full is cut off (a subscription is also unsubscribed via `out`).
-    pub fn message(&mut self, msg: RawMessage, out: &mut VecDeque<ClientMessage>) {
+    /// `bytes` is the size of the message's frame.
+    pub fn message(&mut self, msg: RawMessage, bytes: usize, out: &mut VecDeque<ClientMessage>) {
         let Some(id) = msg.id.clone() else {
             tracing::warn!(message = ?msg.body, code = ?msg.code, "the node reported an error about a message without id (a client bug)");
             return;
@@ -264,11 +256,7 @@ impl Routes {
         // What to do with the route once the message is handled: keep it, or remove it
         // (and unsubscribe on the node).
         let remove: Option<bool> = match &route.sink {
-            Sink::Stream {
-                tx,
-                end,
-                subscription,
-            } => {
+            Sink::Stream { to, subscription } => {
                 let subscription = *subscription;
                 let terminal = match &msg.body {
                     ServerBody::Error(_) | ServerBody::Unsubscribed(_) => true,
@@ -279,23 +267,26 @@ impl Routes {
                     }
                     _ => false,
                 };
-                match tx.try_send(Item::Msg(msg)) {
-                    Ok(()) if terminal => {
-                        end.set(EndReason::Ended);
-                        Some(false)
+                if !to.budget.reserve(&msg, bytes, self.limits) {
+                    if subscription {
+                        tracing::warn!(id, "subscription consumer fell behind (its buffer is full): unsubscribing; it re-subscribes with a fresh snapshot when read again");
+                        to.end.set(EndReason::Behind);
+                    } else {
+                        tracing::warn!(
+                            id,
+                            "query consumer fell behind (its buffer is full): abandoning the query"
+                        );
+                        to.end.set(EndReason::Failed(Error::Lagged));
                     }
-                    Ok(()) => None,
-                    Err(TrySendError::Full(_)) => {
-                        if subscription {
-                            tracing::warn!(id, "subscription consumer fell behind (its buffer is full): unsubscribing; it re-subscribes with a fresh snapshot when read again");
-                            end.set(EndReason::Behind);
-                        } else {
-                            tracing::warn!(id, "query consumer fell behind (its buffer is full): abandoning the query");
-                            end.set(EndReason::Failed(Error::Lagged));
-                        }
-                        Some(subscription && !terminal)
-                    }
-                    Err(TrySendError::Closed(_)) => Some(subscription && !terminal),
+                    Some(subscription && !terminal)
+                } else if to.tx.send(Item::Msg { msg, bytes }).is_err() {
+                    // The consumer is gone.
+                    Some(subscription && !terminal)
+                } else if terminal {
+                    to.end.set(EndReason::Ended);
+                    Some(false)
+                } else {
+                    None
                 }
             }
             Sink::Reply(_) => match msg.body {
@@ -364,7 +355,7 @@ impl Routes {
             .map
             .iter()
             .filter(|(_, r)| match &r.sink {
-                Sink::Stream { tx, .. } => tx.is_closed(),
+                Sink::Stream { to, .. } => to.tx.is_closed(),
                 Sink::Reply(reply) => reply.is_closed(),
             })
             .map(|(id, _)| id.clone())
@@ -389,9 +380,10 @@ impl Routes {
 /// Ends a consumer: its channel closes after `reason` is recorded, or its reply fails.
 fn finish(sink: Sink, reason: EndReason) {
     match sink {
-        Sink::Stream { tx, end, .. } => {
-            end.set(reason);
-            drop(tx);
+        Sink::Stream { to, .. } => {
+            // Record why before the channel closes.
+            to.end.set(reason);
+            drop(to);
         }
         Sink::Reply(reply) => {
             let err = match reason {

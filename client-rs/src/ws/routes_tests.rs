@@ -3,26 +3,38 @@
 use super::*;
 use crate::types::ws::{Empty, ServerMessage};
 use crate::types::{ChangeType, ExecResponse};
+use crate::ws::{route_channel, Feed};
 use serde_json::json;
 
-fn sub_cmd(
-    id: &str,
-    cap: usize,
-    resume: Option<Resume>,
-) -> (Cmd, mpsc::Receiver<Item>, Arc<EndSlot>) {
-    let (tx, rx) = mpsc::channel(cap);
-    let end = Arc::new(EndSlot::default());
+const LIMITS: Limits = Limits {
+    changes: 3,
+    bytes: 1000,
+};
+
+fn sub_cmd(id: &str, resume: Option<Resume>) -> (Cmd, Feed) {
+    let (feed, to) = route_channel(id.into());
     (
         Cmd::Subscribe {
             id: id.into(),
             stmt: Statement::with_params("SELECT * FROM t WHERE a = ?", [1]),
             skip_rows: false,
             resume,
-            tx,
-            end: end.clone(),
+            to,
         },
-        rx,
-        end,
+        feed,
+    )
+}
+
+fn query_cmd(id: &str, timeout: Option<f64>) -> (Cmd, Feed) {
+    let (feed, to) = route_channel(id.into());
+    (
+        Cmd::Query {
+            id: id.into(),
+            stmt: "SELECT 1".into(),
+            timeout,
+            to,
+        },
+        feed,
     )
 }
 
@@ -33,9 +45,13 @@ fn change(id: &str, cid: u64) -> RawMessage {
     )
 }
 
-fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
+fn msg(r: &mut Routes, m: RawMessage, out: &mut VecDeque<ClientMessage>) {
+    r.message(m, 10, out);
+}
+
+fn drain(feed: &mut Feed) -> Vec<Item> {
     let mut v = Vec::new();
-    while let Ok(i) = rx.try_recv() {
+    while let Some(i) = feed.try_recv() {
         v.push(i);
     }
     v
@@ -43,9 +59,9 @@ fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<Item> {
 
 #[test]
 fn offline_commands_wait_for_the_connection() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
-    let (cmd, mut rx, _end) = sub_cmd("s1", 8, None);
+    let (cmd, mut rx) = sub_cmd("s1", None);
     r.command(cmd, None, &mut out);
     assert!(out.is_empty());
     r.connected(3, &mut out);
@@ -66,14 +82,14 @@ fn offline_commands_wait_for_the_connection() {
 
 #[test]
 fn resume_only_on_the_same_node() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
     let resume = Resume {
         node: 1,
         query_id: Some("qid".into()),
         from: 41,
     };
-    let (cmd, mut rx, _) = sub_cmd("s1", 8, Some(resume.clone()));
+    let (cmd, mut rx) = sub_cmd("s1", Some(resume.clone()));
     r.command(cmd, Some(1), &mut out);
     assert_eq!(
         serde_json::to_value(&out[0]).unwrap(),
@@ -87,7 +103,7 @@ fn resume_only_on_the_same_node() {
         }]
     ));
     // On another node the old position means nothing: a fresh subscription.
-    let (cmd, mut rx, _) = sub_cmd("s2", 8, Some(resume));
+    let (cmd, mut rx) = sub_cmd("s2", Some(resume));
     r.command(cmd, Some(2), &mut out);
     let v = serde_json::to_value(&out[1]).unwrap();
     assert!(
@@ -102,9 +118,8 @@ fn resume_only_on_the_same_node() {
         }]
     ));
     // Without a query id (skip_rows: no columns message named it), resume by SQL.
-    let (cmd, _rx, _) = sub_cmd(
+    let (cmd, _rx) = sub_cmd(
         "s3",
-        8,
         Some(Resume {
             node: 2,
             query_id: None,
@@ -119,18 +134,18 @@ fn resume_only_on_the_same_node() {
 
 #[test]
 fn a_full_consumer_is_cut_off_without_blocking_the_others() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
-    let (slow, mut slow_rx, slow_end) = sub_cmd("s1", 4, None);
-    let (fast, mut fast_rx, _) = sub_cmd("s2", 4, None);
+    let (slow, mut slow_rx) = sub_cmd("s1", None);
+    let (fast, mut fast_rx) = sub_cmd("s2", None);
     r.command(slow, Some(0), &mut out);
     r.command(fast, Some(0), &mut out);
     out.clear();
     drain(&mut fast_rx);
     // s1's channel holds Started + 3 changes; the 4th change finds it full.
     for cid in 1..=10 {
-        r.message(change("s1", cid), &mut out);
-        r.message(change("s2", cid), &mut out);
+        msg(&mut r, change("s1", cid), &mut out);
+        msg(&mut r, change("s2", cid), &mut out);
         // The fast consumer keeps reading.
         assert_eq!(drain(&mut fast_rx).len(), 1);
     }
@@ -144,11 +159,12 @@ fn a_full_consumer_is_cut_off_without_blocking_the_others() {
     // The slow consumer reads what it had, then sees its channel closed as Behind.
     let items = drain(&mut slow_rx);
     assert_eq!(items.len(), 4);
-    assert!(slow_rx.try_recv().is_err());
-    assert!(matches!(slow_end.take(), Some(EndReason::Behind)));
+    assert!(slow_rx.try_recv().is_none());
+    assert!(matches!(slow_rx.end.take(), Some(EndReason::Behind)));
     // Late messages for the dropped id (before the node's `unsubscribed`) are ignored.
-    r.message(change("s1", 11), &mut out);
-    r.message(
+    msg(&mut r, change("s1", 11), &mut out);
+    msg(
+        &mut r,
         ServerMessage::new(Some("s1".into()), ServerBody::Unsubscribed(Empty {})),
         &mut out,
     );
@@ -157,86 +173,77 @@ fn a_full_consumer_is_cut_off_without_blocking_the_others() {
 
 #[test]
 fn errors_end_a_subscription_route() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
-    let (cmd, mut rx, end) = sub_cmd("s1", 8, None);
+    let (cmd, mut rx) = sub_cmd("s1", None);
     r.command(cmd, Some(0), &mut out);
     out.clear();
     let mut e = ServerMessage::error(Some("s1".into()), ErrorCode::TooSlow, "slow");
     e.last_change_id = Some(5);
-    r.message(e, &mut out);
+    msg(&mut r, e, &mut out);
     assert!(r.is_empty());
     assert!(out.is_empty(), "the node already ended it: no unsubscribe");
     let items = drain(&mut rx);
-    assert!(matches!(&items[1], Item::Msg(m) if m.last_change_id == Some(5)));
-    assert!(matches!(end.take(), Some(EndReason::Ended)));
+    assert!(matches!(&items[1], Item::Msg { msg: m, .. } if m.last_change_id == Some(5)));
+    assert!(matches!(rx.end.take(), Some(EndReason::Ended)));
 }
 
 #[test]
 fn queries_end_at_eoq_and_fail_when_full() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
-    let (tx, mut rx) = mpsc::channel(2);
-    let end = Arc::new(EndSlot::default());
-    r.command(
-        Cmd::Query {
-            id: "q1".into(),
-            stmt: "SELECT 1".into(),
-            timeout: Some(2.0),
-            tx,
-            end: end.clone(),
-        },
-        Some(0),
-        &mut out,
-    );
+    let (cmd, mut rx) = query_cmd("q1", Some(2.0));
+    r.command(cmd, Some(0), &mut out);
     assert_eq!(
         serde_json::to_value(&out[0]).unwrap(),
         json!({"type": "query", "id": "q1", "sql": "SELECT 1", "timeout": 2.0})
     );
-    r.message(
+    msg(
+        &mut r,
         ServerMessage::new(Some("q1".into()), ServerBody::Columns(vec!["1".into()])),
         &mut out,
     );
-    r.message(
-        ServerMessage::new(
-            Some("q1".into()),
-            ServerBody::EndOfQuery {
-                time: 0.0,
-                change_id: None,
-            },
-        ),
-        &mut out,
-    );
+    assert_eq!(drain(&mut rx).len(), 1);
+    // Rows are bounded by bytes, not by the change count: a large result read at the
+    // consumer's pace is fine.
+    for i in 0..50 {
+        msg(
+            &mut r,
+            ServerMessage::new(Some("q1".into()), ServerBody::Row(i, json!([i]))),
+            &mut out,
+        );
+        assert_eq!(drain(&mut rx).len(), 1);
+    }
+    let eoq = ServerBody::EndOfQuery {
+        time: 0.0,
+        change_id: None,
+    };
+    msg(&mut r, ServerMessage::new(Some("q1".into()), eoq), &mut out);
     assert!(r.is_empty());
-    assert_eq!(drain(&mut rx).len(), 2);
-    assert!(matches!(end.take(), Some(EndReason::Ended)));
+    assert_eq!(drain(&mut rx).len(), 1);
+    assert!(matches!(rx.end.take(), Some(EndReason::Ended)));
 
-    let (tx, _rx) = mpsc::channel(1);
-    let end = Arc::new(EndSlot::default());
-    r.command(
-        Cmd::Query {
-            id: "q2".into(),
-            stmt: "SELECT 1".into(),
-            timeout: None,
-            tx,
-            end: end.clone(),
-        },
-        Some(0),
-        &mut out,
-    );
-    for i in 0..3 {
-        r.message(
+    // A consumer that does not read: abandoned once its bytes exceed the budget.
+    let (cmd, mut rx) = query_cmd("q2", None);
+    r.command(cmd, Some(0), &mut out);
+    for i in 0..(LIMITS.bytes / 10 + 1) as u64 {
+        msg(
+            &mut r,
             ServerMessage::new(Some("q2".into()), ServerBody::Row(i, json!([i]))),
             &mut out,
         );
     }
     assert!(r.is_empty());
-    assert!(matches!(end.take(), Some(EndReason::Failed(Error::Lagged))));
+    assert_eq!(drain(&mut rx).len(), LIMITS.bytes / 10);
+    assert!(matches!(
+        rx.end.take(),
+        Some(EndReason::Failed(Error::Lagged))
+    ));
 }
 
 #[tokio::test]
 async fn requests_get_their_reply_or_fail_on_disconnect() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
     let (reply, rx) = oneshot::channel();
     r.command(
@@ -247,7 +254,8 @@ async fn requests_get_their_reply_or_fail_on_disconnect() {
         Some(0),
         &mut out,
     );
-    r.message(
+    msg(
+        &mut r,
         ServerMessage::new(Some("p1".into()), ServerBody::Pong(Empty {})),
         &mut out,
     );
@@ -264,7 +272,8 @@ async fn requests_get_their_reply_or_fail_on_disconnect() {
     };
     r.command(Cmd::Request { msg: tx_msg, reply }, Some(0), &mut out);
     // A reply of the wrong kind does not complete it.
-    r.message(
+    msg(
+        &mut r,
         ServerMessage::new(Some("t1".into()), ServerBody::Columns(vec![])),
         &mut out,
     );
@@ -295,7 +304,8 @@ async fn requests_get_their_reply_or_fail_on_disconnect() {
         version: Some(3),
         actor_id: None,
     };
-    r.message(
+    msg(
+        &mut r,
         ServerMessage::new(Some("t2".into()), ServerBody::Transaction(ok.clone())),
         &mut out,
     );
@@ -304,16 +314,16 @@ async fn requests_get_their_reply_or_fail_on_disconnect() {
 
 #[test]
 fn disconnect_tells_sent_subscriptions_and_keeps_unsent_ones() {
-    let mut r = Routes::new(100);
+    let mut r = Routes::new(100, LIMITS);
     let mut out = VecDeque::new();
-    let (sent, mut sent_rx, sent_end) = sub_cmd("s1", 8, None);
+    let (sent, mut sent_rx) = sub_cmd("s1", None);
     r.command(sent, Some(0), &mut out);
     r.disconnected("gone");
-    let (unsent, _unsent_rx, _) = sub_cmd("s2", 8, None);
+    let (unsent, _unsent_rx) = sub_cmd("s2", None);
     r.command(unsent, None, &mut out);
     drain(&mut sent_rx);
-    assert!(sent_rx.try_recv().is_err());
-    assert!(matches!(sent_end.take(), Some(EndReason::Disconnected)));
+    assert!(sent_rx.try_recv().is_none());
+    assert!(matches!(sent_rx.end.take(), Some(EndReason::Disconnected)));
     assert_eq!(r.len(), 1);
     out.clear();
     r.connected(1, &mut out);
@@ -322,22 +332,22 @@ fn disconnect_tells_sent_subscriptions_and_keeps_unsent_ones() {
 
 #[test]
 fn cancel_sweep_limits_and_failures() {
-    let mut r = Routes::new(2);
+    let mut r = Routes::new(2, LIMITS);
     let mut out = VecDeque::new();
-    let (a, _a_rx, _) = sub_cmd("s1", 8, None);
-    let (b, b_rx, _) = sub_cmd("s2", 8, None);
-    let (c, mut c_rx, c_end) = sub_cmd("s3", 8, None);
+    let (a, _a_rx) = sub_cmd("s1", None);
+    let (b, b_rx) = sub_cmd("s2", None);
+    let (c, mut c_rx) = sub_cmd("s3", None);
     r.command(a, Some(0), &mut out);
     r.command(b, Some(0), &mut out);
     r.command(c, Some(0), &mut out);
     assert!(matches!(
-        c_end.take(),
+        c_rx.end.take(),
         Some(EndReason::Failed(Error::Server {
             code: Some(ErrorCode::Limit),
             ..
         }))
     ));
-    assert!(c_rx.try_recv().is_err());
+    assert!(c_rx.try_recv().is_none());
     out.clear();
     r.command(Cmd::Cancel { id: "s1".into() }, Some(0), &mut out);
     assert_eq!(
@@ -350,14 +360,14 @@ fn cancel_sweep_limits_and_failures() {
     assert!(r.is_empty());
     assert_eq!(out.len(), 2);
     // Unreachable nodes fail everything pending.
-    let (d, _d_rx, d_end) = sub_cmd("s4", 8, None);
+    let (d, _d_rx) = sub_cmd("s4", None);
     r.command(d, None, &mut out);
     r.fail_all(&Error::Connect {
         addr: "x:1".into(),
         source: "refused".into(),
     });
     assert!(matches!(
-        d_end.take(),
+        _d_rx.end.take(),
         Some(EndReason::Failed(Error::Connect { .. }))
     ));
 }
