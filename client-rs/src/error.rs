@@ -83,9 +83,9 @@ pub enum Error {
     #[error("the query's results were not read fast enough and were dropped; read the stream promptly or use the HTTP query")]
     Lagged,
 
-    /// The WebSocket connection closed while this request was in flight. For a
-    /// transaction the outcome is unknown.
-    #[error("the WebSocket connection closed before the answer arrived{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    /// The connection closed while this request was in flight (a WebSocket, or a query's
+    /// stream cut off before its end). For a transaction the outcome is unknown.
+    #[error("the connection was lost{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     ConnectionLost { reason: Option<String> },
 
     /// Every attempt failed; `last` is the last failure.

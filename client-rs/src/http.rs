@@ -88,15 +88,17 @@ impl Http {
             None => fut.await,
         };
         res.map_err(|e| {
+            // hyper's own text is terse ("client error (Connect)"): keep the causes.
+            let source = chain(&e).into();
             if e.is_connect() {
                 Error::Connect {
                     addr: addr.to_string(),
-                    source: Box::new(e),
+                    source,
                 }
             } else {
                 Error::Transport {
                     addr: addr.to_string(),
-                    source: Box::new(e),
+                    source,
                 }
             }
         })
@@ -117,12 +119,27 @@ impl Http {
     }
 }
 
+/// An error and its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 async fn read_limited(addr: &NodeAddr, mut body: Incoming, limit: usize) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Error::Transport {
             addr: addr.to_string(),
-            source: Box::new(e),
+            source: chain(&e).into(),
         })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
@@ -227,7 +244,7 @@ impl Lines {
                 Some(Err(e)) => {
                     return Err(Error::Transport {
                         addr: self.addr.clone(),
-                        source: Box::new(e),
+                        source: chain(&e).into(),
                     })
                 }
                 Some(Ok(frame)) => {

@@ -163,6 +163,7 @@ impl<T: DeserializeOwned + Send + 'static> Subscription<T> {
             error: None,
             done: false,
             opened: false,
+            reopening: false,
             failures: 0,
             last_failure: None,
             info: info.clone(),
@@ -214,6 +215,8 @@ struct Driver<T> {
     done: bool,
     /// A session was opened before (the next open is a reopen, after a pause).
     opened: bool,
+    /// The current session replaces an earlier one (for the log).
+    reopening: bool,
     /// Consecutive failed attempts.
     failures: u32,
     last_failure: Option<Error>,
@@ -292,6 +295,7 @@ impl<T: DeserializeOwned + Send + 'static> Driver<T> {
             }
             tokio::time::sleep(backoff.delay(self.failures)).await;
         }
+        self.reopening = self.opened;
         self.opened = true;
         let plan = self.machine.plan();
         match self.opts.transport {
@@ -378,6 +382,9 @@ impl<T: DeserializeOwned + Send + 'static> Driver<T> {
                 };
             }
         };
+        if self.reopening {
+            tracing::info!(node = %addr, resumed, "subscription reconnected");
+        }
         self.machine.started(idx, resumed, &mut self.out);
         self.machine.identity(query_id, hash);
         self.session = Some(Session {
@@ -445,6 +452,10 @@ impl<T: DeserializeOwned + Send + 'static> Driver<T> {
             },
             Conn::Ws(ws) => match ws.feed.recv().await {
                 Some(Item::Started { node, resumed }) => {
+                    if self.reopening {
+                        let addr = self.client.nodes().get(node);
+                        tracing::info!(node = %addr, resumed, "subscription reconnected");
+                    }
                     self.machine.started(node, resumed, &mut self.out);
                     Step::Continue
                 }

@@ -47,6 +47,8 @@ pub(super) async fn run(cfg: Arc<Config>, nodes: Arc<Nodes>, mut cmds: mpsc::Rec
         },
     );
     let mut failures: u32 = 0;
+    // A connection was lost or failed since the last one was up (for the log).
+    let mut reconnecting = false;
     loop {
         if routes.is_empty() {
             // Nothing to serve: connect again only when there is work.
@@ -79,6 +81,7 @@ pub(super) async fn run(cfg: Arc<Config>, nodes: Arc<Nodes>, mut cmds: mpsc::Rec
         match res {
             Err(e) => {
                 failures += 1;
+                reconnecting = true;
                 let fatal = !e.is_retryable();
                 if !fatal {
                     nodes.advance(node);
@@ -100,12 +103,17 @@ pub(super) async fn run(cfg: Arc<Config>, nodes: Arc<Nodes>, mut cmds: mpsc::Rec
                 }
             }
             Ok(ws) => {
-                tracing::debug!(node = %addr, "WebSocket connected");
+                if std::mem::take(&mut reconnecting) {
+                    tracing::info!(node = %addr, "WebSocket reconnected");
+                } else {
+                    tracing::debug!(node = %addr, "WebSocket connected");
+                }
                 match session(ws, node, &addr, &cfg, &mut cmds, &mut routes).await {
                     Outcome::Stop => return,
                     Outcome::Lost { error, received } => {
                         tracing::warn!(node = %addr, "WebSocket connection lost, reconnecting: {error}");
                         routes.disconnected(&error.to_string());
+                        reconnecting = true;
                         failures = if received { 0 } else { failures + 1 };
                         if received {
                             // Reconnect at once, after a short jittered pause so that
