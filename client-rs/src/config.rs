@@ -202,14 +202,16 @@ impl ClientBuilder {
         self
     }
 
-    /// How often the WebSocket connection pings the node (default 15 s).
+    /// How often the WebSocket connection (and an h2c connection with open streams) pings
+    /// the node (default 15 s).
     pub fn ws_ping_interval(mut self, d: Duration) -> Self {
         self.cfg.ws_ping_interval = d;
         self
     }
 
     /// A WebSocket connection that received nothing for this long is considered dead and
-    /// replaced (default 45 s).
+    /// replaced (default 45 s); an h2c connection whose ping is not answered within this
+    /// minus the ping interval is closed.
     pub fn ws_idle_timeout(mut self, d: Duration) -> Self {
         self.cfg.ws_idle_timeout = d;
         self

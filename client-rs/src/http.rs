@@ -10,7 +10,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 /// Largest error body read to extract its message.
@@ -31,10 +31,20 @@ impl Http {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(cfg.connect_timeout));
         conn.enforce_http(true);
+        // A long-lived NDJSON stream from a node that vanished without a reset is noticed
+        // by TCP keep-alive (about 30 s) instead of never.
+        conn.set_keepalive(Some(Duration::from_secs(15)));
+        conn.set_keepalive_interval(Some(Duration::from_secs(5)));
+        conn.set_keepalive_retries(Some(3));
         let mut b = HyperClient::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60));
+        b.pool_idle_timeout(Duration::from_secs(60))
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new());
         if cfg.http_version == HttpVersion::H2c {
-            b.http2_only(true);
+            // HTTP/2 pings on connections with open streams, as the WebSocket does.
+            b.http2_only(true)
+                .http2_keep_alive_interval(cfg.ws_ping_interval)
+                .http2_keep_alive_timeout(cfg.ws_idle_timeout.saturating_sub(cfg.ws_ping_interval));
         }
         Http {
             client: b.build(conn),
