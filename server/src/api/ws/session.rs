@@ -282,7 +282,7 @@ impl Session {
             .and_then(|t| t.as_str())
             .unwrap_or("")
             .to_string();
-        let msg: ClientMessage = match serde_json::from_value(v) {
+        let msg: ClientMessage = match serde_json::from_value(v.clone()) {
             Ok(m) => m,
             Err(e) => {
                 let what = if kind.is_empty() {
@@ -290,10 +290,13 @@ impl Session {
                 } else {
                     format!("{kind:?} message")
                 };
+                let at = culprit(&v, &e.to_string())
+                    .map(|f| format!(" (field {f:?})"))
+                    .unwrap_or_default();
                 return out.push(frames::error(
                     Some(&id),
                     ErrorCode::BadRequest,
-                    format!("invalid {what}: {e}"),
+                    format!("invalid {what}{at}: {e}"),
                 ));
             }
         };
@@ -420,6 +423,23 @@ impl Session {
             ),
         }
     }
+}
+
+/// The field a decoding error is about. serde cannot tell for an internally tagged message,
+/// so each field is left out in turn: the one whose absence changes the error is the culprit.
+fn culprit(v: &serde_json::Value, error: &str) -> Option<String> {
+    let obj = v.as_object()?;
+    obj.keys()
+        .filter(|k| !matches!(k.as_str(), "type" | "id"))
+        .find(|k| {
+            let mut without = obj.clone();
+            without.remove(k.as_str());
+            match serde_json::from_value::<ClientMessage>(serde_json::Value::Object(without)) {
+                Ok(_) => true,
+                Err(e) => e.to_string() != error,
+            }
+        })
+        .cloned()
 }
 
 /// What a subscribe message attaches to.
