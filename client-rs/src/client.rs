@@ -228,16 +228,29 @@ impl Client {
         &self,
         stmt: impl Into<Statement>,
     ) -> Result<QueryStream<T>> {
+        self.query_with_timeout(stmt, None).await
+    }
+
+    /// [`Client::query_typed`] with the node's query timeout set to `timeout` (`None`: the
+    /// node's default, `api.query_timeout_secs`; zero: no timeout).
+    pub async fn query_with_timeout<T: DeserializeOwned + Send + 'static>(
+        &self,
+        stmt: impl Into<Statement>,
+        timeout: Option<Duration>,
+    ) -> Result<QueryStream<T>> {
+        let path = match timeout {
+            Some(t) => format!("/v1/queries?timeout={}", t.as_secs_f64()),
+            None => "/v1/queries".to_string(),
+        };
         let stmt = stmt.into();
         let body =
             Bytes::from(serde_json::to_vec(&stmt).map_err(|e| Error::decode("the statement", e))?);
         let http = &self.inner.http;
         self.with_failover(Retry::Idempotent, |addr| {
             let body = body.clone();
+            let path = path.clone();
             async move {
-                let resp = http
-                    .send(&addr, Method::POST, "/v1/queries", Some(body))
-                    .await?;
+                let resp = http.send(&addr, Method::POST, &path, Some(body)).await?;
                 let resp = check(http, &addr, resp).await?;
                 Ok(QueryStream::ndjson(Lines::new(
                     &addr,

@@ -1,58 +1,40 @@
-//! A small HTTP client for `exec` and `query` (sends the configured bearer token).
+//! `exec` and `query`: one statement against a node's HTTP API through the Rust client
+//! (`verdigris-client`), sending the configured bearer token.
 
 use crate::config::Config;
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
-use std::time::Instant;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+use verdigris_client::{Client, QueryEvent, SqliteValue, Statement, TypedQueryEvent};
 
-async fn post(
-    config: &Config,
-    path: &str,
-    body: Value,
-) -> Result<(StatusCode, hyper::body::Incoming)> {
+fn client(config: &Config) -> Result<Client> {
     let addr = config.api.addr.first().context("no api.addr configured")?;
     let host = if addr.ip().is_unspecified() {
         format!("127.0.0.1:{}", addr.port())
     } else {
         addr.to_string()
     };
-    let mut req =
-        Request::post(format!("http://{host}{path}")).header("content-type", "application/json");
+    let mut b = Client::builder([host])
+        // One try: the command reports an unreachable node instead of retrying it.
+        .request_attempts(1);
     if let Some(t) = config
         .api
         .authz
         .as_ref()
         .and_then(|a| a.bearer_token.as_deref())
     {
-        req = req.header("authorization", format!("Bearer {t}"));
+        b = b.bearer_token(t);
     }
-    let req = req.body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .request(req)
-        .await
-        .with_context(|| format!("connecting to the node at {host} (is it running?)"))?;
-    Ok((resp.status(), resp.into_body()))
+    Ok(b.build()?)
 }
 
-fn statement(sql: &str, params: &[String]) -> Value {
+/// Parameters from the command line are all TEXT, as in Corrosion's CLI.
+fn statement(sql: &str, params: &[String]) -> Statement {
     if params.is_empty() {
-        json!(sql)
+        Statement::new(sql)
     } else {
-        json!([sql, params])
+        Statement::with_params(sql, params.iter().map(String::as_str))
     }
-}
-
-fn error_text(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 pub async fn exec(
@@ -63,19 +45,20 @@ pub async fn exec(
     timeout: Option<u64>,
 ) -> Result<()> {
     let start = Instant::now();
-    let path = match timeout {
-        Some(t) => format!("/v1/transactions?timeout={t}"),
-        None => "/v1/transactions".to_string(),
-    };
-    let (status, body) = post(config, &path, json!([statement(sql, params)])).await?;
-    let body = body.collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{} ({status})", error_text(&body));
+    let c = client(config)?;
+    let stmts = [statement(sql, params)];
+    let out = match timeout {
+        Some(t) => c.execute_with_timeout(&stmts, Duration::from_secs(t)).await,
+        None => c.execute(&stmts).await,
     }
-    let v: Value = serde_json::from_slice(&body)?;
-    let rows = v["results"][0]["rows_affected"].as_u64().unwrap_or(0);
+    .map_err(describe)?;
+    let rows = match out.results.first() {
+        Some(verdigris_client::ExecResult::Execute { rows_affected, .. }) => *rows_affected,
+        Some(verdigris_client::ExecResult::Error { error }) => bail!("{error}"),
+        None => 0,
+    };
     println!("Rows affected: {rows}");
-    match v["version"].as_u64() {
+    match out.version {
         Some(ver) => println!("Version: {ver}"),
         None => println!("Version: none (no replicated change)"),
     }
@@ -85,19 +68,29 @@ pub async fn exec(
     Ok(())
 }
 
-fn render(cell: &Value) -> String {
+/// The node's own message for an HTTP error; the client's description otherwise.
+fn describe(e: verdigris_client::Error) -> anyhow::Error {
+    match (e.server_message(), e.status()) {
+        (Some(m), Some(status)) => anyhow::anyhow!("{m} ({status})"),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+fn render(cell: &SqliteValue) -> String {
     match cell {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        Value::Array(bytes) => {
-            let hex: String = bytes
-                .iter()
-                .map(|b| format!("{:02x}", b.as_u64().unwrap_or(0)))
-                .collect();
+        SqliteValue::Null => String::new(),
+        SqliteValue::Text(s) => s.clone(),
+        SqliteValue::Integer(i) => i.to_string(),
+        SqliteValue::Real(f) => serde_json::to_string(f).unwrap_or_else(|_| f.to_string()),
+        SqliteValue::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             format!("x'{hex}'")
         }
-        other => other.to_string(),
     }
+}
+
+fn row_line(cells: &[SqliteValue]) -> String {
+    cells.iter().map(render).collect::<Vec<_>>().join("|")
 }
 
 pub async fn query(
@@ -109,26 +102,21 @@ pub async fn query(
     timeout: Option<u64>,
 ) -> Result<()> {
     let start = Instant::now();
-    let path = match timeout {
-        Some(t) => format!("/v1/queries?timeout={t}"),
-        None => "/v1/queries".to_string(),
-    };
-    let (status, body) = post(config, &path, statement(sql, params)).await?;
-    let body = body.collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{} ({status})", error_text(&body));
-    }
-    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let ev: Value = serde_json::from_slice(line).context("bad NDJSON line from the node")?;
-        if let Some(cols) = ev.get("columns").and_then(Value::as_array) {
-            if columns {
-                println!("{}", cols.iter().map(render).collect::<Vec<_>>().join("|"));
-            }
-        } else if let Some(row) = ev.get("row") {
-            let cells = row[1].as_array().cloned().unwrap_or_default();
-            println!("{}", cells.iter().map(render).collect::<Vec<_>>().join("|"));
-        } else if let Some(e) = ev.get("error").and_then(Value::as_str) {
-            bail!("{e}");
+    let c = client(config)?;
+    let mut events = c
+        .query_with_timeout::<Vec<SqliteValue>>(
+            statement(sql, params),
+            timeout.map(Duration::from_secs),
+        )
+        .await
+        .map_err(describe)?;
+    while let Some(ev) = events.next().await {
+        let ev: QueryEvent = ev.map_err(describe)?;
+        match ev {
+            TypedQueryEvent::Columns(cols) if columns => println!("{}", cols.join("|")),
+            TypedQueryEvent::Row(_, cells) => println!("{}", row_line(&cells)),
+            TypedQueryEvent::Error(e) => bail!("{e}"),
+            _ => {}
         }
     }
     if timer {
