@@ -26,6 +26,8 @@ pub struct Node {
     pub subs: Arc<crate::subs::Manager>,
     /// Stall detection (see [`crate::watchdog`]).
     pub watchdog: Arc<crate::watchdog::Watchdog>,
+    /// Writes and applied changes counted at commit (`GET /v1/stats`).
+    pub activity: Arc<crate::activity::Activity>,
     _lock: File,
 }
 
@@ -91,6 +93,9 @@ impl Node {
         .context("opening subscriptions")?;
         let notify = subs.clone();
         store.on_commit(Box::new(move |c| notify.enqueue(c)));
+        let activity = Arc::new(crate::activity::Activity::default());
+        let counted = activity.clone();
+        store.on_commit(Box::new(move |c| counted.record(c)));
         let shared = store.shared();
         Ok(Arc::new(Node {
             config,
@@ -102,6 +107,7 @@ impl Node {
             cluster: Arc::default(),
             subs,
             watchdog: Arc::default(),
+            activity,
             _lock: lock,
         }))
     }

@@ -5,12 +5,16 @@
 //! - [`transactions`]: `POST /v1/transactions`.
 //! - [`queries`]: `POST /v1/queries` (NDJSON stream).
 //! - [`status`]: `GET /v1/health`, `POST /v1/table_stats`.
+//! - [`cluster_info`]: read-only views for dashboards (members, subscriptions, stats, tables).
+//! - [`console`]: the embedded web console at `/`.
 //!
 //! Every error is `{"error": "..."}` with a status that says whose fault it is.
 
 // Handlers return ready-made error responses as `Err`, which is the point of the pattern.
 #![allow(clippy::result_large_err)]
 
+pub mod cluster_info;
+pub mod console;
 pub mod json;
 pub mod ndjson;
 pub mod queries;
@@ -218,6 +222,10 @@ impl Api {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
+        if console::is_console_path(req.uri().path()) {
+            // Static files only: the page asks for the token the endpoints need.
+            return Ok(console::serve(&req));
+        }
         if let Some(denied) = self.check_auth(&req) {
             return Ok(denied);
         }
@@ -239,12 +247,15 @@ impl Api {
                 | "/v1/health"
                 | "/v1/table_stats"
                 | "/v1/subscriptions"
+                | "/v1/cluster/members"
+                | "/v1/stats"
+                | "/v1/tables"
         ) || path.starts_with("/v1/subscriptions/")
             || path.starts_with("/v1/updates/");
         if !known {
             return Ok(error(
                 StatusCode::NOT_FOUND,
-                format!("no such endpoint: {raw_path} (endpoints: /v1/transactions, /v1/queries, /v1/subscriptions, /v1/updates/{{table}}, /v1/ws, /v1/health, /v1/table_stats)"),
+                format!("no such endpoint: {raw_path} (endpoints: /v1/transactions, /v1/queries, /v1/subscriptions, /v1/updates/{{table}}, /v1/ws, /v1/health, /v1/table_stats, /v1/cluster/members, /v1/stats, /v1/tables; the console is at /)"),
             ));
         }
         let _permit = match self.limiter.try_acquire() {
@@ -262,6 +273,10 @@ impl Api {
             (Method::GET, "/v1/health") => status::health(&self, req).await,
             (Method::POST, "/v1/table_stats") => status::table_stats(&self, req).await,
             (Method::POST, "/v1/subscriptions") => subscriptions::subscribe(&self, req).await,
+            (Method::GET, "/v1/subscriptions") => cluster_info::subscriptions(&self).await,
+            (Method::GET, "/v1/cluster/members") => cluster_info::members(&self).await,
+            (Method::GET, "/v1/stats") => cluster_info::stats(&self).await,
+            (Method::GET, "/v1/tables") => cluster_info::tables(&self).await,
             (Method::GET, p) if p.starts_with("/v1/subscriptions/") => {
                 let id = p["/v1/subscriptions/".len()..].to_string();
                 subscriptions::get(&self, req, &id).await
@@ -271,8 +286,16 @@ impl Api {
                 subscriptions::updates(&self, &table).await
             }
             (m, p) => {
-                let allow = if p == "/v1/health" || p.starts_with("/v1/subscriptions/") {
+                let get_only = [
+                    "/v1/health",
+                    "/v1/cluster/members",
+                    "/v1/stats",
+                    "/v1/tables",
+                ];
+                let allow = if get_only.contains(&p) || p.starts_with("/v1/subscriptions/") {
                     "GET"
+                } else if p == "/v1/subscriptions" {
+                    "GET, POST"
                 } else {
                     "POST"
                 };

@@ -76,10 +76,10 @@ fn open_version(c: &Chunk) -> Option<(ActorId, u64)> {
 
 async fn apply_batch(node: &Arc<Node>, status: &Arc<Status>, batch: Vec<(Chunk, Source)>) {
     let n = batch.len() as u64;
-    let broadcast_ts: Vec<u64> = batch
+    let broadcast_ts: Vec<(ActorId, u64)> = batch
         .iter()
         .filter(|(c, s)| *s == Source::Broadcast && c.is_complete())
-        .map(|(c, _)| c.ts)
+        .map(|(c, _)| (c.actor, c.ts))
         .collect();
     let chunks: Vec<Chunk> = batch.into_iter().map(|(c, _)| c).collect();
     let node2 = node.clone();
@@ -102,8 +102,8 @@ async fn apply_batch(node: &Arc<Node>, status: &Arc<Status>, batch: Vec<(Chunk, 
             }
             if !report.apply.applied.is_empty() {
                 let now = ntp64_to_secs(wall_ntp64());
-                for ts in broadcast_ts {
-                    status.record_lag(now - ntp64_to_secs(ts));
+                for (actor, ts) in broadcast_ts {
+                    status.record_peer_lag(actor, now - ntp64_to_secs(ts));
                 }
             }
         }

@@ -392,7 +392,7 @@ impl Driver {
 
     /// Publishes the member list and keeps foca's config sized to the cluster.
     fn refresh_view(&mut self) {
-        let view: Vec<MemberView> = self
+        let mut view: Vec<MemberView> = self
             .foca
             .iter_membership_state()
             .map(|m| MemberView {
@@ -403,9 +403,17 @@ impl Driver {
                     .transport
                     .rtt(&m.id().addr)
                     .map(|d| d.as_secs_f64() * 1000.0),
+                last_seen: (m.state() == State::Alive).then(Instant::now),
             })
             .collect();
+        // A member not alive now keeps the time it was last seen alive.
         let mut members = self.status.members.write().expect("members lock");
+        for v in view.iter_mut().filter(|v| v.last_seen.is_none()) {
+            v.last_seen = members
+                .iter()
+                .find(|m| m.actor_id == v.actor_id)
+                .and_then(|m| m.last_seen);
+        }
         let changed = members.len() != view.len()
             || members
                 .iter()

@@ -1,7 +1,8 @@
 //! What the rest of the node (health, admin socket) sees of the cluster, and the fault switch
 //! tests use to partition a node: counters, a member list snapshot, the apply lag window.
 
-use std::collections::{HashSet, VecDeque};
+use crate::crdt::ActorId;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -19,6 +20,17 @@ pub struct MemberView {
     pub address: SocketAddr,
     pub state: String,
     pub rtt_ms: Option<f64>,
+    /// When SWIM last considered the member alive (refreshed every second while it is).
+    pub last_seen: Option<Instant>,
+}
+
+/// The latest broadcast applied from one actor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerLag {
+    /// Seconds from the version's commit on its origin to its apply here.
+    pub lag_secs: f64,
+    /// When it was applied.
+    pub at: Instant,
 }
 
 /// Counters of rejected or dropped input (never reset).
@@ -75,6 +87,8 @@ pub struct Status {
     /// meanwhile (sync fetches whatever the snapshot lacks afterwards).
     pub bootstrapping: AtomicBool,
     lag: Mutex<VecDeque<(Instant, f64)>>,
+    /// The latest lag per origin actor (one entry per actor ever heard from).
+    peer_lag: Mutex<HashMap<ActorId, PeerLag>>,
 }
 
 impl Status {
@@ -102,6 +116,28 @@ impl Status {
             l.pop_front();
         }
         l.push_back((now, secs.max(0.0)));
+    }
+
+    /// Records the lag (seconds) of a version of `actor` applied from a broadcast.
+    pub fn record_peer_lag(&self, actor: ActorId, secs: f64) {
+        self.record_lag(secs);
+        let lag = PeerLag {
+            lag_secs: secs.max(0.0),
+            at: Instant::now(),
+        };
+        self.peer_lag
+            .lock()
+            .expect("peer lag lock")
+            .insert(actor, lag);
+    }
+
+    /// The latest lag recorded for `actor`, if any.
+    pub fn peer_lag(&self, actor: &ActorId) -> Option<PeerLag> {
+        self.peer_lag
+            .lock()
+            .expect("peer lag lock")
+            .get(actor)
+            .copied()
     }
 
     /// The lags (seconds) recorded over the last [`LAG_WINDOW`], sorted.
@@ -151,5 +187,11 @@ mod tests {
         assert_eq!(percentile(&[5.0], 0.99), 5.0);
         assert_eq!(s.lag_summary(), (100, 50.0, 99.0));
         assert_eq!(s.alive_members(), 1);
+        let a = ActorId([3; 16]);
+        assert_eq!(s.peer_lag(&a), None);
+        s.record_peer_lag(a, 0.25);
+        s.record_peer_lag(a, -1.0);
+        assert_eq!(s.peer_lag(&a).map(|l| l.lag_secs), Some(0.0));
+        assert_eq!(s.lag_summary().0, 102);
     }
 }
