@@ -26,8 +26,11 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
-/** A WebSocket class: `new WebSocket(url, protocols)`. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+/**
+ * A WebSocket class: `new WebSocket(url, protocols)` returning a {@link WebSocketLike}. Typed
+ * loosely (the browser's and the `ws` package's event types differ) and checked at run time.
+ */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => object;
 
 /** The connection's state, reported to {@link Connection.onState} listeners. */
 export type ConnectionState =
@@ -202,7 +205,10 @@ export class Connection {
     }
     let ws: WebSocketLike;
     try {
-      ws = new this.opts.WebSocket(url, protocols);
+      ws = new this.opts.WebSocket(url, protocols) as WebSocketLike;
+      if (typeof ws.send !== "function" || typeof ws.close !== "function") {
+        throw new TypeError("the WebSocket option does not construct WebSocket objects");
+      }
     } catch (e) {
       this.failAll(new VerdigrisError("config", `cannot open a WebSocket to ${url}: ${String(e)}`, { cause: e }));
       this.setState("idle");
