@@ -12,6 +12,7 @@ pub mod config;
 pub mod crdt;
 pub mod inspect;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod store;
 pub mod subs;

@@ -16,6 +16,7 @@
 pub mod cluster_info;
 pub mod console;
 pub mod json;
+pub mod metrics;
 pub mod ndjson;
 pub mod queries;
 mod query_string;
@@ -229,6 +230,9 @@ impl Api {
         if let Some(denied) = self.check_auth(&req) {
             return Ok(denied);
         }
+        if metrics::is_metrics_path(req.uri().path()) {
+            return Ok(metrics::handle(&self, &req).await);
+        }
         let raw_path = req.uri().path().to_string();
         let path = if raw_path.len() > 1 {
             raw_path.trim_end_matches('/').to_string()
@@ -361,7 +365,7 @@ pub async fn serve(
         tokio::select! {
             Some(stream) = conn_rx.recv() => {
                 let api = api.clone();
-                let svc = hyper::service::service_fn(move |req| api.clone().handle(req));
+                let svc = hyper::service::service_fn(move |req| metrics::counted(api.clone(), req));
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use rand::seq::IndexedRandom;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -168,6 +169,13 @@ impl Broadcaster {
                 _ = tick.tick() => {}
             }
             self.flush();
+            let (frames, bytes) = (self.queue.len() as u64, self.queued_bytes as u64);
+            self.status
+                .broadcast_queue_frames
+                .store(frames, Ordering::Relaxed);
+            self.status
+                .broadcast_queue_bytes
+                .store(bytes, Ordering::Relaxed);
         }
     }
 

@@ -19,9 +19,10 @@
 //! sync after [`MAX_FAILURES`] attempts.
 
 use super::codec::{self, Msg};
+use super::status::Status;
 use super::sync::SyncCtx;
+use super::sync::{read_counted, write_counted};
 use super::sync_state::{held_versions, state_of, wants_snapshot, SyncState};
-use super::transport::{read_frame, write_frame};
 use crate::store::{db_sibling, snapshot};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use quinn::{RecvStream, SendStream};
@@ -117,8 +118,13 @@ pub fn should_fetch(ctx: &SyncCtx, theirs: &SyncState) -> bool {
         .is_ok()
 }
 
-async fn read_within(recv: &mut RecvStream, cluster_id: u16, limit: Duration) -> Result<Msg> {
-    match tokio::time::timeout(limit, read_frame(recv)).await {
+async fn read_within(
+    status: &Status,
+    recv: &mut RecvStream,
+    cluster_id: u16,
+    limit: Duration,
+) -> Result<Msg> {
+    match tokio::time::timeout(limit, read_counted(status, recv)).await {
         Err(_) => bail!("peer too slow"),
         Ok(Ok(None)) => bail!("peer closed the stream before the snapshot ended"),
         Ok(Ok(Some(f))) => Ok(codec::decode(&f, cluster_id)?),
@@ -169,13 +175,14 @@ async fn fetch_and_import(
     mut recv: RecvStream,
 ) -> Result<Fetched> {
     let t0 = Instant::now();
-    write_frame(
+    write_counted(
+        &ctx.status,
         &mut send,
         &codec::encode(&Msg::SnapshotRequest, ctx.cluster_id),
     )
     .await?;
     send.finish()?;
-    let bytes = match read_within(&mut recv, ctx.cluster_id, PREPARE_TIMEOUT).await? {
+    let bytes = match read_within(&ctx.status, &mut recv, ctx.cluster_id, PREPARE_TIMEOUT).await? {
         Msg::SnapshotBegin { bytes } => bytes,
         Msg::Reject(why) => bail!("peer refused: {why}"),
         other => bail!("unexpected answer {other:?}"),
@@ -191,7 +198,7 @@ async fn fetch_and_import(
     );
     let mut got = 0u64;
     loop {
-        match read_within(&mut recv, ctx.cluster_id, FRAME_TIMEOUT).await? {
+        match read_within(&ctx.status, &mut recv, ctx.cluster_id, FRAME_TIMEOUT).await? {
             Msg::SnapshotData(b) => {
                 got += b.len() as u64;
                 ensure!(
@@ -231,7 +238,7 @@ async fn fetch_and_import(
 pub async fn serve(ctx: &SyncCtx, send: &mut SendStream) -> Result<()> {
     let Ok(_permit) = ctx.snapshots.serving.try_acquire() else {
         let busy = Msg::Reject("busy: already serving a snapshot".into());
-        write_frame(send, &codec::encode(&busy, ctx.cluster_id)).await?;
+        write_counted(&ctx.status, send, &codec::encode(&busy, ctx.cluster_id)).await?;
         return Ok(());
     };
     let path = db_sibling(
@@ -247,7 +254,7 @@ pub async fn serve(ctx: &SyncCtx, send: &mut SendStream) -> Result<()> {
     .await
     .map_err(|e| anyhow!("snapshot task failed: {e}"))??;
     let begin = Msg::SnapshotBegin { bytes };
-    write_frame(send, &codec::encode(&begin, ctx.cluster_id)).await?;
+    write_counted(&ctx.status, send, &codec::encode(&begin, ctx.cluster_id)).await?;
     let mut input = tokio::fs::File::open(&file.0).await?;
     let mut buf = vec![0u8; DATA_FRAME];
     let mut sent = 0u64;
@@ -257,11 +264,16 @@ pub async fn serve(ctx: &SyncCtx, send: &mut SendStream) -> Result<()> {
             .min(DATA_FRAME);
         input.read_exact(&mut buf[..want]).await?;
         let frame = codec::encode(&Msg::SnapshotData(buf[..want].to_vec()), ctx.cluster_id);
-        tokio::time::timeout(FRAME_TIMEOUT, write_frame(send, &frame))
+        tokio::time::timeout(FRAME_TIMEOUT, write_counted(&ctx.status, send, &frame))
             .await
             .map_err(|_| anyhow!("peer too slow"))??;
         sent += want as u64;
     }
-    write_frame(send, &codec::encode(&Msg::SyncDone, ctx.cluster_id)).await?;
+    write_counted(
+        &ctx.status,
+        send,
+        &codec::encode(&Msg::SyncDone, ctx.cluster_id),
+    )
+    .await?;
     Ok(())
 }

@@ -52,11 +52,21 @@ pub struct Counters {
     pub changes_ingested: AtomicU64,
     /// Sync sessions completed as a client.
     pub syncs: AtomicU64,
+    /// Payload bytes of SWIM datagrams and broadcast frames received and sent.
+    pub gossip_bytes_in: AtomicU64,
+    pub gossip_bytes_out: AtomicU64,
+    /// Frame bytes of sync sessions received and sent (as client and as server).
+    pub sync_bytes_in: AtomicU64,
+    pub sync_bytes_out: AtomicU64,
 }
 
 impl Counters {
     pub fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -83,6 +93,9 @@ pub struct Status {
     pub gaps: AtomicU64,
     /// Chunks waiting in the apply queue.
     pub queue_size: AtomicU64,
+    /// Frames and bytes waiting in the broadcast queue.
+    pub broadcast_queue_frames: AtomicU64,
+    pub broadcast_queue_bytes: AtomicU64,
     /// A database snapshot is being fetched or imported: broadcast changes are dropped
     /// meanwhile (sync fetches whatever the snapshot lacks afterwards).
     pub bootstrapping: AtomicBool,

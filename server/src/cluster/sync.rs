@@ -106,8 +106,24 @@ pub async fn client_loop(ctx: Arc<SyncCtx>, nudge: Arc<Notify>, mut stop: watch:
     }
 }
 
-async fn read_msg(recv: &mut RecvStream, cluster_id: u16) -> Result<Option<Msg>> {
-    match tokio::time::timeout(STEP_TIMEOUT, read_frame(recv)).await {
+/// Writes one frame of a sync session, counting its bytes.
+pub(super) async fn write_counted(status: &Status, s: &mut SendStream, data: &[u8]) -> Result<()> {
+    write_frame(s, data).await?;
+    Counters::add(&status.counters.sync_bytes_out, data.len() + 4);
+    Ok(())
+}
+
+/// Reads one frame of a sync session, counting its bytes.
+pub(super) async fn read_counted(status: &Status, r: &mut RecvStream) -> Result<Option<Vec<u8>>> {
+    let frame = read_frame(r).await?;
+    if let Some(f) = &frame {
+        Counters::add(&status.counters.sync_bytes_in, f.len() + 4);
+    }
+    Ok(frame)
+}
+
+async fn read_msg(status: &Status, recv: &mut RecvStream, cluster_id: u16) -> Result<Option<Msg>> {
+    match tokio::time::timeout(STEP_TIMEOUT, read_counted(status, recv)).await {
         Err(_) => bail!("peer too slow"),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(f))) => Ok(Some(codec::decode(&f, cluster_id)?)),
@@ -132,8 +148,8 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
     let (mut send, mut recv) = ctx.transport.open_bi(addr).await?;
     let me = ctx.node.actor;
     let start = codec::encode(&Msg::SyncStart { actor: me }, ctx.cluster_id);
-    write_frame(&mut send, &start).await?;
-    let theirs = match read_msg(&mut recv, ctx.cluster_id).await? {
+    write_counted(&ctx.status, &mut send, &start).await?;
+    let theirs = match read_msg(&ctx.status, &mut recv, ctx.cluster_id).await? {
         Some(Msg::SyncState(s)) => s,
         Some(Msg::Reject(why)) => bail!("rejected: {why}"),
         other => bail!("unexpected answer {other:?}"),
@@ -154,14 +170,14 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
         .expect("claims lock")
         .claim(needs, MAX_NEEDS_PER_SESSION);
     let req = codec::encode(&Msg::SyncRequest(needs.clone()), ctx.cluster_id);
-    write_frame(&mut send, &req).await?;
+    write_counted(&ctx.status, &mut send, &req).await?;
     send.finish()?;
     if needs.is_empty() {
         return Ok(0);
     }
     let mut n = 0;
     loop {
-        match read_msg(&mut recv, ctx.cluster_id).await {
+        match read_msg(&ctx.status, &mut recv, ctx.cluster_id).await {
             Ok(Some(Msg::SyncChunk(c))) => {
                 if c.actor == me || !needs.iter().any(|nd| nd.actor() == c.actor) {
                     Counters::bump(&ctx.status.counters.malformed);
@@ -205,7 +221,7 @@ pub async fn serve_loop(
             Err(_) => {
                 tokio::spawn(async move {
                     let msg = codec::encode(&Msg::Reject("busy".into()), ctx.cluster_id);
-                    let _ = write_frame(&mut send, &msg).await;
+                    let _ = write_counted(&ctx.status, &mut send, &msg).await;
                     let _ = send.finish();
                 });
             }
@@ -214,13 +230,14 @@ pub async fn serve_loop(
 }
 
 async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
-    match read_msg(&mut recv, ctx.cluster_id).await {
+    match read_msg(&ctx.status, &mut recv, ctx.cluster_id).await {
         Ok(Some(Msg::SyncStart { .. })) => {}
         Ok(other) => bail!("expected SyncStart, got {other:?}"),
         Err(e) => {
             count_rejection(&ctx.status, &e);
             let why = format!("{e:#}");
-            let _ = write_frame(
+            let _ = write_counted(
+                &ctx.status,
                 &mut send,
                 &codec::encode(&Msg::Reject(why.clone()), ctx.cluster_id),
             )
@@ -237,12 +254,13 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
     let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let db = &ctx.node.config.db.path;
     state.db_bytes = size(db) + size(&crate::store::wal_path(db));
-    write_frame(
+    write_counted(
+        &ctx.status,
         &mut send,
         &codec::encode(&Msg::SyncState(state), ctx.cluster_id),
     )
     .await?;
-    let needs = match read_msg(&mut recv, ctx.cluster_id).await? {
+    let needs = match read_msg(&ctx.status, &mut recv, ctx.cluster_id).await? {
         Some(Msg::SyncRequest(n)) => n,
         Some(Msg::SnapshotRequest) => {
             snapshot::serve(ctx, &mut send).await?;
@@ -256,7 +274,12 @@ async fn serve(ctx: &SyncCtx, mut send: SendStream, mut recv: RecvStream) -> Res
     for need in needs {
         serve_need(ctx, &mut send, need).await?;
     }
-    write_frame(&mut send, &codec::encode(&Msg::SyncDone, ctx.cluster_id)).await?;
+    write_counted(
+        &ctx.status,
+        &mut send,
+        &codec::encode(&Msg::SyncDone, ctx.cluster_id),
+    )
+    .await?;
     send.finish()?;
     let _ = tokio::time::timeout(STEP_TIMEOUT, send.stopped()).await;
     Ok(())
@@ -341,11 +364,12 @@ pub fn serve_chunks(
 
 /// Writes every frame of `frames` to the peer.
 async fn send_all(
+    status: &Status,
     send: &mut SendStream,
     mut frames: mpsc::Receiver<Result<Vec<u8>>>,
 ) -> Result<()> {
     while let Some(frame) = frames.recv().await {
-        tokio::time::timeout(STEP_TIMEOUT, write_frame(send, &frame?))
+        tokio::time::timeout(STEP_TIMEOUT, write_counted(status, send, &frame?))
             .await
             .map_err(|_| anyhow!("peer too slow"))??;
     }
@@ -366,7 +390,7 @@ async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<
             let end = versions.1.min(head(&actor));
             let a = versions.0.max(1);
             if a <= end {
-                send_all(send, stream_chunks(ctx, actor, a, end, None)).await?;
+                send_all(&ctx.status, send, stream_chunks(ctx, actor, a, end, None)).await?;
             }
         }
         Need::Partial {
@@ -376,6 +400,7 @@ async fn serve_need(ctx: &SyncCtx, send: &mut SendStream, need: Need) -> Result<
         } => {
             if version <= head(&actor) {
                 send_all(
+                    &ctx.status,
                     send,
                     stream_chunks(ctx, actor, version, version, Some(seqs)),
                 )

@@ -11,7 +11,7 @@
 use super::codec::MAX_FRAME;
 use super::status::{Counters, Status};
 use crate::config::GossipConfig;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::collections::HashMap;
@@ -66,8 +66,15 @@ impl Transport {
         let tc = transport_config(g)?;
         server.transport_config(tc.clone());
         client.transport_config(tc);
-        let mut endpoint = Endpoint::server(server, g.addr)
-            .with_context(|| format!("binding gossip.addr {}", g.addr))?;
+        let mut endpoint = Endpoint::server(server, g.addr).map_err(|e| {
+            let fix = match e.kind() {
+                std::io::ErrorKind::AddrInUse => "another process (another node?) uses that UDP port: stop it, or set gossip.addr to a free port",
+                std::io::ErrorKind::AddrNotAvailable => "that IP is not an address of this host: set gossip.addr to one of its addresses (or 0.0.0.0 with gossip.external_addr)",
+                std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: set gossip.addr to a port above 1024",
+                _ => "check gossip.addr",
+            };
+            anyhow!("cannot bind gossip.addr {}: {e}; {fix}", g.addr)
+        })?;
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr()?;
         let _ = status.gossip_addr.set(local);
@@ -136,10 +143,12 @@ impl Transport {
     /// Sends one datagram (lossy; a failed send drops the cached connection).
     pub async fn send_datagram(&self, addr: SocketAddr, data: Bytes) -> Result<()> {
         let conn = self.connection(addr).await?;
+        let len = data.len();
         if let Err(e) = conn.send_datagram(data) {
             conn.close(0u32.into(), b"datagram failed");
             return Err(e.into());
         }
+        Counters::add(&self.status.counters.gossip_bytes_out, len);
         Ok(())
     }
 
@@ -150,6 +159,7 @@ impl Transport {
             let mut s = conn.open_uni().await?;
             for f in frames {
                 write_frame(&mut s, f).await?;
+                Counters::add(&self.status.counters.gossip_bytes_out, f.len());
             }
             s.finish()?;
             let _ = s.stopped().await;
@@ -223,6 +233,7 @@ async fn serve_connection(t: Arc<Transport>, inbound: Arc<Inbound>, conn: Connec
         tokio::select! {
             d = conn.read_datagram() => match d {
                 Ok(d) if !status.is_blocked(&peer) => {
+                    Counters::add(&status.counters.gossip_bytes_in, d.len());
                     if inbound.datagrams.try_send(d).is_err() {
                         Counters::bump(&status.counters.inbound_dropped);
                     }
@@ -259,6 +270,7 @@ async fn read_broadcasts(
     for _ in 0..MAX_FRAMES_PER_STREAM {
         match tokio::time::timeout(SEND_TIMEOUT, read_frame(&mut s)).await {
             Ok(Ok(Some(frame))) => {
+                Counters::add(&status.counters.gossip_bytes_in, frame.len());
                 if inbound.frames.try_send((peer, frame)).is_err() {
                     Counters::bump(&status.counters.inbound_dropped);
                 }

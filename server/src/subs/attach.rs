@@ -215,15 +215,19 @@ impl<E> Attach<E> {
 }
 
 /// Sends a batch to every listener; a listener whose queue is full is dropped and flagged.
-pub(super) fn publish<E>(listeners: &mut Vec<Listener<E>>, batch: Arc<Published<E>>) {
+/// Returns how many listeners were dropped for being too slow.
+pub(super) fn publish<E>(listeners: &mut Vec<Listener<E>>, batch: Arc<Published<E>>) -> u64 {
+    let mut slow = 0;
     listeners.retain(|l| match l.tx.try_send(batch.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             l.lagged.store(true, Ordering::SeqCst);
+            slow += 1;
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     });
+    slow
 }
 
 #[cfg(test)]

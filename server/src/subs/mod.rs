@@ -39,6 +39,8 @@ pub struct SubsConfig {
     pub retention: u64,
     /// A subscription with no listener for this long is removed.
     pub idle_ttl: Duration,
+    /// Where rounds, commit-to-event latency and slow-listener drops are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for SubsConfig {
@@ -46,6 +48,7 @@ impl Default for SubsConfig {
         SubsConfig {
             retention: 10_000,
             idle_ttl: Duration::from_secs(600),
+            metrics: Arc::default(),
         }
     }
 }
@@ -151,6 +154,8 @@ struct Pending {
     /// Tables with too many pending keys: their subscriptions re-run in full.
     whole: BTreeSet<String>,
     stop: bool,
+    /// When the oldest commit not yet processed was enqueued.
+    since: Option<Instant>,
 }
 
 pub struct Manager {
@@ -279,6 +284,7 @@ impl Manager {
     /// Commit listener: merge the changed keys into the pending set and wake the matcher.
     pub fn enqueue(&self, c: &Committed) {
         let mut p = lock(&self.pending);
+        p.since.get_or_insert_with(Instant::now);
         // Rows mostly come in runs of one table: lower-case each run's name once.
         let mut name: Option<(&str, String)> = None;
         for (table, pk) in &c.changed {
@@ -457,6 +463,13 @@ impl Manager {
         Ok(attach)
     }
 
+    /// (subscriptions, listeners attached to them).
+    pub fn counts(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        let listeners = st.subs.values().map(|s| s.listeners.len() as u64).sum();
+        (st.subs.len() as u64, listeners)
+    }
+
     pub fn list(&self) -> Vec<SubInfo> {
         let st = lock(&self.state);
         let mut v: Vec<SubInfo> = st
@@ -480,13 +493,14 @@ impl Manager {
     /// One matcher round: refresh affected subscriptions, persist, publish.
     fn round(&self) -> Result<bool> {
         let mut st = lock(&self.state);
-        let (changes, whole, stop) = {
+        let (changes, whole, stop, since) = {
             let mut p = lock(&self.pending);
             let c = std::mem::take(&mut p.changes);
             let w = std::mem::take(&mut p.whole);
             p.keys = 0;
-            (c, w, p.stop)
+            (c, w, p.stop, p.since.take())
         };
+        let started = Instant::now();
         if stop {
             return Ok(false);
         }
@@ -596,6 +610,8 @@ impl Manager {
             }
         }
         drop(writes);
+        let (metrics, published) = (&self.config.metrics, !produced.is_empty());
+        let mut slow = 0;
         for (id, first, ch) in produced {
             let last_id = first + ch.len() as u64 - 1;
             let events = ch
@@ -604,17 +620,22 @@ impl Manager {
                 .map(|(c, cid)| change_event(c, cid))
                 .collect();
             let sub = st.subs.get_mut(&id).expect("sub");
-            publish(&mut sub.listeners, Published::new(last_id, events));
+            slow += publish(&mut sub.listeners, Published::new(last_id, events));
             if sub.listeners.is_empty() {
                 sub.idle_since = sub.idle_since.min(Instant::now());
             }
         }
         for (table, events) in notifications {
             if let Some(h) = st.updates.get_mut(&table) {
-                publish(&mut h.listeners, Published::new(0, events));
+                slow += publish(&mut h.listeners, Published::new(0, events));
             }
         }
         st.updates.retain(|_, h| !h.listeners.is_empty());
+        metrics.slow_listener_drops.inc_by(slow);
+        metrics.sub_round.observe(started.elapsed().as_secs_f64());
+        if let (true, Some(t)) = (published, since) {
+            metrics.commit_to_event.observe(t.elapsed().as_secs_f64());
+        }
         Ok(true)
     }
 
