@@ -114,6 +114,12 @@ async fn execute(node: &Arc<Node>, cmd: &Value) -> Vec<Value> {
                 None => err("malformed cluster command".into()),
             }
         }
+        Value::Object(o) if o.contains_key("Debug") => {
+            match crate::watchdog::inject(node, &o["Debug"]) {
+                Ok(v) => vec![json!({ "Json": v }), json!("Success")],
+                Err(e) => err(e),
+            }
+        }
         Value::Object(o) if o.get("Subs").and_then(Value::as_str) == Some("List") => {
             let list = node.subs.list();
             vec![json!({ "Json": list }), json!("Success")]

@@ -3,7 +3,9 @@
 //! A backup is a consistent online snapshot (`VACUUM INTO`) made actor-neutral: the node's
 //! identity and its member list are removed, so whatever node restores it gets its own
 //! identity (or one chosen explicitly) and rejoins as a normal member that already holds the
-//! snapshot's history.
+//! snapshot's history. [`periodic`] writes the same snapshots on a schedule.
+
+pub mod periodic;
 
 use crate::crdt::ActorId;
 use crate::node::lock_database;
@@ -18,6 +20,12 @@ pub fn backup(db: &Path, out: &Path) -> Result<()> {
             out.display()
         );
     }
+    snapshot_to(db, out)
+}
+
+/// Writes an actor-neutral snapshot of `db` to `out` (which must not exist) from a read-only
+/// connection: writers are not blocked while it is written.
+pub fn snapshot_to(db: &Path, out: &Path) -> Result<()> {
     if !db.exists() {
         bail!("database {} does not exist (check db.path)", db.display());
     }

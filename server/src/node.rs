@@ -26,6 +26,8 @@ pub struct Node {
     pub subs: Arc<crate::subs::Manager>,
     /// Stall detection (see [`crate::watchdog`]).
     pub watchdog: Arc<crate::watchdog::Watchdog>,
+    /// Prometheus event metrics (`GET /metrics`; see [`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Writes and applied changes counted at commit (`GET /v1/stats`).
     pub activity: Arc<crate::activity::Activity>,
     _lock: File,
@@ -38,8 +40,17 @@ pub fn lock_path(db: &Path) -> PathBuf {
 
 /// Takes the exclusive lock on the database; fails if a node already runs on it.
 pub fn lock_database(db: &Path) -> Result<File> {
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+    let unwritable = |e: std::io::Error| {
+        let dir = dir.unwrap_or(Path::new("."));
+        anyhow::anyhow!(
+            "cannot write the data directory {} (db.path = {}): {e}; make it writable by the user running verdigris, or set db.path to a writable location",
+            dir.display(),
+            db.display()
+        )
+    };
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
     }
     let path = lock_path(db);
     let f = File::options()
@@ -47,7 +58,7 @@ pub fn lock_database(db: &Path) -> Result<File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("opening lock file {}", path.display()))?;
+        .map_err(unwritable)?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -80,6 +91,7 @@ impl Node {
             log_schema_report(&report);
         }
         let actor = store.actor_id();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let reads = ReadPool::new(config.db.path.clone());
         let subs = crate::subs::Manager::open(
             &config.db.subscriptions_dir(),
@@ -88,6 +100,7 @@ impl Node {
             crate::subs::SubsConfig {
                 retention: config.db.subscription_log_retention,
                 idle_ttl: std::time::Duration::from_secs(config.db.subscription_idle_secs),
+                metrics: metrics.clone(),
             },
         )
         .context("opening subscriptions")?;
@@ -107,6 +120,7 @@ impl Node {
             cluster: Arc::default(),
             subs,
             watchdog: Arc::default(),
+            metrics,
             activity,
             _lock: lock,
         }))

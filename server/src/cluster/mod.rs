@@ -66,9 +66,9 @@ async fn resolve(bootstrap: &[String]) -> Vec<SocketAddr> {
     out
 }
 
-/// Starts membership, broadcast, sync and the apply queue. Returns `None` (and warns) when a
-/// standalone node — default gossip address, no bootstrap — cannot bind its gossip port.
-pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Option<Cluster>> {
+/// Starts membership, broadcast, sync and the apply queue. Fails (naming the setting and the
+/// fix) when the gossip address cannot be bound or the TLS files cannot be loaded.
+pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Cluster> {
     let g = node.config.gossip.clone();
     let status = node.cluster.clone();
     let (dgram_tx, dgram_rx) = mpsc::channel(1024);
@@ -84,14 +84,9 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Optio
         frames: frame_tx,
         sessions: sess_tx,
     };
-    let transport = match Transport::bind(&g, status.clone(), inbound) {
-        Ok(t) => t,
-        Err(e) if g.bootstrap.is_empty() && g.addr.port() == 8787 => {
-            tracing::warn!(error = %format!("{e:#}"), "gossip disabled: running standalone");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
+    // No fallback to standalone: a node that cannot gossip must say so and stop, or it
+    // would silently diverge from its cluster.
+    let transport = Transport::bind(&g, status.clone(), inbound)?;
     let addr = transport.local_addr();
     let advertised = g.external_addr.unwrap_or(addr);
     if advertised.ip().is_unspecified() {
@@ -162,5 +157,5 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Optio
     status
         .gaps
         .store(gaps, std::sync::atomic::Ordering::Relaxed);
-    Ok(Some(Cluster { transport, addr }))
+    Ok(Cluster { transport, addr })
 }

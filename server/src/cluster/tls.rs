@@ -76,34 +76,53 @@ impl ServerCertVerifier for NoServerVerification {
     }
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The hint every TLS file error ends with.
+fn file_fix(setting: &str) -> String {
+    format!("check {setting}: the file must exist, be readable by this user and hold PEM (or DER, named *.der); `verdigris tls` generates them")
+}
+
+fn load_certs(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let fail = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "cannot load {setting} {}: {e}; {}",
+            path.display(),
+            file_fix(setting)
+        )
+    };
     let certs: Vec<_> = if path.extension().is_some_and(|e| e == "der") {
-        vec![CertificateDer::from(std::fs::read(path)?)]
+        vec![CertificateDer::from(
+            std::fs::read(path).map_err(|e| fail(&e))?,
+        )]
     } else {
         CertificateDer::pem_file_iter(path)
-            .with_context(|| format!("reading certificates from {}", path.display()))?
+            .map_err(|e| fail(&e))?
             .collect::<Result<_, _>>()
-            .with_context(|| format!("parsing certificates in {}", path.display()))?
+            .map_err(|e| fail(&e))?
     };
     if certs.is_empty() {
-        bail!("{} holds no certificate", path.display());
+        return Err(fail(&"it holds no certificate"));
     }
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+fn load_key(path: &Path, setting: &str) -> Result<PrivateKeyDer<'static>> {
+    let fail = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "cannot load {setting} {}: {e}; {}",
+            path.display(),
+            file_fix(setting)
+        )
+    };
     if path.extension().is_some_and(|e| e == "der") {
-        let bytes = std::fs::read(path)?;
-        return PrivateKeyDer::try_from(bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
+        return PrivateKeyDer::try_from(bytes).map_err(|e| fail(&e));
     }
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("reading the private key in {}", path.display()))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| fail(&e))
 }
 
 fn roots(ca: &Path) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ca)? {
+    for c in load_certs(ca, "gossip.tls.ca_file")? {
         roots.add(c).context("adding the CA certificate")?;
     }
     Ok(roots)
@@ -114,7 +133,10 @@ pub fn endpoint_configs(g: &GossipConfig) -> Result<(quinn::ServerConfig, quinn:
     let p = provider();
     let tls: Option<&TlsConfig> = g.tls.as_ref();
     let (chain, key) = match tls {
-        Some(t) => (load_certs(&t.cert_file)?, load_key(&t.key_file)?),
+        Some(t) => (
+            load_certs(&t.cert_file, "gossip.tls.cert_file")?,
+            load_key(&t.key_file, "gossip.tls.key_file")?,
+        ),
         None => {
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
             (
@@ -160,8 +182,10 @@ pub fn endpoint_configs(g: &GossipConfig) -> Result<(quinn::ServerConfig, quinn:
         ),
     };
     let mut client = match tls.and_then(|t| t.client.as_ref()) {
-        Some(c) => client_builder
-            .with_client_auth_cert(load_certs(&c.cert_file)?, load_key(&c.key_file)?)?,
+        Some(c) => client_builder.with_client_auth_cert(
+            load_certs(&c.cert_file, "gossip.tls.client.cert_file")?,
+            load_key(&c.key_file, "gossip.tls.client.key_file")?,
+        )?,
         None => client_builder.with_no_client_auth(),
     };
     client.alpn_protocols = vec![ALPN.to_vec()];

@@ -35,7 +35,7 @@ pub(super) const SCHEMA: &[(&str, &[KeySpec])] = {
     const fn k(name: &'static str, kind: Kind) -> KeySpec { KeySpec { name, aliases: &[], kind } }
     const fn a(name: &'static str, aliases: &'static [&'static str], kind: Kind) -> KeySpec { KeySpec { name, aliases, kind } }
     &[
-        ("", &[k("db", Section), k("api", Section), k("gossip", Section), k("admin", Section), k("perf", Section), k("log", Section)]),
+        ("", &[k("db", Section), k("api", Section), k("gossip", Section), k("admin", Section), k("perf", Section), k("log", Section), k("watchdog", Section), k("snapshots", Section)]),
         ("db", &[k("path", Str), k("schema_paths", List), k("subscriptions_path", Str), k("cache_size_kib", Int), k("subscription_log_retention", Int), k("subscription_idle_secs", Int)]),
         ("api", &[a("addr", &["bind_addr"], List), a("authz", &["authorization"], Section), k("endpoint_name", Str), k("max_body_bytes", Int), k("query_timeout_secs", Int), k("max_concurrency", Int), k("ws", Section)]),
         ("api.ws", &[k("max_message_bytes", Int), k("max_subscriptions", Int), k("max_sockets", Int), k("max_in_flight", Int), k("ping_interval_secs", Int), k("idle_timeout_secs", Int), k("write_timeout_secs", Int)]),
@@ -46,6 +46,8 @@ pub(super) const SCHEMA: &[(&str, &[KeySpec])] = {
         ("admin", &[a("path", &["uds_path"], Str)]),
         ("perf", &[k("processing_queue_len", Int), k("sql_tx_timeout", Int), k("min_sync_backoff", Int), k("max_sync_backoff", Int), k("apply_queue_timeout", Int), k("bcast_channel_len", Int), k("changes_channel_len", Int), k("broadcast_bytes_per_sec", Int)]),
         ("log", &[k("format", Str), k("colors", Bool)]),
+        ("watchdog", &[k("runtime_stall_secs", Int), k("writer_stall_secs", Int), k("exit", Bool), k("exit_after_secs", Int)]),
+        ("snapshots", &[k("dir", Str), k("interval_secs", Int), k("keep", Int), k("max_age_secs", Int)]),
     ]
 };
 

@@ -75,6 +75,10 @@ pub struct Config {
     pub admin: AdminConfig,
     pub perf: PerfConfig,
     pub log: LogConfig,
+    /// `[watchdog]` (Verdigris only).
+    pub watchdog: WatchdogConfig,
+    /// `[snapshots]` (Verdigris only).
+    pub snapshots: SnapshotsConfig,
 }
 
 /// `[db]`: the SQLite database and the schema it is kept in sync with.
@@ -396,7 +400,9 @@ fn from_source(
 }
 
 mod keys;
+mod ops;
 use keys::*;
+pub use ops::{SnapshotsConfig, WatchdogConfig};
 
 // ---- Typed extraction and validation ----
 
@@ -701,6 +707,8 @@ fn build(r: &Reader<'_>) -> Result<Config, ConfigError> {
         admin,
         perf,
         log,
+        watchdog: ops::watchdog(r)?,
+        snapshots: ops::snapshots(r)?,
     })
 }
 

@@ -60,6 +60,13 @@ pub fn read_schema_files(paths: &[PathBuf]) -> Result<String> {
         for f in files {
             let text = std::fs::read_to_string(&f)
                 .with_context(|| format!("reading schema file {}", f.display()))?;
+            // Checked file by file so the error names the file (line numbers are its own).
+            if let Err(e) = Parser::parse_sql(&SQLiteDialect {}, &text) {
+                bail!(
+                    "schema file {} (db.schema_paths) does not parse: {e}; fix the SQL there (CREATE TABLE, CREATE INDEX, DROP INDEX IF EXISTS)",
+                    f.display()
+                );
+            }
             sql.push_str(&text);
             sql.push_str(";\n");
         }
