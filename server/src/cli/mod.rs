@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod dev;
 
 use crate::backup::{self, RestoreIdentity};
 use crate::config::Config;
@@ -43,6 +44,9 @@ pub struct Global {
 pub enum Command {
     /// Run a node (prints the addresses it listens on).
     Agent,
+    /// Start a local cluster on loopback with an example schema and a simulated workload
+    /// (prints each node's URLs); Ctrl-C stops it.
+    Dev(dev::DevArgs),
     /// Run one write statement through POST /v1/transactions.
     Exec {
         /// The SQL statement.
@@ -193,6 +197,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Dev(args) = cli.command {
+        return dev::run(args);
+    }
     let config = load_config(&cli.global)?;
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
@@ -202,6 +209,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Agent => rt()?.block_on(agent::run(config)),
+        Command::Dev(_) => unreachable!("handled above"),
         Command::Exec {
             sql,
             params,
