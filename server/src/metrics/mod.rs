@@ -455,7 +455,7 @@ mod tests {
         let text = encode(&m, &s);
         for needle in [
             "verdigris_http_requests_total{route=\"/v1/transactions\",status=\"200\"} 1",
-            "verdigris_http_requests_total{route=\"/v1/subscriptions/{id}\",status=\"404\"} 1",
+            "verdigris_http_requests_total{route=\"/v1/subscriptions/:id\",status=\"404\"} 1",
             "verdigris_http_request_duration_seconds_count{route=\"/v1/transactions\"} 1",
             "verdigris_watchdog_stalls_total{kind=\"writer\"} 1",
             "verdigris_writes_total 7",

@@ -1,0 +1,14 @@
+//! Operability tests on real processes: `verdigris dev` ([`dev`]), `GET /metrics` parsed
+//! with a Prometheus text-format parser ([`metrics`]), the watchdog reporting and exiting
+//! ([`watchdog`]), periodic snapshots and rebuilding a node from one ([`snapshots`]), and
+//! startup errors that name the setting and the fix ([`errors`]).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod dev;
+mod errors;
+mod metrics;
+mod node;
+mod snapshots;
+mod watchdog;
