@@ -6,6 +6,7 @@
 //! - [`noop`]: which writes get a version and which get `"version": null`.
 //! - [`errors`]: every HTTP error status and message, timeouts.
 //! - [`status`]: `/v1/health` and `/v1/table_stats`.
+//! - [`dashboard`]: the read-only views for dashboards and the embedded console's files.
 //! - [`config`]: config validation, ignored Corrosion sections, bearer-token auth.
 //! - [`cli`]: `--help` and the `exec` / `query` output formats.
 //! - [`schema`]: `verdigris reload` with additive and destructive schema changes.
@@ -18,6 +19,7 @@ mod api;
 mod backup;
 mod cli;
 mod config;
+mod dashboard;
 mod errors;
 mod noop;
 mod schema;
