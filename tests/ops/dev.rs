@@ -139,10 +139,7 @@ async fn dev_cluster_streams_live_routing_data_and_stops_cleanly() {
             "workers {workers:?}, changes {changes}"
         );
         let line = sub.expect_line(Duration::from_secs(30)).await;
-        let cells = line
-            .get("row")
-            .or_else(|| line.get("change"))
-            .map(|v| v.clone());
+        let cells = line.get("row").or_else(|| line.get("change")).cloned();
         changes += usize::from(line.get("change").is_some());
         if let Some(id) = cells.and_then(|c| {
             c.as_array()?

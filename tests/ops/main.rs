@@ -3,6 +3,10 @@
 //! ([`watchdog`]), periodic snapshots and rebuilding a node from one ([`snapshots`]), and
 //! startup errors that name the setting and the fix ([`errors`]).
 
+// The serial lock is held across awaits on purpose: it keeps whole multi-process tests from
+// overlapping, and each test has its own runtime, so nothing else waits on it there.
+#![allow(clippy::await_holding_lock)]
+
 #[path = "../support/mod.rs"]
 mod support;
 
