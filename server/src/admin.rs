@@ -39,15 +39,25 @@ pub async fn read_frame(s: &mut UnixStream) -> Result<Option<Value>> {
     ))
 }
 
-/// Serves the admin socket until the task is dropped.
-pub async fn serve(node: Arc<Node>, path: &Path) -> Result<()> {
+/// Binds the admin socket (at startup, so a bad `admin.path` stops the node).
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let fail = || {
+        format!(
+            "cannot create the admin socket admin.path = {}; make its directory writable by this user or set admin.path elsewhere",
+            path.display()
+        )
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(fail)?;
     }
-    // A stale socket from a previous run (we hold the database lock, so it is not live).
+    // A stale socket from a previous run (we hold the database lock, so it is not live). Not
+    // there is the normal case; any other problem shows in the bind below.
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    UnixListener::bind(path).with_context(fail)
+}
+
+/// Serves the admin socket until the task is dropped.
+pub async fn serve(node: Arc<Node>, listener: UnixListener) -> Result<()> {
     loop {
         let (mut stream, _) = listener.accept().await?;
         let node = node.clone();

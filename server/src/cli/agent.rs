@@ -24,6 +24,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let cluster = crate::cluster::start(node.clone(), stop_rx.clone()).await?;
     let snapshots = crate::backup::periodic::start(node.clone(), stop_rx.clone())?;
+    let admin_listener = crate::admin::bind(&admin_path)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "verdigris agent {} started", env!("CARGO_PKG_VERSION"))?;
     writeln!(out, "  actor id: {}", node.actor)?;
@@ -40,7 +41,7 @@ pub async fn run(config: Config) -> Result<()> {
     drop(out);
     let admin_node = node.clone();
     let admin = tokio::spawn(async move {
-        if let Err(e) = crate::admin::serve(admin_node, &admin_path).await {
+        if let Err(e) = crate::admin::serve(admin_node, admin_listener).await {
             tracing::error!(error = %format!("{e:#}"), "admin socket failed");
         }
     });
