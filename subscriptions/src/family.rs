@@ -201,6 +201,11 @@ pub fn detect(
 impl FamilyInfo {
     /// Creates the member table on `conn` if needed and adds a member.
     pub fn add_member(&self, conn: &Connection, idx: u64) -> Result<()> {
+        self.put_member(conn, idx, &self.value)
+    }
+
+    /// Creates the member table on `conn` if needed and sets member `idx`'s value.
+    pub fn put_member(&self, conn: &Connection, idx: u64, value: &Value) -> Result<()> {
         conn.execute_batch(&format!(
             "CREATE TEMP TABLE IF NOT EXISTS \"{t}\" (__vd_idx INTEGER PRIMARY KEY, __vd_val); CREATE INDEX IF NOT EXISTS temp.\"{t}_val\" ON \"{t}\" (__vd_val);",
             t = self.table
@@ -210,9 +215,17 @@ impl FamilyInfo {
                 "INSERT OR REPLACE INTO temp.\"{}\" (__vd_idx, __vd_val) VALUES (?1, ?2)",
                 self.table
             ),
-            rusqlite::params![idx, self.value],
+            rusqlite::params![idx, value],
         )?;
         Ok(())
+    }
+
+    /// Empties the member table on `conn` (creating it if needed).
+    pub fn clear_members(&self, conn: &Connection) -> Result<()> {
+        conn.execute_batch(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS \"{t}\" (__vd_idx INTEGER PRIMARY KEY, __vd_val); CREATE INDEX IF NOT EXISTS temp.\"{t}_val\" ON \"{t}\" (__vd_val); DELETE FROM temp.\"{t}\";",
+            t = self.table
+        ))
     }
 
     pub fn remove_member(&self, conn: &Connection, idx: u64) -> Result<()> {
@@ -223,19 +236,26 @@ impl FamilyInfo {
         Ok(())
     }
 
-    /// Refreshes every member after `changes`: one probe and one fetch for the whole family.
-    pub fn refresh(
+    /// Refreshes the members affected by `changes`: one probe and one fetch for the whole
+    /// family. The members touched are found through `index` (old side) and the fetch (new
+    /// side), so the cost is proportional to the members affected, not to the family's size.
+    pub fn refresh<M: Member>(
         &self,
         conn: &Connection,
-        members: &mut [(u64, &mut Keyed)],
+        members: &mut HashMap<u64, M>,
+        index: &mut FamilyIndex,
         changes: &Changes,
     ) -> Result<Vec<(u64, Vec<RowChange>)>> {
-        let Some((_, first)) = members.first() else {
+        let Some(first) = members.values().find_map(|m| m.keyed()) else {
             return Ok(vec![]);
         };
+        let tables: Vec<String> = first.source_tables().map(str::to_string).collect();
+        let candidates = index.candidates(&tables, changes);
         let mut roots: BTreeSet<Vec<u8>> = first.probe_roots(conn, changes)?;
-        for (_, k) in members.iter() {
-            roots.extend(k.old_roots(changes));
+        for idx in &candidates {
+            if let Some(k) = members.get(idx).and_then(|m| m.keyed()) {
+                roots.extend(k.old_roots(changes));
+            }
         }
         if roots.is_empty() {
             return Ok(vec![]);
@@ -245,9 +265,6 @@ impl FamilyInfo {
         for chunk in all.chunks(crate::keyed::KEYS_PER_QUERY) {
             let (sql, params) = first.restrict(&self.fetch, chunk);
             let Some(sql) = sql else { continue };
-            if std::env::var("VD_DEBUG").is_ok() {
-                eprintln!("FETCH {sql} {params:?}");
-            }
             let mut stmt = conn.prepare_cached(&sql)?;
             for mut row in read_rows(&mut stmt, &params)? {
                 let idx = match row.remove(0) {
@@ -263,9 +280,16 @@ impl FamilyInfo {
                     .push((identity, cells));
             }
         }
+        let affected: BTreeSet<u64> = candidates
+            .into_iter()
+            .chain(fresh.keys().copied())
+            .collect();
         let mut out = Vec::new();
-        for (idx, k) in members.iter_mut() {
-            let mine = fresh.remove(idx).unwrap_or_default();
+        for idx in affected {
+            let Some(k) = members.get_mut(&idx).and_then(|m| m.keyed_mut()) else {
+                continue;
+            };
+            let mine = fresh.remove(&idx).unwrap_or_default();
             let member_roots: BTreeSet<Vec<u8>> = roots
                 .iter()
                 .filter(|r| k.has_root(r))
@@ -275,11 +299,126 @@ impl FamilyInfo {
             if member_roots.is_empty() {
                 continue;
             }
+            index.remove(idx, &k.footprint(&member_roots));
             let ch = k.replace_roots(&member_roots, mine);
+            index.add(idx, &k.footprint(&member_roots));
             if !ch.is_empty() {
-                out.push((*idx, ch));
+                out.push((idx, ch));
             }
         }
         Ok(out)
+    }
+}
+
+/// A family member's materialization (members are always keyed).
+pub trait Member {
+    fn keyed(&self) -> Option<&Keyed>;
+    fn keyed_mut(&mut self) -> Option<&mut Keyed>;
+}
+
+impl Member for Keyed {
+    fn keyed(&self) -> Option<&Keyed> {
+        Some(self)
+    }
+    fn keyed_mut(&mut self) -> Option<&mut Keyed> {
+        Some(self)
+    }
+}
+
+impl Member for crate::MatView {
+    fn keyed(&self) -> Option<&Keyed> {
+        match self {
+            crate::MatView::Keyed(k) => Some(k),
+            _ => None,
+        }
+    }
+    fn keyed_mut(&mut self) -> Option<&mut Keyed> {
+        match self {
+            crate::MatView::Keyed(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+/// Which members' rows were built from which base rows: per source (0 = the root), packed key
+/// → member → number of that member's roots using it. Kept in step with the members'
+/// materializations, it finds the members a change concerns without visiting the others.
+#[derive(Debug, Default)]
+pub struct FamilyIndex {
+    by_key: Vec<HashMap<Vec<u8>, HashMap<u64, u32>>>,
+}
+
+impl FamilyIndex {
+    /// Indexes a member's whole materialization (after its initial run or an import).
+    pub fn add_member(&mut self, idx: u64, k: &Keyed) {
+        let fp = k.footprint(k.roots());
+        self.add(idx, &fp);
+    }
+
+    /// Forgets a member (before it leaves, or before a full recompute of it).
+    pub fn remove_member(&mut self, idx: u64, k: &Keyed) {
+        let fp = k.footprint(k.roots());
+        self.remove(idx, &fp);
+    }
+
+    pub fn add(&mut self, idx: u64, footprint: &[(usize, Vec<u8>)]) {
+        for (s, key) in footprint {
+            if self.by_key.len() <= *s {
+                self.by_key.resize_with(s + 1, HashMap::new);
+            }
+            *self.by_key[*s]
+                .entry(key.clone())
+                .or_default()
+                .entry(idx)
+                .or_default() += 1;
+        }
+    }
+
+    pub fn remove(&mut self, idx: u64, footprint: &[(usize, Vec<u8>)]) {
+        for (s, key) in footprint {
+            let Some(map) = self.by_key.get_mut(*s) else {
+                continue;
+            };
+            let Some(members) = map.get_mut(key) else {
+                continue;
+            };
+            if let Some(n) = members.get_mut(&idx) {
+                *n -= 1;
+                if *n == 0 {
+                    members.remove(&idx);
+                }
+            }
+            if members.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Members with a row built from a changed key (of a source reading `tables[s]`).
+    pub fn candidates(&self, tables: &[String], changes: &Changes) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for (s, t) in tables.iter().enumerate() {
+            let (Some(keys), Some(map)) = (changes.get(t), self.by_key.get(s)) else {
+                continue;
+            };
+            for k in keys {
+                if let Some(m) = map.get(k) {
+                    out.extend(m.keys().copied());
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of (source key, member) entries: memory is proportional to this.
+    pub fn len(&self) -> usize {
+        self.by_key
+            .iter()
+            .map(|m| m.values().map(HashMap::len).sum::<usize>())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

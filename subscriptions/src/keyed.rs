@@ -381,6 +381,51 @@ impl Keyed {
         Ok(roots)
     }
 
+    /// Every root with rows in the materialization.
+    pub fn roots(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.by_root.keys()
+    }
+
+    /// What the rows of `roots` were built from: `(0, root)` for each root with rows, and
+    /// `(s, key)` once per root for each non-NULL key of source `s` its rows use.
+    pub fn footprint<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a Vec<u8>>,
+    ) -> Vec<(usize, Vec<u8>)> {
+        let mut out = Vec::new();
+        for root in roots {
+            let Some(ids) = self.by_root.get(root) else {
+                continue;
+            };
+            out.push((0, root.clone()));
+            let mut seen: HashSet<(usize, Vec<u8>)> = HashSet::new();
+            for identity in ids {
+                let Ok(vals) = pack::unpack(identity) else {
+                    continue;
+                };
+                let mut off = self.widths[0];
+                for s in 1..self.sources.len() {
+                    let w = self.widths[s];
+                    let key = &vals[off..off + w];
+                    off += w;
+                    if key.iter().all(|v| *v == Value::Null) {
+                        continue;
+                    }
+                    let k = pack::pack(key.iter().map(ValueRef::from));
+                    if seen.insert((s, k.clone())) {
+                        out.push((s, k));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The tables of the sources, in FROM order (the root first).
+    pub fn source_tables(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.table.as_str())
+    }
+
     pub(crate) fn has_root(&self, root: &[u8]) -> bool {
         self.by_root.contains_key(root)
     }

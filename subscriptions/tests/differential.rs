@@ -303,7 +303,7 @@ fn random_schema() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(80))]
+    #![proptest_config(ProptestConfig::with_cases(160))]
 
     #[test]
     fn client_state_always_equals_a_fresh_run(
@@ -346,7 +346,7 @@ const FAMILIES: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(40))]
+    #![proptest_config(ProptestConfig::with_cases(80))]
 
     /// Members of a parameter family are refreshed by one shared evaluation; each member's
     /// client state must still equal a fresh run of its own query.
@@ -371,21 +371,24 @@ proptest! {
             }
             let keys: Vec<&str> = members.iter().map(|m| m.1.key.as_str()).collect();
             prop_assert!(keys.windows(2).all(|w| w[0] == w[1]), "members share the family key");
+            // The family's members and index live across batches, as on a node.
+            let fam = members[0].1.clone();
+            let mut views: HashMap<u64, MatView> = HashMap::new();
+            let mut index = verdigris_subscriptions::family::FamilyIndex::default();
+            for (i, m) in members.iter_mut().enumerate() {
+                let mv = std::mem::replace(&mut m.2, MatView::new(&m.0));
+                match &mv {
+                    MatView::Keyed(k) => index.add_member(i as u64, k),
+                    _ => panic!("family members are keyed"),
+                }
+                views.insert(i as u64, mv);
+            }
             for batch in &batches {
                 let mut changes: Changes = HashMap::new();
                 for o in batch {
                     apply(&conn, o, &mut changes);
                 }
-                let fam = members[0].1.clone();
-                let mut views: Vec<(u64, &mut verdigris_subscriptions::keyed::Keyed)> = members
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(i, m)| match &mut m.2 {
-                        MatView::Keyed(k) => (i as u64, k),
-                        _ => panic!("family members are keyed"),
-                    })
-                    .collect();
-                let out = fam.refresh(&conn, &mut views, &changes).unwrap();
+                let out = fam.refresh(&conn, &mut views, &mut index, &changes).unwrap();
                 for (idx, chs) in out {
                     let client = &mut members[idx as usize].3;
                     for ch in chs {
@@ -396,10 +399,19 @@ proptest! {
                         }
                     }
                 }
-                for m in &members {
+                for (i, m) in members.iter().enumerate() {
                     prop_assert_eq!(sorted(&m.3), fresh(&conn, &m.0.sql), "member query {}", m.0.sql);
+                    prop_assert_eq!(views[&(i as u64)].len(), m.3.len());
                 }
             }
+            // The index is exactly what the members' rows were built from.
+            let mut rebuilt = verdigris_subscriptions::family::FamilyIndex::default();
+            for (i, mv) in &views {
+                if let MatView::Keyed(k) = mv {
+                    rebuilt.add_member(*i, k);
+                }
+            }
+            prop_assert_eq!(rebuilt.len(), index.len(), "incrementally kept index matches a rebuild");
             for t in ["a", "b", "c"] {
                 conn.execute(&format!("DELETE FROM {t}"), []).unwrap();
             }
