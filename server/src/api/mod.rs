@@ -44,12 +44,18 @@ use tokio::sync::{watch, Semaphore};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Subscription setups (subscribe, attach, updates) that run at once, node-wide.
+const SUB_SETUP_SLOTS: usize = 2;
+
 /// Shared state of the HTTP server.
 pub struct Api {
     pub node: Arc<Node>,
     limiter: Semaphore,
     /// One permit per open WebSocket (`api.ws.max_sockets`).
     ws_sockets: Arc<Semaphore>,
+    /// Subscribe/attach calls running at once (they serialize on the subscription registry
+    /// anyway; more would only park blocking threads, each with its own stack).
+    sub_setup: Arc<Semaphore>,
     /// WebSocket sessions, which outlive the HTTP connection they were upgraded from.
     tasks: tokio_util::task::TaskTracker,
     /// Cancelled when the node shuts down: sessions close their sockets.
@@ -165,6 +171,7 @@ impl Api {
             node,
             limiter: Semaphore::new(permits),
             ws_sockets: Arc::new(Semaphore::new(sockets)),
+            sub_setup: Arc::new(Semaphore::new(SUB_SETUP_SLOTS)),
             tasks: tokio_util::task::TaskTracker::new(),
             closing: tokio_util::sync::CancellationToken::new(),
         })

@@ -11,10 +11,11 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 use serde::Serialize;
 use std::convert::Infallible;
+use std::task::Poll;
 use verdigris_api_types::TypedQueryEvent;
 
-/// Initial events sent per body frame (a snapshot goes out in chunks, not line by line).
-const INITIAL_CHUNK: usize = 256;
+/// Bytes gathered into one body frame when more events are ready.
+const CHUNK_BYTES: usize = 16 * 1024;
 
 /// Appends `v` as one NDJSON line.
 pub fn push_line<T: Serialize>(out: &mut BytesMut, v: &T) {
@@ -40,26 +41,43 @@ pub fn response(chunks: impl Stream<Item = Bytes> + Send + Sync + 'static) -> Re
     r
 }
 
-/// Encodes a listener's items as NDJSON chunks. `failure_text` words a failure for this
-/// endpoint (e.g. how to resume).
+/// Encodes a listener's items as NDJSON chunks: whatever is ready, up to `CHUNK_BYTES` per
+/// chunk (a snapshot goes out in large frames, a live change at once). Nothing is buffered
+/// per stream between chunks, so an idle stream costs only its state.
 pub fn encode_items<E: Serialize + Send + Sync + 'static>(
     items: impl Stream<Item = Item<E>> + Send + 'static,
     failure_text: impl Fn(&Failure) -> String + Send + Sync + 'static,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
-    items.ready_chunks(INITIAL_CHUNK).map(move |chunk| {
+    let mut items = Box::pin(items);
+    let mut done = false;
+    futures_util::stream::poll_fn(move |cx| {
+        if done {
+            return Poll::Ready(None);
+        }
         let mut out = BytesMut::new();
-        for item in chunk {
-            match item {
-                Item::Event(ev) => push_line(&mut out, &ev),
-                Item::Batch(b) => {
-                    for line in b.json() {
-                        out.extend_from_slice(line);
-                        out.extend_from_slice(b"\n");
+        while out.len() < CHUNK_BYTES {
+            match items.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => match item {
+                    Item::Event(ev) => push_line(&mut out, &ev),
+                    Item::Batch(b) => {
+                        for line in b.json() {
+                            out.extend_from_slice(line);
+                            out.extend_from_slice(b"\n");
+                        }
                     }
+                    Item::Failed(f) => out.extend_from_slice(&error_line(failure_text(&f))),
+                },
+                Poll::Ready(None) => {
+                    done = true;
+                    break;
                 }
-                Item::Failed(f) => out.extend_from_slice(&error_line(failure_text(&f))),
+                Poll::Pending => break,
             }
         }
-        out.freeze()
+        match (out.is_empty(), done) {
+            (false, _) => Poll::Ready(Some(out.freeze())),
+            (true, true) => Poll::Ready(None),
+            (true, false) => Poll::Pending,
+        }
     })
 }

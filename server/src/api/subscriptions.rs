@@ -54,10 +54,18 @@ fn stream_response<E: Serialize + Send + Sync + 'static>(a: Attach<E>) -> Respon
     r
 }
 
-/// Runs a blocking subscription-manager call off the async workers.
+/// Runs a blocking subscription-manager call off the async workers, at most
+/// `SUB_SETUP_SLOTS` at once node-wide (a burst of subscribes queues here instead of parking
+/// hundreds of blocking threads on the registry's lock).
 pub async fn blocking<T: Send + 'static>(
+    api: &Api,
     f: impl FnOnce() -> Result<T, SubsError> + Send + 'static,
 ) -> Result<T, SubsError> {
+    let Ok(_slot) = api.sub_setup.clone().acquire_owned().await else {
+        return Err(SubsError::Internal(anyhow::anyhow!(
+            "the node is shutting down"
+        )));
+    };
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => Err(SubsError::Internal(anyhow::anyhow!(
@@ -76,7 +84,7 @@ pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Err(r) => return r,
     };
     let subs = api.node.subs.clone();
-    match blocking(move || subs.subscribe(&stmt, from, skip)).await {
+    match blocking(api, move || subs.subscribe(&stmt, from, skip)).await {
         Ok(a) => stream_response(a),
         Err(e) => failure(e),
     }
@@ -108,7 +116,7 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
         Err(m) => return error(StatusCode::BAD_REQUEST, m),
     };
     let subs = api.node.subs.clone();
-    match blocking(move || subs.attach(&id, from, skip)).await {
+    match blocking(api, move || subs.attach(&id, from, skip)).await {
         Ok(a) => stream_response(a),
         Err(e) => failure(e),
     }
@@ -117,7 +125,7 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
 pub async fn updates(api: &Api, table: &str) -> Response<Body> {
     let subs = api.node.subs.clone();
     let table = table.to_string();
-    match blocking(move || subs.updates(&table)).await {
+    match blocking(api, move || subs.updates(&table)).await {
         Ok(a) => stream_response(a),
         Err(e) => failure(e),
     }

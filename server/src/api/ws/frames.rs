@@ -44,6 +44,7 @@ pub fn failure(id: &str, f: &Failure) -> Message {
         Failure::Ahead { .. } => (ErrorCode::BadRequest, None),
         Failure::TooOld { .. } => (ErrorCode::TooOld, None),
         Failure::TooSlow { last_change_id } => (ErrorCode::TooSlow, *last_change_id),
+        Failure::Ended { .. } => (ErrorCode::Internal, None),
     };
     message(&ServerMessage {
         last_change_id,

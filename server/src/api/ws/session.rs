@@ -37,10 +37,16 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// Frames written per flush at most (the rest waits for the next turn of the loop).
 const WRITE_BATCH: usize = 64;
 
-/// What an output yields: a frame to send, or the end of the output (its id is free again).
+/// What an output yields: a frame to send, its last frame (after which its id is free again,
+/// so a client that reads it can reuse the id at once), or the end of the output.
 enum Out {
     Frame(Message),
-    Done { id: String, generation: u64 },
+    Last(Message),
+    Done {
+        id: String,
+        generation: u64,
+        frame: Option<Message>,
+    },
 }
 
 type Output = BoxStream<'static, Out>;
@@ -195,8 +201,13 @@ impl Session {
 
     fn output(&mut self, o: Out, out: &mut Vec<Message>) {
         match o {
-            Out::Frame(m) => out.push(m),
-            Out::Done { id, generation } => {
+            Out::Frame(m) | Out::Last(m) => out.push(m),
+            Out::Done {
+                id,
+                generation,
+                frame,
+            } => {
+                out.extend(frame);
                 if self
                     .active
                     .get(&id)
@@ -223,7 +234,17 @@ impl Session {
         let done = stream::once(std::future::ready(Out::Done {
             id: id.clone(),
             generation,
+            frame: None,
         }));
+        let last_id = id.clone();
+        let output = output.map(move |o| match o {
+            Out::Last(m) => Out::Done {
+                id: last_id.clone(),
+                generation,
+                frame: Some(m),
+            },
+            o => o,
+        });
         let (abort, reg) = AbortHandle::new_pair();
         self.outputs
             .push(Abortable::new(output.chain(done).boxed(), reg));
@@ -466,10 +487,13 @@ fn subscription(
     skip_rows: bool,
 ) -> Output {
     let subs = api.node.subs.clone();
-    let attach = blocking(move || match target {
-        Target::Sql(stmt) => subs.subscribe(&stmt, from, skip_rows),
-        Target::Id(qid) => subs.attach(&qid, from, skip_rows),
-    });
+    let attach = async move {
+        blocking(&api, move || match target {
+            Target::Sql(stmt) => subs.subscribe(&stmt, from, skip_rows),
+            Target::Id(qid) => subs.attach(&qid, from, skip_rows),
+        })
+        .await
+    };
     stream::once(attach)
         .flat_map(move |res| -> Output {
             match res {
@@ -479,24 +503,27 @@ fn subscription(
                     let tag = Tag::new(&id);
                     a.into_stream()
                         .flat_map(move |item| stream::iter(encode(&id, &tag, &qid, &hash, item)))
-                        .map(Out::Frame)
                         .boxed()
                 }
-                Err(e) => stream::once(std::future::ready(Out::Frame(subs_error(&id, e)))).boxed(),
+                Err(e) => stream::once(std::future::ready(Out::Last(subs_error(&id, e)))).boxed(),
             }
         })
         .boxed()
 }
 
-/// The frames of one subscription item.
-fn encode(id: &str, tag: &Tag, qid: &str, hash: &str, item: Item<QueryEvent>) -> Vec<Message> {
+/// The frames of one subscription item (a failure is the subscription's last).
+fn encode(id: &str, tag: &Tag, qid: &str, hash: &str, item: Item<QueryEvent>) -> Vec<Out> {
     match item {
         Item::Event(verdigris_api_types::TypedQueryEvent::Columns(cols)) => {
-            vec![frames::columns(id, cols, qid, hash)]
+            vec![Out::Frame(frames::columns(id, cols, qid, hash))]
         }
-        Item::Event(ev) => vec![frames::with_tag(tag, &to_json(&ev))],
-        Item::Batch(b) => b.json().iter().map(|j| frames::with_tag(tag, j)).collect(),
-        Item::Failed(f) => vec![frames::failure(id, &f)],
+        Item::Event(ev) => vec![Out::Frame(frames::with_tag(tag, &to_json(&ev)))],
+        Item::Batch(b) => b
+            .json()
+            .iter()
+            .map(|j| Out::Frame(frames::with_tag(tag, j)))
+            .collect(),
+        Item::Failed(f) => vec![Out::Last(frames::failure(id, &f))],
     }
 }
 
@@ -516,18 +543,26 @@ fn query(
                     queries::stream_of(events)
                         .flat_map(move |chunk| {
                             let tag = tag.clone();
-                            stream::iter(
-                                chunk.into_iter().map(move |ev| {
-                                    Out::Frame(frames::with_tag(&tag, &to_json(&ev)))
-                                }),
-                            )
+                            stream::iter(chunk.into_iter().map(move |ev| {
+                                let last = matches!(
+                                    ev,
+                                    verdigris_api_types::TypedQueryEvent::EndOfQuery { .. }
+                                        | verdigris_api_types::TypedQueryEvent::Error(_)
+                                );
+                                let m = frames::with_tag(&tag, &to_json(&ev));
+                                if last {
+                                    Out::Last(m)
+                                } else {
+                                    Out::Frame(m)
+                                }
+                            }))
                         })
                         .boxed()
                 }
                 Ok(Err(e)) => {
                     let (status, msg) = queries::refused(e);
                     let m = frames::error(Some(&id), code_for(status), msg);
-                    stream::once(std::future::ready(Out::Frame(m))).boxed()
+                    stream::once(std::future::ready(Out::Last(m))).boxed()
                 }
                 Err(_) => {
                     let m = frames::error(
@@ -535,7 +570,7 @@ fn query(
                         ErrorCode::Internal,
                         "query task ended unexpectedly",
                     );
-                    stream::once(std::future::ready(Out::Frame(m))).boxed()
+                    stream::once(std::future::ready(Out::Last(m))).boxed()
                 }
             }
         })
@@ -550,7 +585,7 @@ fn transaction(
     timeout: Option<Duration>,
 ) -> Output {
     stream::once(async move {
-        Out::Frame(match transactions::run(&api, stmts, timeout).await {
+        Out::Last(match transactions::run(&api, stmts, timeout).await {
             Ok(r) => frames::message(&ServerMessage::new(Some(id), ServerBody::Transaction(r))),
             Err(f) => frames::error(Some(&id), code_for(f.status), f.message),
         })
