@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 use verdigris_api_types::QueryEvent;
@@ -63,11 +64,18 @@ pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 pub(super) struct Listener<E> {
     tx: mpsc::Sender<Arc<Published<E>>>,
     lagged: Arc<AtomicBool>,
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl<E> Listener<E> {
     pub(super) fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Ends this listener: after the batches already queued it receives
+    /// [`Failure::Ended`] with `reason`.
+    pub(super) fn end(self, reason: &str) {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
     }
 }
 
@@ -81,6 +89,9 @@ pub enum Failure {
     /// The listener fell too far behind and was dropped. `last_change_id` is the last change
     /// id it was sent (`None` for `/v1/updates`, whose notifications have no ids).
     TooSlow { last_change_id: Option<u64> },
+    /// The node ended the subscription (it could not keep it exact, e.g. its on-disk state
+    /// became unreadable); subscribing again starts a fresh one.
+    Ended { reason: String },
 }
 
 impl Failure {
@@ -98,6 +109,9 @@ impl Failure {
             ),
             Failure::TooSlow { last_change_id: None } => {
                 "listener too slow: it fell too far behind and was disconnected; re-open the stream".into()
+            }
+            Failure::Ended { reason } => {
+                format!("subscription ended by the node: {reason}; subscribe again")
             }
         }
     }
@@ -125,6 +139,7 @@ pub struct Attach<E = QueryEvent> {
     rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
     start: u64,
     lagged: Arc<AtomicBool>,
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl<E> Attach<E> {
@@ -137,6 +152,7 @@ impl<E> Attach<E> {
     ) -> (Attach<E>, Listener<E>) {
         let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(Mutex::new(None));
         let attach = Attach {
             id,
             hash,
@@ -145,8 +161,9 @@ impl<E> Attach<E> {
             rx: Some(rx),
             start,
             lagged: lagged.clone(),
+            ended: ended.clone(),
         };
-        (attach, Listener { tx, lagged })
+        (attach, Listener { tx, lagged, ended })
     }
 
     /// An attach that only reports `failure`.
@@ -159,6 +176,7 @@ impl<E> Attach<E> {
             rx: None,
             start: 0,
             lagged: Arc::new(AtomicBool::new(false)),
+            ended: Arc::default(),
         }
     }
 
@@ -173,6 +191,7 @@ impl<E> Attach<E> {
             rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
             last: u64,
             lagged: Arc<AtomicBool>,
+            ended: Arc<Mutex<Option<String>>>,
             counts_ids: bool,
         }
         let st = State {
@@ -181,6 +200,7 @@ impl<E> Attach<E> {
             rx: self.rx,
             last: self.start,
             lagged: self.lagged,
+            ended: self.ended,
             counts_ids: !self.hash.is_empty(),
         };
         futures_util::stream::unfold(st, |mut st| async move {
@@ -202,6 +222,10 @@ impl<E> Attach<E> {
                     }
                     None => {
                         st.rx = None;
+                        let ended = st.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(reason) = ended {
+                            return Some((Item::Failed(Failure::Ended { reason }), st));
+                        }
                         if st.lagged.load(Ordering::SeqCst) {
                             let last_change_id = st.counts_ids.then_some(st.last);
                             return Some((Item::Failed(Failure::TooSlow { last_change_id }), st));
@@ -289,6 +313,16 @@ mod tests {
         );
         let items: Vec<_> = a.into_stream().collect().await;
         assert_eq!(ids(&items), ["Ahead { from: 9, last: 2 }"]);
+    }
+
+    #[tokio::test]
+    async fn an_ended_listener_gets_its_queued_batches_then_the_reason() {
+        let (a, l) = Attach::<QueryEvent>::listen("x".into(), "h".into(), vec![], 0);
+        let mut ls = vec![l];
+        publish(&mut ls, Published::new(1, vec![change(1)]));
+        ls.pop().expect("listener").end("disk gone");
+        let items: Vec<_> = a.into_stream().collect().await;
+        assert_eq!(ids(&items), ["b1", "Ended { reason: \"disk gone\" }"]);
     }
 
     #[test]

@@ -1,35 +1,49 @@
-//! Subscriptions on a node: the registry, the matcher thread that keeps every subscription's
-//! result current after each committed change set, and the fan-out to listeners.
+//! Subscriptions on a node: the registry, the maintenance of every subscription's result after
+//! each committed change set, and the fan-out to listeners.
 //!
-//! Every mutation of subscription state happens under one lock (the *round lock*): a matcher
-//! round (refresh → persist → publish) and a listener attaching (snapshot or replay →
-//! register) never interleave, so a listener receives each change id exactly once, in order.
-//! Commit notifications only merge changed keys into a pending set (coalescing bursts), so
-//! the writer never waits for subscriptions.
+//! Subscriptions are grouped into *units* ([`unit`]: one subscription, or one parameter family)
+//! that are maintained independently, so each pays only its own cost:
+//! - Commit notifications only merge changed keys into a pending set (coalescing bursts), so
+//!   the writer never waits for subscriptions ([`Manager::enqueue`]).
+//! - The dispatcher thread ([`dispatch`]) hands each change set to the units reading a changed
+//!   table (an index by table) and marks them ready.
+//! - Bounded worker pools, one per lane ([`worker`]: keyed work never queues behind re-runs),
+//!   each worker with its own read connection, run one unit at a time: refresh in one read
+//!   transaction → persist → publish. A round that fails publishes nothing and is retried.
+//! - A unit's state lock serializes its rounds and its listeners attaching, so a listener
+//!   receives each change id exactly once, in order. A new subscription runs its initial
+//!   query holding no lock ([`registry`]).
 //!
 //! - [`persist`]: the on-disk registry, rows and change logs.
 //! - [`attach`]: what a listener receives (the attach contract every transport uses).
+//! - [`events`]: event encoding.
 
 pub mod attach;
+mod dispatch;
+mod events;
 pub mod persist;
+mod registry;
+mod unit;
+mod worker;
 
-use crate::crdt::ActorId;
 use crate::store::reader::ReadPool;
-use crate::store::{Committed, Shared, Statement};
+use crate::store::{Committed, Shared};
 use anyhow::Result;
-use attach::{publish, Failure, Listener, Published};
+use attach::Listener;
 pub use attach::{Attach, Item};
-use persist::{Persist, RoundWrite};
-use std::collections::{BTreeSet, HashMap};
+use persist::Persist;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use verdigris_api_types::{NotifyEvent, NotifyKind, QueryEvent, SqliteValue, TypedQueryEvent};
-use verdigris_subscriptions::family::FamilyInfo;
+use unit::{Lane, Unit};
+use verdigris_api_types::NotifyEvent;
 use verdigris_subscriptions::matview::Changes;
-use verdigris_subscriptions::{analyze, Analysis, MatView, Schema};
+use verdigris_subscriptions::Schema;
 
-/// Keys pending before the matcher treats whole tables as changed.
+/// Keys pending before the dispatcher treats whole tables as changed.
 const MAX_PENDING_KEYS: usize = 200_000;
 
 /// Tunables (from the config).
@@ -67,21 +81,6 @@ pub enum SubsError {
     Internal(#[from] anyhow::Error),
 }
 
-struct Sub {
-    id: String,
-    hash: String,
-    sql: String,
-    plan: String,
-    columns: Vec<String>,
-    tables: BTreeSet<String>,
-    mv: MatView,
-    last_change_id: u64,
-    listeners: Vec<Listener<QueryEvent>>,
-    idle_since: Instant,
-    /// Family key and member index, for subscriptions evaluated with their family.
-    family: Option<(String, u64)>,
-}
-
 /// Info for admin/introspection.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SubInfo {
@@ -93,53 +92,6 @@ pub struct SubInfo {
     pub rows: usize,
     pub last_change_id: u64,
     pub listeners: usize,
-}
-
-struct State {
-    subs: HashMap<String, Sub>,
-    by_key: HashMap<String, String>,
-    persist: Persist,
-    updates: HashMap<String, UpdatesHandle>,
-    /// The matcher's own read connection: it holds the families' member tables (TEMP).
-    conn: rusqlite::Connection,
-    families: HashMap<String, Family>,
-}
-
-/// Subscriptions that differ only in one value (see `verdigris_subscriptions::family`).
-struct Family {
-    info: FamilyInfo,
-    next_idx: u64,
-    members: HashMap<u64, String>,
-}
-
-impl State {
-    fn join_family(&mut self, info: &FamilyInfo, sub_id: &str) -> Result<u64> {
-        let fam = self
-            .families
-            .entry(info.key.clone())
-            .or_insert_with(|| Family {
-                info: info.clone(),
-                next_idx: 0,
-                members: HashMap::new(),
-            });
-        let idx = fam.next_idx;
-        fam.next_idx += 1;
-        info.add_member(&self.conn, idx)?;
-        fam.members.insert(idx, sub_id.to_string());
-        Ok(idx)
-    }
-
-    fn leave_family(&mut self, sub: &Sub) {
-        if let Some((key, idx)) = &sub.family {
-            if let Some(fam) = self.families.get_mut(key) {
-                let _ = fam.info.remove_member(&self.conn, *idx);
-                fam.members.remove(idx);
-                if fam.members.is_empty() {
-                    self.families.remove(key);
-                }
-            }
-        }
-    }
 }
 
 struct UpdatesHandle {
@@ -158,13 +110,41 @@ struct Pending {
     since: Option<Instant>,
 }
 
-pub struct Manager {
-    state: Mutex<State>,
+/// Everything the threads share. The [`Manager`] owns it; dropping or stopping the manager
+/// stops every thread.
+struct Core {
+    registry: Mutex<registry::Registry>,
+    /// Notified when a subscription finishes its initial query (or gives up).
+    registered: Condvar,
+    persist: Mutex<Persist>,
     pending: Mutex<Pending>,
+    /// Wakes the dispatcher.
     wake: Condvar,
+    /// Wakes the expiry thread on stop.
+    stopped: Condvar,
+    keyed: worker::LaneQueue,
+    rerun: worker::LaneQueue,
+    /// Units waiting for a retry after a failed round, with when it is due (at most one entry
+    /// per unit).
+    retries: Mutex<Vec<(Instant, Arc<Unit>)>>,
+    updates: Mutex<HashMap<String, UpdatesHandle>>,
     reads: Arc<ReadPool>,
     shared: Arc<Shared>,
     config: SubsConfig,
+}
+
+impl Core {
+    fn lane(&self, lane: Lane) -> &worker::LaneQueue {
+        match lane {
+            Lane::Keyed => &self.keyed,
+            Lane::Rerun => &self.rerun,
+        }
+    }
+}
+
+pub struct Manager {
+    core: Arc<Core>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Primary keys from the store's catalog.
@@ -180,10 +160,6 @@ impl Schema for CatalogSchema {
                 .collect(),
         )
     }
-}
-
-fn shared_db_path(reads: &ReadPool) -> std::path::PathBuf {
-    reads.path().to_path_buf()
 }
 
 /// 64-bit FNV-1a: the stable query hash sent as `corro-query-hash`.
@@ -203,7 +179,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Manager {
     /// Opens the registry in `dir`, restores persisted subscriptions (re-running each and
     /// diffing against its stored rows, so changes missed while down become new change ids),
-    /// and starts the matcher thread.
+    /// and starts the dispatcher, the expiry thread and the workers.
     pub fn open(
         dir: &Path,
         reads: Arc<ReadPool>,
@@ -211,79 +187,64 @@ impl Manager {
         config: SubsConfig,
     ) -> Result<Arc<Manager>> {
         let persist = Persist::open(dir)?;
-        let conn = crate::store::reader::open_read_connection(&shared_db_path(&reads))?;
         let stored = persist.load()?;
-        let m = Arc::new(Manager {
-            state: Mutex::new(State {
-                conn,
-                families: HashMap::new(),
-                subs: HashMap::new(),
-                by_key: HashMap::new(),
-                persist,
-                updates: HashMap::new(),
-            }),
-            pending: Mutex::new(Pending::default()),
+        let core = Arc::new(Core {
+            registry: Mutex::default(),
+            registered: Condvar::new(),
+            persist: Mutex::new(persist),
+            pending: Mutex::default(),
             wake: Condvar::new(),
+            stopped: Condvar::new(),
+            keyed: worker::LaneQueue::default(),
+            rerun: worker::LaneQueue::default(),
+            retries: Mutex::default(),
+            updates: Mutex::default(),
             reads,
             shared,
             config,
         });
+        let m = Arc::new(Manager {
+            core,
+            threads: Mutex::default(),
+        });
         m.restore(stored)?;
-        let worker = Arc::downgrade(&m);
-        std::thread::Builder::new()
-            .name("vd-matcher".into())
-            .spawn(move || matcher_loop(worker))?;
+        m.start()?;
         Ok(m)
     }
 
-    fn restore(
-        &self,
-        stored: Vec<(
-            persist::StoredSub,
-            Vec<verdigris_subscriptions::matview::StoredRow>,
-        )>,
-    ) -> Result<()> {
-        let schema = CatalogSchema(self.shared.catalog());
-        let mut st = lock(&self.state);
-        for (s, rows) in stored {
-            let analysis = match analyze(&st.conn, &Statement::new(s.sql.clone()), &schema) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(id = %s.id, error = %e, "dropping a stored subscription that no longer analyzes");
-                    st.persist.delete(&s.id)?;
-                    continue;
-                }
-            };
-            let mut mv = MatView::new(&analysis);
-            mv.import(rows, s.next_row_id);
-            let changes = mv.recompute(&st.conn)?;
-            let mut sub = new_sub(s.id.clone(), &analysis, mv);
-            if let Some(f) = &analysis.family {
-                sub.family = Some((f.key.clone(), st.join_family(f, &s.id)?));
+    fn start(&self) -> Result<()> {
+        let open = || crate::store::reader::open_read_connection(self.core.reads.path());
+        let mut threads = lock(&self.threads);
+        let core = self.core.clone();
+        let conn = open()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("vd-subs-dispatch".into())
+                .spawn(move || dispatch::run(core, conn))?,
+        );
+        let core = self.core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("vd-subs-expire".into())
+                .spawn(move || dispatch::expire_loop(core))?,
+        );
+        for (lane, name) in [(Lane::Keyed, "keyed"), (Lane::Rerun, "rerun")] {
+            for i in 0..worker::WORKERS_PER_LANE {
+                let core = self.core.clone();
+                let conn = open()?;
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("vd-subs-{name}-{i}"))
+                        .spawn(move || worker::run(core, lane, conn))?,
+                );
             }
-            sub.last_change_id = s.last_change_id;
-            if !changes.is_empty() {
-                let first = sub.last_change_id + 1;
-                sub.last_change_id += changes.len() as u64;
-                st.persist.write_round(&[RoundWrite {
-                    sub: &sub.id,
-                    first_change_id: first,
-                    changes: &changes,
-                    next_row_id: sub.mv.next_row_id(),
-                    retention: self.config.retention,
-                }])?;
-            }
-            tracing::info!(id = %sub.id, rows = sub.mv.len(), caught_up = changes.len(), "restored subscription");
-            st.by_key
-                .insert(analysis.normalized.clone(), sub.id.clone());
-            st.subs.insert(sub.id.clone(), sub);
         }
         Ok(())
     }
 
-    /// Commit listener: merge the changed keys into the pending set and wake the matcher.
+    /// Commit listener: merge the changed keys into the pending set and wake the dispatcher.
     pub fn enqueue(&self, c: &Committed) {
-        let mut p = lock(&self.pending);
+        let mut p = lock(&self.core.pending);
         p.since.get_or_insert_with(Instant::now);
         // Rows mostly come in runs of one table: lower-case each run's name once.
         let mut name: Option<(&str, String)> = None;
@@ -311,13 +272,14 @@ impl Manager {
             }
         }
         drop(p);
-        self.wake.notify_one();
+        self.core.wake.notify_one();
     }
 
     /// Re-runs every subscription on `tables` in full: for bulk loads that bypass per-row
     /// change tracking (a snapshot import).
     pub fn reload_tables(&self, tables: &[String]) {
-        let mut p = lock(&self.pending);
+        let mut p = lock(&self.core.pending);
+        p.since.get_or_insert_with(Instant::now);
         for t in tables {
             let t = t.to_ascii_lowercase();
             if let Some(keys) = p.changes.remove(&t) {
@@ -326,136 +288,41 @@ impl Manager {
             p.whole.insert(t);
         }
         drop(p);
-        self.wake.notify_one();
+        self.core.wake.notify_one();
     }
 
+    /// Stops the dispatcher, the expiry thread and the workers (each after its current round)
+    /// and waits for them.
     pub fn stop(&self) {
-        lock(&self.pending).stop = true;
-        self.wake.notify_one();
-    }
-
-    fn analyze(
-        &self,
-        conn: &crate::store::reader::PooledConn,
-        stmt: &Statement,
-    ) -> Result<Analysis, SubsError> {
-        analyze(conn, stmt, &CatalogSchema(self.shared.catalog()))
-            .map_err(|e| SubsError::BadRequest(e.0))
-    }
-
-    /// `POST /v1/subscriptions`: subscribe (or join the identical existing subscription).
-    pub fn subscribe(
-        &self,
-        stmt: &Statement,
-        from: Option<u64>,
-        skip_rows: bool,
-    ) -> Result<Attach, SubsError> {
-        let conn = self.reads.get()?;
-        let analysis = self.analyze(&conn, stmt)?;
-        let mut st = lock(&self.state);
-        if let Some(id) = st.by_key.get(&analysis.normalized).cloned() {
-            return self.attach_locked(&mut st, &id, from, skip_rows);
-        }
-        if from.is_some() {
-            return Err(SubsError::NoSubscription(
-                "a `from` query param was supplied, but no existing subscription found; subscribe without `from`".into(),
-            ));
-        }
-        let start = Instant::now();
-        let mut mv = MatView::new(&analysis);
-        drop(conn);
-        st.conn
-            .execute_batch("BEGIN")
-            .map_err(anyhow::Error::from)?;
-        let rows = mv.initial(&st.conn);
-        let _ = st.conn.execute_batch("COMMIT");
-        let rows = rows.map_err(|e| SubsError::BadRequest(format!("query failed: {e}")))?;
-        let id = ActorId::random().hyphenated();
-        st.persist
-            .create(&id, &analysis.sql, &mv.export(), mv.next_row_id())?;
-        let mut sub = new_sub(id.clone(), &analysis, mv);
-        if let Some(f) = &analysis.family {
-            sub.family = Some((f.key.clone(), st.join_family(f, &id)?));
-        }
-        // `skip_rows` suppresses the snapshot entirely (columns, rows and eoq), as Corrosion does.
-        let initial = if skip_rows {
-            Vec::new()
-        } else {
-            snapshot_events(&sub.columns, rows, start.elapsed().as_secs_f64(), 0)
-        };
-        let (attach, listener) = Attach::listen(sub.id.clone(), sub.hash.clone(), initial, 0);
-        sub.listeners.push(listener);
-        st.by_key.insert(analysis.normalized.clone(), id.clone());
-        st.subs.insert(id, sub);
-        Ok(attach)
-    }
-
-    /// `GET /v1/subscriptions/{id}`.
-    pub fn attach(
-        &self,
-        id: &str,
-        from: Option<u64>,
-        skip_rows: bool,
-    ) -> Result<Attach, SubsError> {
-        let mut st = lock(&self.state);
-        self.attach_locked(&mut st, id, from, skip_rows)
-    }
-
-    fn attach_locked(
-        &self,
-        st: &mut State,
-        id: &str,
-        from: Option<u64>,
-        skip_rows: bool,
-    ) -> Result<Attach, SubsError> {
-        let (last, columns) = match st.subs.get(id) {
-            Some(s) => (s.last_change_id, s.columns.clone()),
-            None => {
-                return Err(SubsError::NotFound(format!(
-                    "could not find subscription with id {id}"
-                )))
+        lock(&self.core.pending).stop = true;
+        self.core.wake.notify_all();
+        self.core.stopped.notify_all();
+        self.core.keyed.stop();
+        self.core.rerun.stop();
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for t in threads {
+            if t.thread().id() == std::thread::current().id() {
+                continue;
             }
-        };
-        let initial = match from {
-            Some(from) if from > 0 => {
-                if from > last {
-                    return Ok(closed(st, id, Failure::Ahead { from, last }));
-                }
-                let (min, changes) = st.persist.changes_after(id, from)?;
-                let first_needed = from + 1;
-                if first_needed <= last && min.is_none_or(|m| m > first_needed) {
-                    let min = min.unwrap_or(last + 1);
-                    return Ok(closed(st, id, Failure::TooOld { from, min }));
-                }
-                changes
-                    .into_iter()
-                    .map(|(cid, ch)| change_event(ch, cid))
-                    .collect()
+            if t.join().is_err() {
+                tracing::error!("a subscription thread panicked");
             }
-            _ if skip_rows => Vec::new(),
-            _ => {
-                let sub = st.subs.get(id).expect("checked");
-                snapshot_events(&columns, sub.mv.snapshot(), 0.0, last)
-            }
-        };
-        let sub = st.subs.get_mut(id).expect("checked");
-        let (attach, l) = Attach::listen(sub.id.clone(), sub.hash.clone(), initial, last);
-        sub.listeners.push(l);
-        Ok(attach)
+        }
     }
 
-    /// `POST /v1/updates/{table}`: key notifications for one table.
+    /// `POST /v1/updates/{table}`: key notifications for one table. Takes only the updates
+    /// handles' lock, which is never held across SQLite work.
     pub fn updates(&self, table: &str) -> Result<Attach<NotifyEvent>, SubsError> {
-        let catalog = self.shared.catalog();
+        let catalog = self.core.shared.catalog();
         let Some(t) = catalog.get(table) else {
             return Err(SubsError::BadRequest(format!(
                 "table not found in schema: {table}"
             )));
         };
         let key = t.name.to_ascii_lowercase();
-        let mut st = lock(&self.state);
-        let h = st.updates.entry(key).or_insert_with(|| UpdatesHandle {
-            id: ActorId::random().hyphenated(),
+        let mut handles = lock(&self.core.updates);
+        let h = handles.entry(key).or_insert_with(|| UpdatesHandle {
+            id: crate::crdt::ActorId::random().hyphenated(),
             listeners: vec![],
         });
         let (attach, l) = Attach::listen(h.id.clone(), String::new(), Vec::new(), 0);
@@ -463,326 +330,40 @@ impl Manager {
         Ok(attach)
     }
 
-    /// (subscriptions, listeners attached to them).
+    /// (subscriptions, listeners attached to them). Never waits for a round.
     pub fn counts(&self) -> (u64, u64) {
-        let st = lock(&self.state);
-        let listeners = st.subs.values().map(|s| s.listeners.len() as u64).sum();
-        (st.subs.len() as u64, listeners)
+        let reg = lock(&self.core.registry);
+        let metas: Vec<_> = reg.metas().collect();
+        let listeners = metas
+            .iter()
+            .map(|m| m.listeners.load(Ordering::Relaxed) as u64)
+            .sum();
+        (metas.len() as u64, listeners)
     }
 
+    /// Every subscription, for admin views. Never waits for a round.
     pub fn list(&self) -> Vec<SubInfo> {
-        let st = lock(&self.state);
-        let mut v: Vec<SubInfo> = st
-            .subs
-            .values()
+        let reg = lock(&self.core.registry);
+        let mut v: Vec<SubInfo> = reg
+            .metas()
             .map(|s| SubInfo {
                 id: s.id.clone(),
                 hash: s.hash.clone(),
                 sql: s.sql.clone(),
                 plan: s.plan.clone(),
                 tables: s.tables.iter().cloned().collect(),
-                rows: s.mv.len(),
-                last_change_id: s.last_change_id,
-                listeners: s.listeners.len(),
+                rows: s.rows.load(Ordering::Relaxed),
+                last_change_id: s.last_change_id.load(Ordering::Relaxed),
+                listeners: s.listeners.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
-
-    /// One matcher round: refresh affected subscriptions, persist, publish.
-    fn round(&self) -> Result<bool> {
-        let mut st = lock(&self.state);
-        let (changes, whole, stop, since) = {
-            let mut p = lock(&self.pending);
-            let c = std::mem::take(&mut p.changes);
-            let w = std::mem::take(&mut p.whole);
-            p.keys = 0;
-            (c, w, p.stop, p.since.take())
-        };
-        let started = Instant::now();
-        if stop {
-            return Ok(false);
-        }
-        self.expire_idle(&mut st)?;
-        if changes.is_empty() && whole.is_empty() {
-            return Ok(true);
-        }
-        st.conn.execute_batch("BEGIN")?;
-        let mut produced: Vec<(String, u64, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
-        {
-            let State {
-                subs,
-                families,
-                conn,
-                ..
-            } = &mut *st;
-            // Family members are refreshed together; everything else one by one.
-            let mut groups: HashMap<
-                String,
-                Vec<(u64, &mut verdigris_subscriptions::keyed::Keyed)>,
-            > = HashMap::new();
-            let mut results: Vec<(&mut Sub, Vec<verdigris_subscriptions::RowChange>)> = Vec::new();
-            let mut member_of: HashMap<(String, u64), String> = HashMap::new();
-            let mut touched_families: BTreeSet<String> = BTreeSet::new();
-            let mut singles: Vec<&mut Sub> = Vec::new();
-            for sub in subs.values_mut() {
-                let full = sub.tables.iter().any(|t| whole.contains(t));
-                let touched = changes.keys().any(|t| sub.tables.contains(t));
-                let in_family =
-                    !full && sub.family.is_some() && matches!(sub.mv, MatView::Keyed(_));
-                if !in_family {
-                    singles.push(sub);
-                    continue;
-                }
-                if touched {
-                    let (key, idx) = sub.family.clone().expect("family member");
-                    member_of.insert((key.clone(), idx), sub.id.clone());
-                    touched_families.insert(key.clone());
-                    if let MatView::Keyed(k) = &mut sub.mv {
-                        groups.entry(key).or_default().push((idx, k));
-                    }
-                }
-            }
-            let mut family_changes: HashMap<String, Vec<verdigris_subscriptions::RowChange>> =
-                HashMap::new();
-            for (key, mut members) in groups {
-                let Some(fam) = families.get(&key) else {
-                    continue;
-                };
-                match fam.info.refresh(conn, &mut members, &changes) {
-                    Ok(out) => {
-                        for (idx, ch) in out {
-                            if let Some(id) = member_of.get(&(key.clone(), idx)) {
-                                family_changes.insert(id.clone(), ch);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(family = %key, error = %e, "family refresh failed"),
-                }
-            }
-            for sub in singles {
-                let full = sub.tables.iter().any(|t| whole.contains(t));
-                let result = if full {
-                    sub.mv.recompute(conn)
-                } else {
-                    sub.mv.refresh(conn, &sub.tables, &changes)
-                };
-                match result {
-                    Ok(ch) if !ch.is_empty() => results.push((sub, ch)),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(id = %sub.id, error = %e, "subscription refresh failed")
-                    }
-                }
-            }
-            for (sub, ch) in results {
-                let first = sub.last_change_id + 1;
-                sub.last_change_id += ch.len() as u64;
-                produced.push((sub.id.clone(), first, ch));
-            }
-            for (id, ch) in family_changes {
-                if let Some(sub) = subs.get_mut(&id) {
-                    let first = sub.last_change_id + 1;
-                    sub.last_change_id += ch.len() as u64;
-                    produced.push((id, first, ch));
-                }
-            }
-            let _ = touched_families;
-        }
-        let notifications = self.updates_round(&st, &st.conn, &changes);
-        let _ = st.conn.execute_batch("COMMIT");
-        let writes: Vec<RoundWrite<'_>> = produced
-            .iter()
-            .map(|(id, first, ch)| RoundWrite {
-                sub: id,
-                first_change_id: *first,
-                changes: ch,
-                next_row_id: st.subs[id].mv.next_row_id(),
-                retention: self.config.retention,
-            })
-            .collect();
-        if !writes.is_empty() {
-            // The in-memory state already moved on: publish even if the disk write failed, so
-            // listeners never see a gap (the change log then misses this round for `from=`).
-            if let Err(e) = st.persist.write_round(&writes) {
-                tracing::error!(error = %format!("{e:#}"), "could not persist a subscription round");
-            }
-        }
-        drop(writes);
-        let (metrics, published) = (&self.config.metrics, !produced.is_empty());
-        let mut slow = 0;
-        for (id, first, ch) in produced {
-            let last_id = first + ch.len() as u64 - 1;
-            let events = ch
-                .into_iter()
-                .zip(first..)
-                .map(|(c, cid)| change_event(c, cid))
-                .collect();
-            let sub = st.subs.get_mut(&id).expect("sub");
-            slow += publish(&mut sub.listeners, Published::new(last_id, events));
-            if sub.listeners.is_empty() {
-                sub.idle_since = sub.idle_since.min(Instant::now());
-            }
-        }
-        for (table, events) in notifications {
-            if let Some(h) = st.updates.get_mut(&table) {
-                slow += publish(&mut h.listeners, Published::new(0, events));
-            }
-        }
-        st.updates.retain(|_, h| !h.listeners.is_empty());
-        metrics.slow_listener_drops.inc_by(slow);
-        metrics.sub_round.observe(started.elapsed().as_secs_f64());
-        if let (true, Some(t)) = (published, since) {
-            metrics.commit_to_event.observe(t.elapsed().as_secs_f64());
-        }
-        Ok(true)
-    }
-
-    /// `/v1/updates` notifications: "update" if the row exists now, else "delete".
-    fn updates_round(
-        &self,
-        st: &State,
-        conn: &rusqlite::Connection,
-        changes: &Changes,
-    ) -> Vec<(String, Vec<NotifyEvent>)> {
-        let catalog = self.shared.catalog();
-        let mut out = Vec::new();
-        for (table, h) in &st.updates {
-            let (Some(keys), Some(t)) = (changes.get(table), catalog.get(table)) else {
-                continue;
-            };
-            if h.listeners.is_empty() {
-                continue;
-            }
-            let sql = format!(
-                "SELECT 1 FROM {} WHERE {}",
-                crate::store::catalog::quote(&t.name),
-                t.sql.pk_where
-            );
-            let mut events = Vec::with_capacity(keys.len());
-            for k in keys {
-                let Ok(vals) = crate::crdt::pack::unpack(k) else {
-                    continue;
-                };
-                let exists = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| s.exists(rusqlite::params_from_iter(&vals)))
-                    .unwrap_or(false);
-                let kind = if exists {
-                    NotifyKind::Update
-                } else {
-                    NotifyKind::Delete
-                };
-                events.push(NotifyEvent::Notify(
-                    kind,
-                    vals.into_iter().map(SqliteValue::from).collect(),
-                ));
-            }
-            out.push((table.clone(), events));
-        }
-        out
-    }
-
-    fn expire_idle(&self, st: &mut State) -> Result<()> {
-        let ttl = self.config.idle_ttl;
-        let expired: Vec<String> = st
-            .subs
-            .values_mut()
-            .filter_map(|s| {
-                s.listeners.retain(|l| !l.is_closed());
-                if !s.listeners.is_empty() {
-                    s.idle_since = Instant::now();
-                    None
-                } else {
-                    (s.idle_since.elapsed() > ttl).then(|| s.id.clone())
-                }
-            })
-            .collect();
-        for id in expired {
-            if let Some(s) = st.subs.remove(&id) {
-                st.leave_family(&s);
-                st.by_key.retain(|_, v| *v != id);
-                st.persist.delete(&id)?;
-                tracing::info!(id = %s.id, "removed idle subscription");
-            }
-        }
-        Ok(())
-    }
 }
 
-fn new_sub(id: String, a: &Analysis, mv: MatView) -> Sub {
-    Sub {
-        hash: query_hash(&a.normalized),
-        id,
-        sql: a.sql.clone(),
-        plan: a.plan.describe(),
-        columns: a.columns.clone(),
-        tables: a.tables.clone(),
-        mv,
-        last_change_id: 0,
-        listeners: vec![],
-        idle_since: Instant::now(),
-        family: None,
-    }
-}
-
-/// The snapshot a listener starts from: `columns`, every row, `eoq` with the change id the
-/// snapshot is at.
-fn snapshot_events(
-    columns: &[String],
-    rows: Vec<(u64, Vec<rusqlite::types::Value>)>,
-    time: f64,
-    change_id: u64,
-) -> Vec<QueryEvent> {
-    let mut out = Vec::with_capacity(rows.len() + 2);
-    out.push(TypedQueryEvent::Columns(columns.to_vec()));
-    out.extend(
-        rows.into_iter()
-            .map(|(rid, cells)| TypedQueryEvent::Row(rid, wire_cells(cells))),
-    );
-    out.push(TypedQueryEvent::EndOfQuery {
-        time,
-        change_id: Some(change_id),
-    });
-    out
-}
-
-fn change_event(c: verdigris_subscriptions::RowChange, change_id: u64) -> QueryEvent {
-    let kind = match c.kind {
-        verdigris_subscriptions::ChangeKind::Insert => verdigris_api_types::ChangeType::Insert,
-        verdigris_subscriptions::ChangeKind::Update => verdigris_api_types::ChangeType::Update,
-        verdigris_subscriptions::ChangeKind::Delete => verdigris_api_types::ChangeType::Delete,
-    };
-    TypedQueryEvent::Change(kind, c.row_id, wire_cells(c.cells), change_id)
-}
-
-fn wire_cells(cells: Vec<rusqlite::types::Value>) -> Vec<SqliteValue> {
-    cells.into_iter().map(SqliteValue::from).collect()
-}
-
-/// An attach that only reports `failure`.
-fn closed(st: &State, id: &str, failure: Failure) -> Attach {
-    let hash = st.subs.get(id).map(|s| s.hash.clone()).unwrap_or_default();
-    Attach::failed(id.to_string(), hash, failure)
-}
-
-fn matcher_loop(m: std::sync::Weak<Manager>) {
-    loop {
-        let Some(m) = m.upgrade() else { return };
-        {
-            let p = lock(&m.pending);
-            if !p.stop && p.changes.is_empty() && p.whole.is_empty() {
-                let _ = m.wake.wait_timeout(p, Duration::from_secs(1));
-            }
-        }
-        match m.round() {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "subscription round failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

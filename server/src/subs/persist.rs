@@ -63,6 +63,47 @@ impl Persist {
         Ok(Persist { conn })
     }
 
+    /// One stored subscription with its rows (`None` if it is not stored).
+    pub fn load_one(&self, id: &str) -> Result<Option<(StoredSub, Vec<StoredRow>)>> {
+        let sub: Option<StoredSub> = self
+            .conn
+            .prepare_cached("SELECT id, sql, last_change_id, next_row_id FROM subs WHERE id = ?1")?
+            .query_row([id], |r| {
+                Ok(StoredSub {
+                    id: r.get(0)?,
+                    sql: r.get(1)?,
+                    last_change_id: r.get(2)?,
+                    next_row_id: r.get(3)?,
+                })
+            })
+            .optional()?;
+        match sub {
+            Some(s) => {
+                let rows = self.rows(&s.id)?;
+                Ok(Some((s, rows)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn rows(&self, id: &str) -> Result<Vec<StoredRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT row_id, identity, cells FROM sub_rows WHERE sub = ?1")?;
+        let raw: Vec<(u64, Vec<u8>, Vec<u8>)> = stmt
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        raw.into_iter()
+            .map(|(row_id, identity, cells)| {
+                Ok(StoredRow {
+                    row_id,
+                    identity,
+                    cells: cells_of(&cells)?,
+                })
+            })
+            .collect()
+    }
+
     pub fn load(&self) -> Result<Vec<(StoredSub, Vec<StoredRow>)>> {
         let mut out = Vec::new();
         let subs: Vec<StoredSub> = self
@@ -78,22 +119,7 @@ impl Persist {
             })?
             .collect::<rusqlite::Result<_>>()?;
         for s in subs {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT row_id, identity, cells FROM sub_rows WHERE sub = ?1")?;
-            let raw: Vec<(u64, Vec<u8>, Vec<u8>)> = stmt
-                .query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let rows = raw
-                .into_iter()
-                .map(|(row_id, identity, cells)| {
-                    Ok(StoredRow {
-                        row_id,
-                        identity,
-                        cells: cells_of(&cells)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let rows = self.rows(&s.id)?;
             out.push((s, rows));
         }
         Ok(out)
