@@ -15,6 +15,9 @@
 //!   aggregates, GROUP BY, DISTINCT, ORDER BY … LIMIT and UNION under a pseudo-random workload;
 //!   parameters in every position; column names.
 //! - [`durability`]: resume after a graceful restart and after SIGKILL, the trimmed change log.
+//! - [`failure`]: a round whose persist fails publishes nothing, is retried, and loses
+//!   nothing across a crash.
+//! - [`isolation`]: a slow initial query or a slow re-run delays no other subscription.
 //! - [`slow`]: a listener that stops reading is cut off with a resumable error.
 //! - [`syntax`]: valid SQLite statements must work as subscriptions exactly as in
 //!   `/v1/queries` (no rejections, no silent change of meaning).
@@ -27,6 +30,8 @@ mod api;
 mod client;
 mod concurrency;
 mod durability;
+mod failure;
+mod isolation;
 mod queries;
 mod slow;
 mod syntax;
