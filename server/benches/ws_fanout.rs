@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{NodeDir, Node};
+use support::{Node, NodeDir};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -72,9 +72,18 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 async fn ws_connect(addr: std::net::SocketAddr) -> Ws {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws"), tcp)
-        .await
-        .expect("upgrade");
+    // Small client buffers: 10,000 sockets in the bench process with the 128 KiB default would
+    // take over a GiB and slow the machine the node shares.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{addr}/v1/ws"),
+        tcp,
+        Some(config),
+    )
+    .await
+    .expect("upgrade");
     ws
 }
 
@@ -146,13 +155,25 @@ fn memory_ws(rt: &tokio::runtime::Runtime, n: usize) -> f64 {
     rt.block_on(async {
         fill(&node.http1(), n).await;
         let mut ws = ws_connect(node.addr()).await;
-        ws.send(Message::Text(json!({"type":"subscribe","id":"warm","sql":"SELECT v FROM items WHERE id = 0"}).to_string().into())).await.unwrap();
+        ws.send(Message::Text(
+            json!({"type":"subscribe","id":"warm","sql":"SELECT v FROM items WHERE id = 0"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
         ws_until_eoq(&mut ws, "warm").await;
         settle();
         let before = node.rss_kib();
         for i in 0..n {
             let sql = format!("SELECT id, v FROM items WHERE id = {i}");
-            ws.send(Message::Text(json!({"type":"subscribe","id":format!("s{i}"),"sql":sql}).to_string().into())).await.unwrap();
+            ws.send(Message::Text(
+                json!({"type":"subscribe","id":format!("s{i}"),"sql":sql})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
         }
         ws_eoqs(&mut ws, n, None).await;
         settle();
@@ -225,7 +246,13 @@ fn fanout(rt: &tokio::runtime::Runtime, n: usize, websocket: bool) -> (f64, f64,
             let permit = sem.acquire_owned().await.unwrap();
             if websocket {
                 let mut ws = ws_connect(addr).await;
-                ws.send(Message::Text(json!({"type":"subscribe","id":"s","sql":sql}).to_string().into())).await.unwrap();
+                ws.send(Message::Text(
+                    json!({"type":"subscribe","id":"s","sql":sql})
+                        .to_string()
+                        .into(),
+                ))
+                .await
+                .unwrap();
                 ws_until_eoq(&mut ws, "s").await;
                 drop(permit);
                 opened.fetch_add(1, Ordering::SeqCst);
@@ -264,10 +291,17 @@ fn fanout(rt: &tokio::runtime::Runtime, n: usize, websocket: bool) -> (f64, f64,
     let mut lat = Vec::with_capacity(WRITES);
     for w in 0..WRITES {
         let sent = arrivals.epoch.elapsed().as_nanos() as u64;
-        rt.block_on(write(&api, format!("UPDATE items SET v = {} WHERE id = 0", w + 1)));
+        rt.block_on(write(
+            &api,
+            format!("UPDATE items SET v = {} WHERE id = 0", w + 1),
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         while arrivals.count[w].load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "write {w}: only {} of {n} subscribers got it", arrivals.count[w].load(Ordering::SeqCst));
+            assert!(
+                Instant::now() < deadline,
+                "write {w}: only {} of {n} subscribers got it",
+                arrivals.count[w].load(Ordering::SeqCst)
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
         lat.push((arrivals.last[w].load(Ordering::SeqCst) - sent) as f64 / 1e6);
@@ -290,7 +324,11 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("VERDIGRIS_BENCH_FANOUT")
         .unwrap_or_else(|_| "1000,10000".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("VERDIGRIS_BENCH_FANOUT: comma-separated counts"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("VERDIGRIS_BENCH_FANOUT: comma-separated counts")
+        })
         .collect();
     let ws = memory_ws(&rt, 1000);
     let nd = memory_ndjson(&rt, 1000);

@@ -91,10 +91,14 @@ pub async fn run(api: Arc<Api>, ws: Ws) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // One registration with the token for the socket's life (not one per turn of the loop:
+    // 10,000 sockets re-registering on every event would contend on the token's lock).
+    let cancelled = closing.cancelled();
+    tokio::pin!(cancelled);
     let close = loop {
         let mut out: Vec<Message> = Vec::new();
         tokio::select! {
-            _ = closing.cancelled() => {
+            _ = &mut cancelled => {
                 break Some((CloseCode::Away, "the node is shutting down; reconnect to another node or later".to_string()));
             }
             msg = incoming.next() => {
