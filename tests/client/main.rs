@@ -5,7 +5,7 @@
 //!   not be retried, failover past a dead node, giving up, the bearer token.
 //! - [`subs`]: subscriptions over both transports: snapshot and changes folded by
 //!   `LiveQuery`, resume after a node restart (no reset), failover to another node (reset and
-//!   fresh snapshot), a change log too short to resume from, bad SQL is fatal.
+//!   fresh snapshot; also within a two-node cluster, continuing from the replicated rows), a change log too short to resume from, bad SQL is fatal.
 //! - [`ws`]: queries, transactions and pings over the WebSocket; a subscription whose
 //!   consumer stops reading does not hold up the others on the socket, and recovers.
 

@@ -209,3 +209,76 @@ async fn bad_sql_ends_the_subscription() {
         assert!(sub.next().await.is_none());
     }
 }
+
+/// A node of a two-node cluster: gossip on `gossip`, bootstrapping to `peer`.
+fn cluster_dir(gossip: u16, peer: u16) -> NodeDir {
+    NodeDir::builder()
+        .schema(SCHEMA)
+        .raw_config(&format!(
+            "[db]\npath = \"{{dir}}/data/state.db\"\nschema_paths = [\"{{dir}}/schema\"]\n\
+             [api]\naddr = \"127.0.0.1:0\"\n\
+             [gossip]\naddr = \"127.0.0.1:{gossip}\"\nplaintext = true\nbootstrap = [\"127.0.0.1:{peer}\"]\n\
+             [admin]\npath = \"{{dir}}/admin.sock\"\n\
+             [perf]\nmin_sync_backoff = 1\nmax_sync_backoff = 2\n"
+        ))
+        .build()
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_within_a_cluster_continues_from_the_replicated_rows() {
+    for t in BOTH {
+        let (pa, pb) = (free_udp_port(), free_udp_port());
+        let (da, db) = (cluster_dir(pa, pb), cluster_dir(pb, pa));
+        let (a, b) = (da.start(), db.start());
+        let (ca, cb) = (client([a.addr()]), client([b.addr()]));
+        let c = client([a.addr(), b.addr()]);
+        let mut sub = c.subscribe::<(i64, String)>("SELECT id, a FROM t", opts(t));
+        let (rows, _) = snapshot(&mut sub).await;
+        assert!(rows.is_empty());
+        write(&ca, "INSERT INTO t VALUES (1, 'one', 0), (2, 'two', 0)").await;
+        for _ in 0..2 {
+            assert!(matches!(
+                next(&mut sub).await,
+                SubEvent::Change(ChangeType::Insert, ..)
+            ));
+        }
+        // B has A's rows by replication before A dies.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let got: Vec<(i64, String)> = cb.query_as("SELECT id, a FROM t").await.unwrap();
+            if got.len() == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B did not receive A's rows: {got:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        a.kill();
+        assert_eq!(
+            next(&mut sub).await,
+            SubEvent::Reset(ResetReason::NodeChanged),
+            "{t:?}"
+        );
+        let (rows, change_id) = snapshot(&mut sub).await;
+        let mut cells: Vec<(i64, String)> = rows.into_iter().map(|r| r.1).collect();
+        cells.sort();
+        assert_eq!(cells, vec![(1, "one".into()), (2, "two".into())], "{t:?}");
+        assert_eq!(sub.node(), Some(b.addr().to_string()));
+        // Live changes continue from B, with B's change ids.
+        write(&cb, "UPDATE t SET a = 'uno' WHERE id = 1").await;
+        match next(&mut sub).await {
+            SubEvent::Change(ChangeType::Update, _, (1, a), id) => {
+                assert_eq!(a, "uno");
+                assert_eq!(Some(id), change_id.map(|c| c + 1));
+            }
+            other => panic!("expected the update from B, got {other:?}"),
+        }
+    }
+}
