@@ -3,6 +3,7 @@
 
 mod bench;
 mod hostile;
+mod recovery;
 mod stress;
 mod subs;
 mod support;

@@ -27,6 +27,8 @@ pub struct NodeDir {
     pub dir: TempDir,
     /// Extra lines for the `[gossip]` section.
     pub gossip_extra: String,
+    /// The `[perf]` section's lines (fast sync rounds by default).
+    pub perf: String,
 }
 
 impl NodeDir {
@@ -39,6 +41,7 @@ impl NodeDir {
         NodeDir {
             dir,
             gossip_extra: String::new(),
+            perf: "min_sync_backoff = 1\nmax_sync_backoff = 2".into(),
         }
     }
 
@@ -62,7 +65,7 @@ impl NodeDir {
              [api]\naddr = \"127.0.0.1:0\"\n\
              [gossip]\naddr = \"127.0.0.1:{gossip_port}\"\nbootstrap = [{boot}]\n{security}\n{extra}\n\
              [admin]\npath = \"{admin}\"\n\
-             [perf]\nmin_sync_backoff = 1\nmax_sync_backoff = 2\n{tls}",
+             [perf]\n{perf}\n{tls}",
             security = if tls.is_empty() {
                 "plaintext = true"
             } else {
@@ -72,6 +75,7 @@ impl NodeDir {
             schema = d.join("schema.sql").display(),
             boot = boot.join(", "),
             extra = self.gossip_extra,
+            perf = self.perf,
             admin = d.join("admin.sock").display(),
         );
         let p = d.join("config.toml");

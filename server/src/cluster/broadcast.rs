@@ -38,6 +38,13 @@ const ROUND_DELAY: Duration = Duration::from_millis(200);
 const MAX_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Stream sends in flight at once.
 const MAX_SENDS: usize = 128;
+/// Stream sends in flight to one peer: a peer that died but is not yet declared down holds
+/// its sends until they time out, and must not use up the budget of the live ones.
+const MAX_SENDS_PER_PEER: usize = 8;
+/// A pause in local writes this long sends the latest version to every member ([`Msg::Head`]).
+const HEAD_QUIET: Duration = Duration::from_millis(300);
+/// During continuous writes, the latest version is sent at least this often.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
 /// Chunks remembered as seen (FIFO eviction).
 const SEEN_CAPACITY: usize = 100_000;
 
@@ -108,6 +115,13 @@ pub struct Broadcaster {
     rate: f64,
     last_refill: Instant,
     sends: Arc<Semaphore>,
+    peer_sends: HashMap<SocketAddr, Arc<Semaphore>>,
+    /// This node's advertised gossip address (in [`Msg::Head`]).
+    me: SocketAddr,
+    /// The latest local version not yet announced with [`Msg::Head`].
+    head: Option<(ActorId, u64)>,
+    last_local: Instant,
+    head_sent: Instant,
 }
 
 /// Starts the broadcast task. Returns the channel for local versions and the one for
@@ -117,6 +131,7 @@ pub fn start(
     shared: Arc<Shared>,
     status: Arc<Status>,
     transport: Arc<Transport>,
+    me: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> (mpsc::Sender<(ActorId, u64)>, mpsc::Sender<Bytes>) {
     let cap = node.config.perf.bcast_channel_len.max(16);
@@ -133,6 +148,11 @@ pub fn start(
         rate,
         last_refill: Instant::now(),
         sends: Arc::new(Semaphore::new(MAX_SENDS)),
+        peer_sends: HashMap::new(),
+        me,
+        head: None,
+        last_local: Instant::now(),
+        head_sent: Instant::now(),
     };
     tokio::spawn(b.run(node, shared, local_rx, re_rx, stop));
     (local_tx, re_tx)
@@ -158,6 +178,9 @@ impl Broadcaster {
                     while let Ok((_, v)) = local_rx.try_recv() {
                         versions.push(v);
                     }
+                    let newest = versions.iter().copied().max().unwrap_or(version);
+                    self.head = Some((actor, newest.max(self.head.map_or(0, |h| h.1))));
+                    self.last_local = Instant::now();
                     for frame in self.read_local(&node, &shared, actor, versions).await {
                         self.push(frame, true);
                     }
@@ -169,6 +192,7 @@ impl Broadcaster {
                 _ = tick.tick() => {}
             }
             self.flush();
+            self.announce_head();
             let (frames, bytes) = (self.queue.len() as u64, self.queued_bytes as u64);
             self.status
                 .broadcast_queue_frames
@@ -253,16 +277,59 @@ impl Broadcaster {
         self.tokens = (self.tokens + dt * self.rate).min(self.rate);
     }
 
+    /// Sends the latest local version to every alive member once local writes pause (and
+    /// every [`HEAD_EVERY`] while they go on): a member that missed the last versions learns
+    /// it is behind and syncs with this node at once, instead of at its next idle round.
+    fn announce_head(&mut self) {
+        let Some((actor, version)) = self.head else {
+            return;
+        };
+        let now = Instant::now();
+        if now.duration_since(self.last_local) < HEAD_QUIET
+            && now.duration_since(self.head_sent) < HEAD_EVERY
+        {
+            return;
+        }
+        let peers = alive_peers(&self.status);
+        if peers.is_empty() {
+            return; // announced once members appear (they also sync with us when they do)
+        }
+        self.head = None;
+        self.head_sent = now;
+        let msg = Msg::Head {
+            actor,
+            addr: self.me,
+            version,
+        };
+        let frame = Bytes::from(codec::encode(&msg, self.cluster_id));
+        for addr in peers {
+            let peer = self
+                .peer_sends
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_PER_PEER)));
+            let Ok(permit) = peer.clone().try_acquire_owned() else {
+                Counters::bump(&self.status.counters.broadcast_dropped);
+                continue;
+            };
+            let (t, frame) = (self.transport.clone(), frame.clone());
+            tokio::spawn(async move {
+                if let Err(e) = t.send_datagram(addr, frame).await {
+                    tracing::debug!(%addr, error = %format!("{e:#}"), "sending our head failed");
+                }
+                drop(permit);
+            });
+        }
+    }
+
     /// Sends every due item the byte budget allows, grouped per peer.
     fn flush(&mut self) {
         self.refill();
         let peers = alive_peers(&self.status);
         if peers.is_empty() {
-            // Nobody to tell: sync will deliver these when members appear.
-            self.queue.clear();
-            self.queued_bytes = 0;
+            // Nobody to tell yet: keep the queue (bounded in bytes) until members appear.
             return;
         }
+        self.peer_sends.retain(|a, _| peers.contains(a));
         let now = Instant::now();
         let mut per_peer: HashMap<SocketAddr, Vec<Bytes>> = HashMap::new();
         let mut keep = VecDeque::new();
@@ -296,7 +363,14 @@ impl Broadcaster {
         }
         self.queue = keep;
         for (addr, frames) in per_peer {
-            let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            let peer = self
+                .peer_sends
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_SENDS_PER_PEER)));
+            let (Ok(peer_permit), Ok(permit)) = (
+                peer.clone().try_acquire_owned(),
+                self.sends.clone().try_acquire_owned(),
+            ) else {
                 Counters::bump(&self.status.counters.broadcast_dropped);
                 continue;
             };
@@ -309,7 +383,7 @@ impl Broadcaster {
                         break;
                     }
                 }
-                drop(permit);
+                drop((permit, peer_permit));
             });
         }
     }

@@ -55,6 +55,14 @@ pub enum Msg {
     },
     /// The next piece of the snapshot file.
     SnapshotData(Vec<u8>),
+    /// An origin's latest version, sent to every member (as a datagram) once its writes
+    /// pause: a node that missed the last versions learns it is behind without polling.
+    Head {
+        actor: ActorId,
+        /// The origin's gossip address (to sync with).
+        addr: std::net::SocketAddr,
+        version: u64,
+    },
     /// A message kind this version does not know.
     Unknown(u32),
 }
@@ -72,6 +80,7 @@ mod tag {
     pub const SNAPSHOT_REQUEST: u32 = 10;
     pub const SNAPSHOT_BEGIN: u32 = 11;
     pub const SNAPSHOT_DATA: u32 = 12;
+    pub const HEAD: u32 = 13;
 }
 
 /// Encodes `msg` as an envelope for cluster `cluster_id`.
@@ -123,6 +132,17 @@ pub fn encode(msg: &Msg, cluster_id: u16) -> Vec<u8> {
         }
         Msg::SnapshotData(b) => {
             w.bytes(tag::SNAPSHOT_DATA, b);
+        }
+        Msg::Head {
+            actor,
+            addr,
+            version,
+        } => {
+            w.msg(tag::HEAD, |m| {
+                m.bytes(1, &actor.0);
+                m.str(2, &addr.to_string());
+                m.u64(3, *version);
+            });
         }
         Msg::Unknown(t) => {
             w.bytes(*t, &[]);
@@ -195,6 +215,29 @@ pub fn decode(buf: &[u8], cluster_id: u16) -> DResult<Msg> {
             }
             tag::SNAPSHOT_DATA => {
                 Msg::SnapshotData(f.bytes_max("snapshot data", MAX_FRAME)?.to_vec())
+            }
+            tag::HEAD => {
+                let mut r = f.reader("head")?;
+                let (mut actor, mut addr, mut version) = (None, None, None);
+                while let Some((t, f)) = r.next_field()? {
+                    match t {
+                        1 => actor = Some(get_actor(f)?),
+                        2 => {
+                            let text = f.str("head address", MAX_NAME)?;
+                            addr = Some(
+                                text.parse()
+                                    .map_err(|_| DecodeError::Invalid("head address"))?,
+                            );
+                        }
+                        3 => version = Some(f.u64("head version")?),
+                        _ => {}
+                    }
+                }
+                Msg::Head {
+                    actor: actor.ok_or(DecodeError::Missing("actor"))?,
+                    addr: addr.ok_or(DecodeError::Missing("head address"))?,
+                    version: version.ok_or(DecodeError::Missing("head version"))?,
+                }
             }
             // An envelope field or message kind from a newer version.
             other => {

@@ -70,6 +70,11 @@ fn samples() -> Vec<Msg> {
         Msg::SnapshotRequest,
         Msg::SnapshotBegin { bytes: 1 << 33 },
         Msg::SnapshotData(vec![0, 255, 7]),
+        Msg::Head {
+            actor: a,
+            addr: "10.0.0.7:8787".parse().unwrap(),
+            version: 1 << 40,
+        },
     ]
 }
 

@@ -4,6 +4,7 @@
 //! lock is held briefly and local writes interleave with remote applies.
 
 use super::status::{Counters, Status};
+use super::sync::Hint;
 use crate::crdt::hlc::{ntp64_to_secs, wall_ntp64};
 use crate::crdt::ActorId;
 use crate::node::Node;
@@ -30,14 +31,19 @@ pub enum Source {
 pub type IngestTx = mpsc::Sender<(Chunk, Source)>;
 
 /// Starts the apply task; returns the queue's sending side.
-pub fn start(node: Arc<Node>, status: Arc<Status>) -> IngestTx {
+pub fn start(node: Arc<Node>, status: Arc<Status>, hints: mpsc::Sender<Hint>) -> IngestTx {
     let len = node.config.perf.changes_channel_len.max(16);
     let (tx, rx) = mpsc::channel(len);
-    tokio::spawn(run(node, status, rx));
+    tokio::spawn(run(node, status, rx, hints));
     tx
 }
 
-async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk, Source)>) {
+async fn run(
+    node: Arc<Node>,
+    status: Arc<Status>,
+    mut rx: mpsc::Receiver<(Chunk, Source)>,
+    hints: mpsc::Sender<Hint>,
+) {
     let wait = Duration::from_millis(node.config.perf.apply_queue_timeout.max(1));
     while let Some(first) = rx.recv().await {
         let mut cost = first.0.changes.len() + 1;
@@ -65,7 +71,13 @@ async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: mpsc::Receiver<(Chunk
             batch.push(c);
         }
         status.queue_size.store(rx.len() as u64, Ordering::Relaxed);
+        let before = status.gaps.load(Ordering::Relaxed);
         apply_batch(&node, &status, batch).await;
+        // A new gap: something was missed; the sync loop goes after it now, not at its next
+        // round (which may be a long idle backoff away).
+        if status.gaps.load(Ordering::Relaxed) > before && hints.try_send(Hint::Behind).is_err() {
+            tracing::debug!("sync hint queue full; the next sync round covers the gap");
+        }
     }
 }
 

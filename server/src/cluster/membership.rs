@@ -7,7 +7,9 @@
 
 use super::codec::{self, Msg};
 use super::identity::{is_new_process, Actor, SwimCodec};
+use super::members_store::{self, Persister};
 use super::status::{Counters, MemberView, MembershipCmd, Status};
+use super::sync::Hint;
 use super::transport::Transport;
 use crate::crdt::ActorId;
 use crate::node::Node;
@@ -19,7 +21,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Datagram sends in flight at once; beyond that, packets are dropped (SWIM tolerates loss).
 const MAX_SENDS_IN_FLIGHT: usize = 256;
@@ -71,13 +73,16 @@ struct Driver {
     member_count: usize,
     /// Something changed since the members were last persisted.
     dirty: bool,
-    new_member: Arc<Notify>,
+    /// Tells the sync loop which member came up, to sync with it at once.
+    hints: mpsc::Sender<Hint>,
     /// The last identity that came up at each address.
     incarnations: HashMap<SocketAddr, Actor>,
     /// Members suspected in this node's view: (incarnation, since when).
     suspected: HashMap<Actor, (u16, Instant)>,
     /// foca's current timer token (seen on the timers it schedules).
     timer_token: Option<u8>,
+    /// Members declared down, announced to on a short period that backs off.
+    down: DownAnnouncer,
 }
 
 /// A suspicion this node learned by gossip has no timer of its own: foca only declares a
@@ -96,7 +101,7 @@ pub fn start(
     status: Arc<Status>,
     datagrams: mpsc::Receiver<Bytes>,
     seeds: Vec<SocketAddr>,
-    new_member: Arc<Notify>,
+    hints: mpsc::Sender<Hint>,
     stop: watch::Receiver<bool>,
 ) {
     let g = &node.config.gossip;
@@ -125,8 +130,9 @@ pub fn start(
         incarnations: HashMap::new(),
         suspected: HashMap::new(),
         timer_token: None,
+        down: DownAnnouncer::default(),
         dirty: false,
-        new_member,
+        hints,
     };
     tokio::spawn(driver.run(node, me, datagrams, control, seeds, stop));
 }
@@ -162,7 +168,9 @@ impl Driver {
         mut seeds: Vec<SocketAddr>,
         mut stop: watch::Receiver<bool>,
     ) {
-        seeds.extend(load_members(&node).await);
+        seeds.extend(members_store::load(&node).await);
+        // Writing the member list waits for the store's writer; this loop never does.
+        let persister = Persister::start(node.clone());
         seeds.retain(|a| *a != me.addr);
         seeds.sort();
         seeds.dedup();
@@ -171,6 +179,7 @@ impl Driver {
         let mut announce_every = Duration::from_secs(2);
         let mut last_persist = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut down_tick = tokio::time::interval(DOWN_TICK);
         loop {
             let next = self.timers.keys().next().map(|(t, _)| *t);
             let sleep = async {
@@ -188,6 +197,12 @@ impl Driver {
                     None => break,
                 },
                 Some(cmd) = control.recv() => self.handle_command(cmd, &seeds),
+                _ = down_tick.tick() => {
+                    let due = self.down.due(Instant::now());
+                    if !due.is_empty() {
+                        self.announce(&due);
+                    }
+                }
                 _ = tick.tick() => {
                     self.end_stuck_suspicions();
                     self.refresh_view();
@@ -202,7 +217,7 @@ impl Driver {
                         self.dirty = false;
                         last_persist = Instant::now();
                         let members = self.status.members.read().expect("members").clone();
-                        persist_members(&node, members).await;
+                        persister.save(members);
                     }
                 }
             }
@@ -210,7 +225,7 @@ impl Driver {
         let _ = self.foca.leave_cluster(&mut self.rt);
         self.drain();
         let members = self.status.members.read().expect("members").clone();
-        persist_members(&node, members).await;
+        persister.save(members);
     }
 
     fn announce(&mut self, seeds: &[SocketAddr]) {
@@ -275,6 +290,20 @@ impl Driver {
                     Counters::bump(&self.status.counters.swim_rejected);
                 }
             }
+            Ok(Msg::Head {
+                actor,
+                addr,
+                version,
+            }) => {
+                let hint = Hint::Head {
+                    actor,
+                    addr,
+                    version,
+                };
+                if self.hints.try_send(hint).is_err() {
+                    tracing::debug!(%addr, "sync hint queue full; the next sync round covers it");
+                }
+            }
             Ok(_) => Counters::bump(&self.status.counters.malformed),
             Err(super::wire::DecodeError::WrongCluster { .. }) => {
                 Counters::bump(&self.status.counters.wrong_cluster)
@@ -313,24 +342,31 @@ impl Driver {
                 .insert((Instant::now() + after, self.timer_seq), timer);
         }
         let mut changed = false;
-        let mut came_up = false;
+        let mut came_up = Vec::new();
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
                     tracing::info!(actor = %a.id, addr = %a.addr, bump = a.bump, "member up");
-                    // A restarted process: a cached connection to the old one would swallow
-                    // sends until it times out. A renewal (after a partition) keeps it:
-                    // dropping a working connection loses probes in flight and the peer
-                    // gets suspected again.
+                    // A restarted process: a connection to the old one would swallow sends
+                    // and stall sync sessions until it times out, so it is closed. A renewal
+                    // (after a partition) keeps it: dropping a working connection loses
+                    // probes in flight and the peer gets suspected again.
                     if is_new_process(self.incarnations.get(&a.addr), &a) {
-                        self.transport.forget(&a.addr);
+                        self.transport.close_peer(&a.addr, "peer restarted");
                     }
                     self.incarnations.insert(a.addr, a.clone());
-                    came_up = true;
+                    self.down.up(&a.addr);
+                    came_up.push(a.addr);
                     changed = true;
                 }
                 OwnedNotification::MemberDown(a) => {
                     tracing::info!(actor = %a.id, addr = %a.addr, "member down");
+                    // Fail what rides the connection now (sends, sync sessions) rather than
+                    // at the idle timeout; unless a newer incarnation is already up there.
+                    if self.incarnations.get(&a.addr).is_none_or(|cur| *cur == a) {
+                        self.transport.close_peer(&a.addr, "peer down");
+                        self.down.down(a.addr, Instant::now());
+                    }
                     changed = true;
                 }
                 OwnedNotification::Defunct => {
@@ -344,10 +380,13 @@ impl Driver {
         if changed {
             self.refresh_view();
         }
-        // Only now that the view lists the new member: a sync round woken earlier would find
-        // no peer and wait out its whole backoff.
-        if came_up {
-            self.new_member.notify_one();
+        // Only now that the view lists the new member: sync with it at once, both ways (it
+        // does the same with us), so a node back from a crash or a partition is brought
+        // level first.
+        for addr in came_up {
+            if self.hints.try_send(Hint::Peer(addr)).is_err() {
+                tracing::debug!(%addr, "sync hint queue full; the next sync round covers it");
+            }
         }
     }
 
@@ -432,6 +471,48 @@ impl Driver {
     }
 }
 
+/// How often the driver checks for down members to announce to.
+const DOWN_TICK: Duration = Duration::from_millis(250);
+/// First delay before announcing to a member just declared down; it doubles up to
+/// [`DOWN_ANNOUNCE_MAX`]. A healed partition is found again within about this first delay
+/// (foca's own announces to down members come every 3 s, to 2 of them), a long-dead member
+/// costs one small packet per [`DOWN_ANNOUNCE_MAX`].
+const DOWN_ANNOUNCE_FIRST: Duration = Duration::from_millis(500);
+const DOWN_ANNOUNCE_MAX: Duration = Duration::from_secs(30);
+
+/// Members declared down and when to announce to each next (pure; the driver sends).
+#[derive(Debug, Default)]
+pub struct DownAnnouncer {
+    /// address → (next announce, current delay)
+    next: HashMap<SocketAddr, (Instant, Duration)>,
+}
+
+impl DownAnnouncer {
+    pub fn down(&mut self, addr: SocketAddr, now: Instant) {
+        self.next
+            .insert(addr, (now + DOWN_ANNOUNCE_FIRST, DOWN_ANNOUNCE_FIRST));
+    }
+
+    pub fn up(&mut self, addr: &SocketAddr) {
+        self.next.remove(addr);
+    }
+
+    /// The members to announce to now; each one's next announce is scheduled after a
+    /// doubled delay.
+    pub fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for (addr, (at, delay)) in self.next.iter_mut() {
+            if *at <= now {
+                out.push(*addr);
+                *delay = (*delay * 2).min(DOWN_ANNOUNCE_MAX);
+                *at = now + *delay;
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 fn state_name(s: State) -> &'static str {
     match s {
         State::Alive => "alive",
@@ -444,58 +525,30 @@ fn identity_json(a: &Actor) -> serde_json::Value {
     json!({"actor_id": a.id.to_string(), "address": a.addr.to_string(), "bump": a.bump})
 }
 
-/// Addresses of members persisted by a previous run.
-async fn load_members(node: &Arc<Node>) -> Vec<SocketAddr> {
-    let node = node.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<SocketAddr>> {
-        let store = node.store.lock().expect("store lock");
-        let mut stmt = store
-            .conn()
-            .prepare("SELECT address FROM __vd_members WHERE state != 'down'")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows
-            .filter_map(|r| r.ok().and_then(|s| s.parse().ok()))
-            .collect())
-    })
-    .await
-    .ok()
-    .and_then(|r| r.ok())
-    .unwrap_or_default()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Replaces `__vd_members` with the current member list.
-async fn persist_members(node: &Arc<Node>, members: Vec<MemberView>) {
-    let node = node.clone();
-    let r = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let store = node.store.lock().expect("store lock");
-        let conn = store.conn();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
-        conn.execute_batch("SAVEPOINT vd_members")?;
-        let write = || -> anyhow::Result<()> {
-            conn.execute("DELETE FROM __vd_members", [])?;
-            for m in &members {
-                let id = ActorId::parse(&m.actor_id).unwrap_or_default();
-                conn.execute(
-                    "INSERT OR REPLACE INTO __vd_members (actor, address, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![&id.0[..], m.address.to_string(), m.state, now],
-                )?;
+    #[test]
+    fn down_members_are_announced_to_soon_then_less_and_less() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let mut d = DownAnnouncer::default();
+        d.down(a, t0);
+        assert!(d.due(t0).is_empty());
+        let mut at = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(120) {
+            if d.due(t) == vec![a] {
+                at.push(t.duration_since(t0).as_millis());
             }
-            Ok(())
-        };
-        match write() {
-            Ok(()) => conn.execute_batch("RELEASE vd_members")?,
-            Err(e) => {
-                conn.execute_batch("ROLLBACK TO vd_members; RELEASE vd_members")?;
-                return Err(e);
-            }
+            t += DOWN_TICK;
         }
-        Ok(())
-    })
-    .await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!(error = %format!("{e:#}"), "persisting members failed");
+        assert_eq!(at[0], 500, "first announce within half a second: {at:?}");
+        assert_eq!(&at[..4], &[500, 1500, 3500, 7500], "{at:?}");
+        let gaps: Vec<u128> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g <= 30_000), "{gaps:?}");
+        d.up(&a);
+        assert!(d.due(t + Duration::from_secs(60)).is_empty());
     }
 }

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod control;
 pub mod identity;
 pub mod ingest;
+pub mod members_store;
 pub mod membership;
 pub mod snapshot;
 pub mod status;
@@ -36,7 +37,7 @@ use anyhow::Result;
 use identity::Actor;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use transport::{Inbound, Transport};
 
 /// A running cluster layer.
@@ -102,12 +103,14 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Clust
         bump,
     };
     let shared = node.shared.clone();
-    let ingest = ingest::start(node.clone(), status.clone());
+    let (hint_tx, hint_rx) = mpsc::channel(sync::HINT_QUEUE);
+    let ingest = ingest::start(node.clone(), status.clone(), hint_tx.clone());
     let (local_tx, re_tx) = broadcast::start(
         node.clone(),
         shared.clone(),
         status.clone(),
         transport.clone(),
+        advertised,
         stop.clone(),
     );
     node.store
@@ -129,7 +132,6 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Clust
         ingest.clone(),
         re_tx,
     ));
-    let nudge = Arc::new(Notify::new());
     let seeds = resolve(&g.bootstrap).await;
     membership::start(
         node.clone(),
@@ -138,7 +140,7 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Clust
         status.clone(),
         dgram_rx,
         seeds,
-        nudge.clone(),
+        hint_tx,
         stop.clone(),
     );
     snapshot::remove_leftovers(&node.config.db.path);
@@ -152,7 +154,7 @@ pub async fn start(node: Arc<Node>, stop: watch::Receiver<bool>) -> Result<Clust
         snapshots: Default::default(),
     });
     tokio::spawn(sync::serve_loop(ctx.clone(), sess_rx));
-    tokio::spawn(sync::client_loop(ctx, nudge, stop));
+    tokio::spawn(sync::client_loop(ctx, hint_rx, stop));
     let gaps = shared.book.read().expect("book lock").gap_count();
     status
         .gaps

@@ -31,20 +31,46 @@ use anyhow::{anyhow, bail, Result};
 use quinn::{RecvStream, SendStream};
 use rand::seq::IndexedRandom;
 use rand::Rng;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
-/// Peers synced with per round.
+/// Peers synced with per timer round.
 const PEERS_PER_ROUND: usize = 3;
+/// Client sessions in flight at once, counting those started for a hint (a member that came
+/// up, a gap that appeared): catch-up runs in parallel but bounded.
+const MAX_SESSIONS: usize = 6;
 /// Needs sent in one session.
 const MAX_NEEDS_PER_SESSION: usize = 4096;
 /// Sessions served at once; more are rejected as busy.
 const MAX_SERVED: usize = 3;
+/// Waiting for the peer's first answer (its sync state): a few round trips plus reading its
+/// bookkeeping. A peer that died behind a still-open connection fails here, fast.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-const ROUND_TIMEOUT: Duration = Duration::from_secs(300);
+const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+/// A peer whose session failed (busy, unreachable) is not picked again for this long.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Hints waiting for the sync loop, at most (more are dropped: the next round covers them).
+pub const HINT_QUEUE: usize = 256;
+
+/// A reason to sync now rather than at the next round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// This member just came up (joined, restarted, or back from a partition).
+    Peer(SocketAddr),
+    /// A gap appeared: something was missed.
+    Behind,
+    /// An origin told its latest version: sync with it if this node lacks that version.
+    Head {
+        actor: ActorId,
+        addr: SocketAddr,
+        version: u64,
+    },
+}
 
 pub struct SyncCtx {
     pub node: Arc<Node>,
@@ -56,53 +82,119 @@ pub struct SyncCtx {
     pub snapshots: super::snapshot::Snapshots,
 }
 
-/// Runs sync rounds until `stop`; `nudge` starts a round early (e.g. a member came up).
-pub async fn client_loop(ctx: Arc<SyncCtx>, nudge: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Runs sync sessions until `stop`. Sessions are independent: each ends on its own, so a
+/// round never waits for its slowest peer. A timer round (every `min_sync_backoff` while this
+/// node is behind or changes are flowing, backing off to `max_sync_backoff` when idle) tops
+/// the sessions up to [`PEERS_PER_ROUND`]; a hint starts one at once with the member that
+/// came up (or a random one when a gap appeared); a session that made progress or failed is
+/// followed at once by another with a different peer.
+pub async fn client_loop(
+    ctx: Arc<SyncCtx>,
+    mut hints: mpsc::Receiver<Hint>,
+    mut stop: watch::Receiver<bool>,
+) {
     let perf = &ctx.node.config.perf;
     let min = Duration::from_secs(perf.min_sync_backoff.max(1));
     let max = Duration::from_secs(perf.max_sync_backoff.max(perf.min_sync_backoff).max(1));
     let mut backoff = min;
+    let mut next_round = tokio::time::Instant::now() + min;
+    let mut running: tokio::task::JoinSet<(SocketAddr, Result<usize>)> = Default::default();
+    let mut in_flight: HashSet<SocketAddr> = HashSet::new();
+    let mut failed: HashMap<SocketAddr, std::time::Instant> = HashMap::new();
+    let claims = Arc::new(Mutex::new(Claims::default()));
+    let mut progress = false;
+    let mut ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
     loop {
-        let jitter = rand::rng().random_range(0.7..1.3);
+        let mut want: Vec<Option<SocketAddr>> = Vec::new();
         tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
-            _ = nudge.notified() => {}
+            _ = stop.changed() => {
+                running.abort_all();
+                return;
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let (addr, result) = match done {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sync session task failed");
+                        continue;
+                    }
+                };
+                in_flight.remove(&addr);
+                match result {
+                    Ok(n) if n > 0 => {
+                        progress = true;
+                        want.push(None);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %format!("{e:#}"), "sync session failed");
+                        failed.insert(addr, std::time::Instant::now());
+                        want.push(None); // another peer at once
+                    }
+                }
+                let gaps = ctx.shared.book.read().expect("book lock").gap_count();
+                ctx.status.gaps.store(gaps, Ordering::Relaxed);
+            }
+            h = hints.recv() => match h {
+                Some(Hint::Peer(addr)) => want.push(Some(addr)),
+                Some(Hint::Behind) => want.push(None),
+                Some(Hint::Head { actor, addr, version }) => {
+                    let book = ctx.shared.book.read().expect("book lock");
+                    if actor != ctx.node.actor && book.get(&actor).is_none_or(|b| b.max < version) {
+                        want.push(Some(addr));
+                    }
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next_round) => {
+                let gaps = ctx.shared.book.read().expect("book lock").gap_count();
+                ctx.status.gaps.store(gaps, Ordering::Relaxed);
+                let now_ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
+                let flowing = now_ingested != ingested;
+                ingested = now_ingested;
+                // Behind, or changes flowing (whose last ones may be lost unnoticed): go again
+                // soon. Up to date and quiet: back off.
+                backoff = if progress || gaps > 0 || flowing { min } else { (backoff * 2).min(max) };
+                progress = false;
+                let jitter = rand::rng().random_range(0.7..1.3);
+                next_round = tokio::time::Instant::now() + backoff.mul_f64(jitter);
+                let top_up = PEERS_PER_ROUND.saturating_sub(running.len());
+                want.extend(std::iter::repeat_n(None, top_up));
+            }
         }
-        let peers = sync_peers(&ctx.status);
-        if peers.is_empty() {
+        if want.is_empty() {
             continue;
         }
-        let chosen: Vec<SocketAddr> = peers
-            .choose_multiple(&mut rand::rng(), PEERS_PER_ROUND)
-            .copied()
-            .collect();
-        let claims = Arc::new(Mutex::new(Claims::default()));
-        let sessions = chosen.into_iter().map(|addr| {
-            let (ctx, claims) = (ctx.clone(), claims.clone());
-            async move {
-                match tokio::time::timeout(ROUND_TIMEOUT, session(&ctx, addr, &claims)).await {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%addr, error = %format!("{e:#}"), "sync session failed");
-                        0
-                    }
-                    Err(_) => 0,
-                }
+        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        let peers = sync_peers(&ctx.status);
+        for w in want {
+            if running.len() >= MAX_SESSIONS {
+                break;
             }
-        });
-        let received: usize = futures_util::future::join_all(sessions)
-            .await
-            .into_iter()
-            .sum();
-        let gaps = ctx.shared.book.read().expect("book lock").gap_count();
-        ctx.status.gaps.store(gaps, Ordering::Relaxed);
-        // Behind: go again soon. Up to date: back off.
-        backoff = if received > 0 || gaps > 0 {
-            min
-        } else {
-            (backoff * 2).min(max)
-        };
+            let addr = match w {
+                Some(a) if peers.contains(&a) && !in_flight.contains(&a) => a,
+                Some(_) => continue,
+                None => {
+                    let free: Vec<SocketAddr> = peers
+                        .iter()
+                        .filter(|a| !in_flight.contains(a) && !failed.contains_key(a))
+                        .copied()
+                        .collect();
+                    match free.choose(&mut rand::rng()) {
+                        Some(a) => *a,
+                        None => break,
+                    }
+                }
+            };
+            in_flight.insert(addr);
+            let (ctx, claims) = (ctx.clone(), claims.clone());
+            running.spawn(async move {
+                let r = tokio::time::timeout(SESSION_TIMEOUT, session(&ctx, addr, &claims))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("session timed out")));
+                (addr, r)
+            });
+        }
     }
 }
 
@@ -123,7 +215,16 @@ pub(super) async fn read_counted(status: &Status, r: &mut RecvStream) -> Result<
 }
 
 async fn read_msg(status: &Status, recv: &mut RecvStream, cluster_id: u16) -> Result<Option<Msg>> {
-    match tokio::time::timeout(STEP_TIMEOUT, read_counted(status, recv)).await {
+    read_msg_within(STEP_TIMEOUT, status, recv, cluster_id).await
+}
+
+async fn read_msg_within(
+    limit: Duration,
+    status: &Status,
+    recv: &mut RecvStream,
+    cluster_id: u16,
+) -> Result<Option<Msg>> {
+    match tokio::time::timeout(limit, read_counted(status, recv)).await {
         Err(_) => bail!("peer too slow"),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(f))) => Ok(Some(codec::decode(&f, cluster_id)?)),
@@ -140,6 +241,21 @@ fn count_rejection(status: &Status, e: &anyhow::Error) {
     }
 }
 
+/// Needs claimed by a running session; released when it ends.
+struct Claimed<'a> {
+    claims: &'a Mutex<Claims>,
+    needs: Vec<Need>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&self.needs);
+    }
+}
+
 /// One client session; returns how many chunks were received.
 async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Result<usize> {
     if ctx.status.bootstrapping.load(Ordering::Acquire) {
@@ -149,7 +265,8 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
     let me = ctx.node.actor;
     let start = codec::encode(&Msg::SyncStart { actor: me }, ctx.cluster_id);
     write_counted(&ctx.status, &mut send, &start).await?;
-    let theirs = match read_msg(&ctx.status, &mut recv, ctx.cluster_id).await? {
+    let answer = read_msg_within(ANSWER_TIMEOUT, &ctx.status, &mut recv, ctx.cluster_id);
+    let theirs = match answer.await? {
         Some(Msg::SyncState(s)) => s,
         Some(Msg::Reject(why)) => bail!("rejected: {why}"),
         other => bail!("unexpected answer {other:?}"),
@@ -169,6 +286,12 @@ async fn session(ctx: &SyncCtx, addr: SocketAddr, claims: &Mutex<Claims>) -> Res
         .lock()
         .expect("claims lock")
         .claim(needs, MAX_NEEDS_PER_SESSION);
+    // Released when the session ends, however it ends: sessions overlap, and what one
+    // failed to fetch must be free for the next.
+    let _claimed = Claimed {
+        claims,
+        needs: needs.clone(),
+    };
     let req = codec::encode(&Msg::SyncRequest(needs.clone()), ctx.cluster_id);
     write_counted(&ctx.status, &mut send, &req).await?;
     send.finish()?;

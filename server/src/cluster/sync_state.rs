@@ -216,12 +216,16 @@ impl Claims {
                 Need::Full { actor, versions } => {
                     let set = self.full.entry(actor).or_default();
                     for (a, b) in set.missing_in(versions.0, versions.1).into_iter().rev() {
+                        if out.len() >= max {
+                            break;
+                        }
+                        // Only what is handed out is claimed: the rest stays free for others.
+                        set.insert(a, b);
                         out.push(Need::Full {
                             actor,
                             versions: (a, b),
                         });
                     }
-                    set.insert(versions.0, versions.1);
                 }
                 Need::Partial {
                     actor,
@@ -240,8 +244,25 @@ impl Claims {
                 }
             }
         }
-        out.truncate(max);
         out
+    }
+
+    /// Frees what a session claimed (it ended; whatever it did not fetch is still needed).
+    pub fn release(&mut self, needs: &[Need]) {
+        for n in needs {
+            match n {
+                Need::Full { actor, versions } => {
+                    if let Some(set) = self.full.get_mut(actor) {
+                        set.remove(versions.0, versions.1);
+                    }
+                }
+                Need::Partial { actor, version, .. } => {
+                    if let Some(set) = self.partial.get_mut(actor) {
+                        set.remove(*version, *version);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -130,6 +130,17 @@ impl Transport {
         self.conns.lock().expect("conns lock").remove(addr);
     }
 
+    /// Closes the cached connection to `addr` (its member was declared down or replaced by a
+    /// new process): sends and sync sessions riding it fail at once instead of waiting for
+    /// the idle timeout. The next use re-dials.
+    pub fn close_peer(&self, addr: &SocketAddr, why: &'static str) {
+        let slot = self.conns.lock().expect("conns lock").remove(addr);
+        // A slot being dialed is locked; dropping it from the map is enough then.
+        if let Some(conn) = slot.and_then(|s| s.try_lock().ok().and_then(|g| g.clone())) {
+            conn.close(0u32.into(), why.as_bytes());
+        }
+    }
+
     /// Smoothed RTT of the cached connection to `addr`, if one is open.
     pub fn rtt(&self, addr: &SocketAddr) -> Option<Duration> {
         let slot = self.conns.lock().expect("conns lock").get(addr).cloned()?;
