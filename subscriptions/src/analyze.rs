@@ -413,13 +413,22 @@ fn is_table_function(name: &str) -> bool {
     ) || name.starts_with("pragma_")
 }
 
+/// Names of every CTE the query defines, at any depth (a `WITH` may sit in a subquery of an
+/// expression, a `FROM` subquery or another CTE).
 fn collect_ctes(q: &Query, out: &mut BTreeSet<String>) {
-    if let Some(w) = &q.with {
-        for c in &w.cte_tables {
-            out.insert(c.alias.name.value.to_ascii_lowercase());
-            collect_ctes(&c.query, out);
+    struct Ctes<'a>(&'a mut BTreeSet<String>);
+    impl sqlparser::ast::Visitor for Ctes<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(w) = &q.with {
+                for c in &w.cte_tables {
+                    self.0.insert(c.alias.name.value.to_ascii_lowercase());
+                }
+            }
+            ControlFlow::Continue(())
         }
     }
+    let _ = sqlparser::ast::Visit::visit(q, &mut Ctes(out));
 }
 
 /// Dedupe key: the AST printed back with unquoted identifiers lower-cased.

@@ -59,6 +59,7 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT id FROM a UNION SELECT a_id FROM b", false),
     ("WITH big AS (SELECT * FROM b WHERE z > 0) SELECT a.id, big.z FROM a JOIN big ON big.a_id = a.id", false),
     ("SELECT a.id, max(b.z) FROM a LEFT JOIN b ON b.a_id = a.id GROUP BY a.id", false),
+    ("SELECT count(*) FROM a WHERE id > (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3) SELECT count(*) - 3 FROM c)", false),
 ];
 
 #[derive(Debug, Clone)]
