@@ -151,9 +151,21 @@ async fn a_trimmed_change_log_means_a_fresh_snapshot() {
     for t in BOTH {
         let (dir, addr) = fixed_port_dir("subscription_log_retention = 3", "");
         let node = dir.start();
+        // Writes go through their own client; the subscriber waits 8 s before reconnecting
+        // (longer than the node takes to stop and start again), so the nine writes below are
+        // all in before it asks to resume.
         let c = client([addr]);
+        let slow = builder([addr])
+            .backoff(verdigris_client::Backoff {
+                initial: std::time::Duration::from_secs(8),
+                max: std::time::Duration::from_secs(8),
+                jitter: verdigris_client::Jitter::None,
+                ..verdigris_client::Backoff::default()
+            })
+            .build()
+            .unwrap();
         write(&c, "INSERT INTO t VALUES (1, 'a', 0)").await;
-        let mut sub = c.subscribe::<(i64, i64)>("SELECT id, b FROM t", opts(t));
+        let mut sub = slow.subscribe::<(i64, i64)>("SELECT id, b FROM t", opts(t));
         snapshot(&mut sub).await;
         write(&c, "UPDATE t SET b = 1 WHERE id = 1").await;
         assert!(matches!(next(&mut sub).await, SubEvent::Change(_, _, _, 1)));

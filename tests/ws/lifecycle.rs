@@ -14,6 +14,13 @@ async fn shutdown_closes_sockets_with_going_away() {
     let node = dir.start();
     let mut ws = Sock::connect(node.addr()).await;
     ws.subscribe("s", "SELECT * FROM t").await;
+    // An NDJSON subscriber too: its stream ends, so shutdown does not wait on it.
+    let mut http = node
+        .http1()
+        .open_post("/v1/subscriptions", &json!("SELECT * FROM t"))
+        .await;
+    http.expect_line(Duration::from_secs(10)).await;
+    let t0 = std::time::Instant::now();
     let stopper = std::thread::spawn(move || node.stop());
     let close = ws
         .closed(Duration::from_secs(15))
@@ -23,6 +30,18 @@ async fn shutdown_closes_sockets_with_going_away() {
     assert!(close.reason.contains("shutting down"), "{}", close.reason);
     let status = stopper.join().unwrap();
     assert!(status.success(), "{status}");
+    // (Graceful shutdown gives open requests up to 5 s; nothing should need it.)
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "stopping took {:?}",
+        t0.elapsed()
+    );
+    while let Some(line) = http.next_line(Duration::from_secs(5)).await {
+        assert!(
+            line.get("eoq").is_some() || line.get("row").is_some(),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

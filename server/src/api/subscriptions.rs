@@ -4,6 +4,7 @@
 use super::{error, ndjson, Api, Body, Query};
 use crate::subs::attach::Failure;
 use crate::subs::{Attach, SubsError};
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
@@ -27,7 +28,12 @@ pub fn failure(e: SubsError) -> Response<Body> {
 }
 
 /// Streams an attach as NDJSON, with the subscription's id and hash headers.
-fn stream_response<E: Serialize + Send + Sync + 'static>(a: Attach<E>) -> Response<Body> {
+/// The stream ends when the node shuts down (as Corrosion's do), so graceful shutdown does not
+/// wait on subscribers; clients resume with `from` from their last change id.
+fn stream_response<E: Serialize + Send + Sync + 'static>(
+    api: &Api,
+    a: Attach<E>,
+) -> Response<Body> {
     let id = a.id.clone();
     let hash = a.hash.clone();
     let sub_id = id.clone();
@@ -41,7 +47,10 @@ fn stream_response<E: Serialize + Send + Sync + 'static>(a: Attach<E>) -> Respon
         f => f.message(),
     }
     };
-    let mut r = ndjson::response(ndjson::encode_items(a.into_stream(), text));
+    let items = a
+        .into_stream()
+        .take_until(api.closing.clone().cancelled_owned());
+    let mut r = ndjson::response(ndjson::encode_items(items, text));
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(QUERY_ID_HEADER, v);
@@ -85,7 +94,7 @@ pub async fn subscribe(api: &Api, req: Request<Incoming>) -> Response<Body> {
     };
     let subs = api.node.subs.clone();
     match blocking(api, move || subs.subscribe(&stmt, from, skip)).await {
-        Ok(a) => stream_response(a),
+        Ok(a) => stream_response(api, a),
         Err(e) => failure(e),
     }
 }
@@ -117,7 +126,7 @@ pub async fn get(api: &Api, req: Request<Incoming>, id: &str) -> Response<Body> 
     };
     let subs = api.node.subs.clone();
     match blocking(api, move || subs.attach(&id, from, skip)).await {
-        Ok(a) => stream_response(a),
+        Ok(a) => stream_response(api, a),
         Err(e) => failure(e),
     }
 }
@@ -126,7 +135,7 @@ pub async fn updates(api: &Api, table: &str) -> Response<Body> {
     let subs = api.node.subs.clone();
     let table = table.to_string();
     match blocking(api, move || subs.updates(&table)).await {
-        Ok(a) => stream_response(a),
+        Ok(a) => stream_response(api, a),
         Err(e) => failure(e),
     }
 }
