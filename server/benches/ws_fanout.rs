@@ -7,7 +7,7 @@
 //!   until the *last* subscriber has the event, and node RSS per idle subscriber.
 //!
 //! Run: `cargo bench -p verdigris --bench ws_fanout`. `VERDIGRIS_BENCH_FANOUT` sets the
-//! subscriber counts (default `1000,10000`). The bench raises its open-file limit (and so the
+//! subscriber counts (default `1000,10000`; `0`: memory only). The bench raises its open-file limit (and so the
 //! node's) to the hard limit; 10,000 subscribers need about 20,000 descriptors.
 
 #[path = "../../tests/support/mod.rs"]
@@ -329,6 +329,7 @@ fn main() {
                 .parse()
                 .expect("VERDIGRIS_BENCH_FANOUT: comma-separated counts")
         })
+        .filter(|n| *n > 0)
         .collect();
     let ws = memory_ws(&rt, 1000);
     let nd = memory_ndjson(&rt, 1000);

@@ -147,7 +147,10 @@ pub fn configure_connection(conn: &Connection, writer: bool) -> Result<()> {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.pragma_update(None, "recursive_triggers", "ON")?;
     }
-    conn.set_prepared_statement_cache_capacity(512);
+    // Readers (the pool, the subscription matcher) run many distinct one-off statements
+    // (every subscription's initial query has its own text): a small cache keeps them from
+    // holding megabytes of prepared statements.
+    conn.set_prepared_statement_cache_capacity(if writer { 512 } else { 64 });
     Ok(())
 }
 
