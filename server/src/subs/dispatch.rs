@@ -92,7 +92,7 @@ fn requeue_due(core: &Core) {
     };
     for u in due {
         // Still marked scheduled: hand it straight to its lane.
-        core.lane(u.lane).push(u);
+        core.lane(u.lane_now()).push(u);
     }
 }
 

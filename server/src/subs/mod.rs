@@ -7,7 +7,8 @@
 //!   the writer never waits for subscriptions ([`Manager::enqueue`]).
 //! - The dispatcher thread ([`dispatch`]) hands each change set to the units reading a changed
 //!   table (an index by table) and marks them ready.
-//! - Bounded worker pools, one per lane ([`worker`]: keyed work never queues behind re-runs),
+//! - Bounded worker pools, one per lane ([`worker`]: keyed work never queues behind re-runs,
+//!   cheap re-runs never behind slow ones),
 //!   each worker with its own read connection, run one unit at a time: refresh in one read
 //!   transaction → persist → publish. A round that fails publishes nothing and is retried.
 //! - A unit's state lock serializes its rounds and its listeners attaching, so a listener
@@ -124,6 +125,7 @@ struct Core {
     stopped: Condvar,
     keyed: worker::LaneQueue,
     rerun: worker::LaneQueue,
+    heavy: worker::LaneQueue,
     /// Units waiting for a retry after a failed round, with when it is due (at most one entry
     /// per unit).
     retries: Mutex<Vec<(Instant, Arc<Unit>)>>,
@@ -138,6 +140,7 @@ impl Core {
         match lane {
             Lane::Keyed => &self.keyed,
             Lane::Rerun => &self.rerun,
+            Lane::Heavy => &self.heavy,
         }
     }
 }
@@ -197,6 +200,7 @@ impl Manager {
             stopped: Condvar::new(),
             keyed: worker::LaneQueue::default(),
             rerun: worker::LaneQueue::default(),
+            heavy: worker::LaneQueue::default(),
             retries: Mutex::default(),
             updates: Mutex::default(),
             reads,
@@ -228,7 +232,11 @@ impl Manager {
                 .name("vd-subs-expire".into())
                 .spawn(move || dispatch::expire_loop(core))?,
         );
-        for (lane, name) in [(Lane::Keyed, "keyed"), (Lane::Rerun, "rerun")] {
+        for (lane, name) in [
+            (Lane::Keyed, "keyed"),
+            (Lane::Rerun, "rerun"),
+            (Lane::Heavy, "heavy"),
+        ] {
             for i in 0..worker::WORKERS_PER_LANE {
                 let core = self.core.clone();
                 let conn = open()?;
@@ -299,6 +307,7 @@ impl Manager {
         self.core.stopped.notify_all();
         self.core.keyed.stop();
         self.core.rerun.stop();
+        self.core.heavy.stop();
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
         for t in threads {
             if t.thread().id() == std::thread::current().id() {

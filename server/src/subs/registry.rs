@@ -66,6 +66,7 @@ impl Registry {
                     None => Kind::Single,
                 },
                 lane: if keyed { Lane::Keyed } else { Lane::Rerun },
+                heavy: Default::default(),
                 tables: a.tables.clone(),
                 queue: Mutex::new(Queue {
                     // A family is live from the start: members join it when ready.

@@ -32,9 +32,17 @@ const MAX_MEMBER_OPS: usize = 4096;
 pub(super) enum Lane {
     /// Keyed subscriptions and families: cost proportional to the rows changed.
     Keyed,
-    /// Subscriptions maintained by re-running their query (see `docs/subscriptions.md`).
+    /// Subscriptions maintained by re-running their query (see `docs/subscriptions.md`)
+    /// whose last round was cheap (e.g. `ORDER BY … LIMIT` read from an index).
     Rerun,
+    /// Re-run subscriptions whose last round took longer than [`HEAVY_ROUND`]: they queue
+    /// among themselves, never in front of cheap re-runs.
+    Heavy,
 }
+
+/// A re-run round longer than this moves its unit to the heavy lane (until a round is
+/// cheaper again).
+pub(super) const HEAVY_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What admin views and counters read without taking the unit's lock.
 #[derive(Debug)]
@@ -89,7 +97,10 @@ pub(super) enum Kind {
 pub(super) struct Unit {
     pub id: u64,
     pub kind: Kind,
+    /// How the unit is maintained: [`Lane::Keyed`] or [`Lane::Rerun`].
     pub lane: Lane,
+    /// A re-run unit whose last round was slow runs in [`Lane::Heavy`].
+    pub heavy: std::sync::atomic::AtomicBool,
     pub tables: BTreeSet<String>,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
@@ -122,6 +133,24 @@ pub(super) struct CatchUp {
     pub whole: bool,
 }
 
+impl Unit {
+    /// The lane the unit runs in now.
+    pub fn lane_now(&self) -> Lane {
+        if self.lane == Lane::Rerun && self.heavy.load(Ordering::Relaxed) {
+            Lane::Heavy
+        } else {
+            self.lane
+        }
+    }
+
+    /// Records how long a round took (re-run units move between the re-run lanes).
+    pub fn round_took(&self, d: std::time::Duration) {
+        if self.lane == Lane::Rerun {
+            self.heavy.store(d > HEAVY_ROUND, Ordering::Relaxed);
+        }
+    }
+}
+
 impl CatchUp {
     pub fn push(&mut self, batch: &Arc<Changes>, whole: bool) {
         if whole || self.batches.len() >= MAX_BATCHES {
@@ -152,7 +181,7 @@ impl Queue {
             return;
         }
         match lane {
-            Lane::Rerun => self.dirty = true,
+            Lane::Rerun | Lane::Heavy => self.dirty = true,
             Lane::Keyed if self.whole => {}
             Lane::Keyed => {
                 self.batches.push(batch.clone());

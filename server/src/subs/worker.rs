@@ -73,12 +73,41 @@ pub(super) fn schedule(core: &Core, unit: &Arc<Unit>) {
     if q.live && !q.scheduled && q.has_work() {
         q.scheduled = true;
         drop(q);
-        core.lane(unit.lane).push(unit.clone());
+        core.lane(unit.lane_now()).push(unit.clone());
+    }
+}
+
+/// Scheduling priority (nice) of a lane's workers: on a busy host the kernel gives the CPU to
+/// keyed rounds (and to the writer and the API) before re-runs, so a re-run that saturates a
+/// core slows the re-runs, not the cheap subscriptions.
+fn nice(lane: Lane) -> i32 {
+    match lane {
+        Lane::Keyed => 0,
+        Lane::Rerun => 5,
+        Lane::Heavy => 15,
+    }
+}
+
+/// Lowers the calling thread's priority (Linux: `setpriority` on a thread id is per thread).
+fn set_thread_nice(n: i32) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls; `gettid` has no preconditions, and `setpriority` only reads its
+    // arguments.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, n)
+    };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), nice = n,
+            "could not lower a subscription worker's priority; re-runs compete with keyed rounds for CPU");
     }
 }
 
 /// A worker: owns its read connection; ends when its lane is stopped.
 pub(super) fn run(core: Arc<Core>, lane: Lane, conn: rusqlite::Connection) {
+    set_thread_nice(nice(lane));
     let mut w = Worker {
         conn,
         synced: HashMap::new(),
@@ -96,7 +125,7 @@ pub(super) fn run(core: Arc<Core>, lane: Lane, conn: rusqlite::Connection) {
             }
             None if q.has_work() => {
                 drop(q);
-                core.lane(lane).push(unit);
+                core.lane(unit.lane_now()).push(unit);
             }
             None => q.scheduled = false,
         }
@@ -107,6 +136,15 @@ struct Worker {
     conn: rusqlite::Connection,
     /// Version of each family's member table on this connection.
     synced: HashMap<u64, u64>,
+}
+
+/// Tells the unit how long its round took when the round ends (whatever the outcome).
+struct RoundTimer<'a>(&'a Unit, Instant);
+
+impl Drop for RoundTimer<'_> {
+    fn drop(&mut self) {
+        self.0.round_took(self.1.elapsed());
+    }
 }
 
 /// Runs `f` in one read transaction; an error from `f` or from ending the transaction is
@@ -140,6 +178,7 @@ impl Worker {
         }
         let started = Instant::now();
         let mut st = super::lock(&unit.state);
+        let _timing = RoundTimer(unit, started);
         let result = self
             .refresh(unit, &mut st, &changes, whole)
             .and_then(|produced| {
