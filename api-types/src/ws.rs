@@ -117,6 +117,9 @@ pub enum ErrorCode {
     Internal,
     /// The node is shutting down.
     Shutdown,
+    /// A code this version does not know (from a newer node); treat it like `internal`.
+    #[serde(other)]
+    Unknown,
 }
 
 /// The payload of a server message: the NDJSON event fields, plus the WebSocket replies.
@@ -267,6 +270,10 @@ mod tests {
             json!({"id": "s1", "error": "slow", "code": "too_slow", "last_change_id": 7})
         );
         assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), e);
+        let newer: ServerMessage =
+            serde_json::from_value(json!({"id": "s", "error": "x", "code": "from_the_future"}))
+                .unwrap();
+        assert_eq!(newer.code, Some(ErrorCode::Unknown));
         let p: ServerMessage = ServerMessage::new(Some("p".into()), ServerBody::Pong(Empty {}));
         assert_eq!(
             serde_json::to_value(&p).unwrap(),

@@ -118,7 +118,10 @@ impl Error {
             | Error::WebSocket { .. } => true,
             Error::Http { status, .. } => *status >= 500,
             Error::Server { code, .. } => {
-                matches!(code, Some(ErrorCode::Internal | ErrorCode::Shutdown))
+                matches!(
+                    code,
+                    Some(ErrorCode::Internal | ErrorCode::Shutdown | ErrorCode::Unknown)
+                )
             }
             Error::Exhausted { last, .. } => last.is_retryable(),
             Error::Config(_)

@@ -92,9 +92,9 @@ pub(crate) fn classify(code: Option<ErrorCode>, msg: &str, last: Option<ChangeId
         Some(ErrorCode::TooSlow) => ErrorKind::TooSlow(last.or_else(|| too_slow_id(msg))),
         Some(ErrorCode::TooOld) => ErrorKind::Resnapshot(ResetReason::TooOld),
         Some(ErrorCode::NotFound) => ErrorKind::Resnapshot(ResetReason::NotFound),
-        Some(ErrorCode::Internal | ErrorCode::Shutdown | ErrorCode::DuplicateId) => {
-            ErrorKind::Transient
-        }
+        Some(
+            ErrorCode::Internal | ErrorCode::Shutdown | ErrorCode::DuplicateId | ErrorCode::Unknown,
+        ) => ErrorKind::Transient,
         Some(ErrorCode::BadRequest) if no_existing(msg) => {
             ErrorKind::Resnapshot(ResetReason::NotFound)
         }

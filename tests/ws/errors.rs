@@ -114,6 +114,29 @@ async fn bad_input_gets_errors_and_the_socket_keeps_working() {
         "bad_request",
         "statement",
     );
+    ws.send(json!({"type": "transaction", "id": "x15", "statements": ["DELETE FROM t"], "timeout": 1e30})).await;
+    assert_error(
+        &ws.next_for("x15").await,
+        Some("x15"),
+        "bad_request",
+        "out of range",
+    );
+    ws.send(json!({"type": "query", "id": "x16", "sql": "SELECT 1", "timeout": -1}))
+        .await;
+    assert_error(
+        &ws.next_for("x16").await,
+        Some("x16"),
+        "bad_request",
+        "out of range",
+    );
+    let r = node
+        .http1()
+        .post(
+            "/v1/transactions?timeout=18446744073709549568",
+            &json!(["DELETE FROM t"]),
+        )
+        .await;
+    r.expect_error(400, &["out of range"]);
     ws.send(json!({"type": "unsubscribe", "id": "x14"})).await;
     assert_error(
         &ws.next_for("x14").await,

@@ -22,6 +22,9 @@ async fn shutdown_closes_sockets_with_going_away() {
     http.expect_line(Duration::from_secs(10)).await;
     let t0 = std::time::Instant::now();
     let stopper = std::thread::spawn(move || node.stop());
+    // The subscription learns why it ends, then the socket closes.
+    let m = ws.next_for("s").await;
+    assert_eq!(m["code"], "shutdown", "{m}");
     let close = ws
         .closed(Duration::from_secs(15))
         .await

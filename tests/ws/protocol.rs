@@ -220,4 +220,14 @@ async fn a_large_snapshot_does_not_hold_back_other_subscriptions() {
         }
     }
     assert_eq!(n, rows);
+
+    // A row bigger than any client message may be (api.ws.max_message_bytes) still goes out.
+    api.write(&json!([
+        "INSERT INTO t VALUES (2, printf('%.3000000c', 'y'), 0)"
+    ]))
+    .await;
+    ws.send(json!({"type": "query", "id": "huge", "sql": "SELECT a FROM t WHERE id = 2"}))
+        .await;
+    let (_, rows, _) = ws.snapshot("huge").await;
+    assert_eq!(rows[0][1][0].as_str().map(str::len), Some(3_000_000));
 }

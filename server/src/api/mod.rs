@@ -50,7 +50,9 @@ const SUB_SETUP_SLOTS: usize = 2;
 /// Shared state of the HTTP server.
 pub struct Api {
     pub node: Arc<Node>,
-    limiter: Semaphore,
+    /// Requests served at once (`api.max_concurrency`), WebSocket queries and transactions
+    /// included.
+    limiter: Arc<Semaphore>,
     /// One permit per open WebSocket (`api.ws.max_sockets`).
     ws_sockets: Arc<Semaphore>,
     /// Subscribe/attach calls running at once (they serialize on the subscription registry
@@ -169,7 +171,7 @@ impl Api {
         let sockets = node.config.api.ws.max_sockets;
         Arc::new(Api {
             node,
-            limiter: Semaphore::new(permits),
+            limiter: Arc::new(Semaphore::new(permits)),
             ws_sockets: Arc::new(Semaphore::new(sockets)),
             sub_setup: Arc::new(Semaphore::new(SUB_SETUP_SLOTS)),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -189,12 +191,11 @@ impl Api {
             let expected = format!("Bearer {token}");
             let header = req.headers().get(AUTHORIZATION);
             let ok = match header {
-                Some(v) => v.as_bytes() == expected.as_bytes(),
+                Some(v) => same_secret(v.as_bytes(), expected.as_bytes()),
                 // Browsers cannot set headers on a WebSocket: the token may come as a
                 // subprotocol entry or a query parameter instead.
-                None if is_ws_path(req.uri().path()) => {
-                    ws::browser_token(req).is_some_and(|t| t == token)
-                }
+                None if is_ws_path(req.uri().path()) => ws::browser_token(req)
+                    .is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes())),
                 None => false,
             };
             if !ok {
@@ -324,7 +325,18 @@ impl Api {
 }
 
 fn is_ws_path(path: &str) -> bool {
-    path == "/v1/ws" || path == "/v1/ws/"
+    path.trim_end_matches('/') == "/v1/ws"
+}
+
+/// Compares a presented secret with the configured one in time that does not depend on where
+/// they differ.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Binds every configured API address.

@@ -26,9 +26,9 @@ pub struct Running {
 }
 
 /// The timeout for a request: `asked` seconds (0 = none), or the node's default.
-pub fn timeout(api: &Api, asked: Option<f64>) -> Option<Duration> {
+pub fn timeout(api: &Api, asked: Option<f64>) -> Result<Option<Duration>, String> {
     let secs = asked.unwrap_or(api.node.config.api.query_timeout_secs as f64);
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+    super::transactions::timeout(Some(secs))
 }
 
 /// Runs `stmt` on the read pool, off the async workers. Dropping the receivers stops it.
@@ -86,11 +86,15 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Ok(t) => t,
         Err(r) => return r,
     };
+    let timeout = match timeout(api, asked) {
+        Ok(t) => t,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
     let stmt = match super::read_statement(api, req).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Running { ready, events } = start(api, stmt, timeout(api, asked));
+    let Running { ready, events } = start(api, stmt, timeout);
     match ready.await {
         Ok(Ok(())) => {
             let chunks = super::queries::stream_of(events);

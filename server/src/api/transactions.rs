@@ -101,10 +101,19 @@ pub async fn run(
     }
 }
 
-/// A timeout in seconds as asked (`None` or ≤ 0: none).
-pub fn timeout(secs: Option<f64>) -> Option<Duration> {
-    secs.filter(|t| *t > 0.0 && t.is_finite())
-        .map(Duration::from_secs_f64)
+/// The longest timeout a request may ask for (a day); longer ones are refused.
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// A timeout in seconds as asked: `None` or 0 for none, else at most [`MAX_TIMEOUT_SECS`].
+pub fn timeout(secs: Option<f64>) -> Result<Option<Duration>, String> {
+    match secs {
+        None => Ok(None),
+        Some(t) if t == 0.0 => Ok(None),
+        Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECS => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(format!(
+            "timeout={t} is out of range: give seconds between 0 (none) and {MAX_TIMEOUT_SECS}"
+        )),
+    }
 }
 
 pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
@@ -112,9 +121,13 @@ pub async fn handle(api: &Api, req: Request<Incoming>) -> Response<Body> {
         Ok(t) => t,
         Err(r) => return r,
     };
+    let timeout = match timeout(asked) {
+        Ok(t) => t,
+        Err(m) => return super::error(StatusCode::BAD_REQUEST, m),
+    };
     let result = match super::read_json(api, req).await {
         Ok(v) => match decode(v) {
-            Ok(stmts) => run(api, stmts, timeout(asked)).await,
+            Ok(stmts) => run(api, stmts, timeout).await,
             Err(f) => Err(f),
         },
         Err(r) => return r,

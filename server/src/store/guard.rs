@@ -53,8 +53,12 @@ impl Guard {
             .lock()
             .expect("guard")
             .unwrap_or_else(Instant::now);
+        // Saturating: a deadline past u64 nanoseconds (584 years) is no deadline in practice.
         let deadline = timeout
-            .map(|t| (epoch.elapsed() + t).as_nanos() as u64)
+            .map(|t| {
+                let at = epoch.elapsed().saturating_add(t).as_nanos();
+                u64::try_from(at).unwrap_or(u64::MAX)
+            })
             .unwrap_or(0);
         self.0.deadline.store(deadline, Ordering::Relaxed);
         self.0.active.store(true, Ordering::Relaxed);

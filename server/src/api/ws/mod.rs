@@ -101,9 +101,17 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Response<Body
     }
     let offered = offered_protocols(&req);
     if !offered.is_empty() && !offered.iter().any(|p| p == SUBPROTOCOL) {
+        // Name what was offered, but never echo a token.
+        let shown: Vec<&str> = offered
+            .iter()
+            .map(|p| match p.starts_with(BEARER_PROTOCOL_PREFIX) {
+                true => "verdigris.bearer.<token>",
+                false => p.as_str(),
+            })
+            .collect();
         return error(
             StatusCode::BAD_REQUEST,
-            format!("Sec-WebSocket-Protocol must include {SUBPROTOCOL:?} when it is sent (offered: {offered:?})"),
+            format!("Sec-WebSocket-Protocol must include {SUBPROTOCOL:?} when it is sent (offered: {shown:?})"),
         );
     }
     let Ok(permit) = api.ws_sockets.clone().try_acquire_owned() else {
@@ -132,7 +140,9 @@ pub async fn upgrade(api: Arc<Api>, mut req: Request<Incoming>) -> Response<Body
             // Small buffers: an idle socket should cost a few KiB, not the 256 KiB default.
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
-            .max_write_buffer_size(WRITE_BUFFER + limits.max_message_bytes.max(1 << 20) * 2);
+            // Outgoing frames are not capped (a row may be large); the session writes at most
+            // WRITE_BATCH frames before it waits for the socket, which bounds the buffer.
+            .max_write_buffer_size(usize::MAX);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;

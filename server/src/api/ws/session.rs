@@ -97,14 +97,28 @@ pub async fn run(api: Arc<Api>, ws: Ws) {
     tokio::pin!(cancelled);
     let close = loop {
         let mut out: Vec<Message> = Vec::new();
+        let mut then_close = None;
         tokio::select! {
             _ = &mut cancelled => {
-                break Some((CloseCode::Away, "the node is shutting down; reconnect to another node or later".to_string()));
+                // Each subscription learns why it ends, then the socket closes.
+                for id in s.subscription_ids() {
+                    out.push(frames::error(
+                        Some(&id),
+                        ErrorCode::Shutdown,
+                        "the node is shutting down; resume from your last change id later, or take a fresh snapshot on another node",
+                    ));
+                }
+                then_close = Some((CloseCode::Away, "the node is shutting down; reconnect to another node or later".to_string()));
             }
             msg = incoming.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    None | Some(Ok(Message::Close(_))) => break None,
+                    None => break None,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the reply; send it (bounded: the peer may be gone).
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+                        break None;
+                    }
                     Some(Ok(Message::Text(t))) => s.handle(&t, &mut out),
                     Some(Ok(Message::Binary(_))) => out.push(frames::error(
                         None,
@@ -114,8 +128,9 @@ pub async fn run(api: Arc<Api>, ws: Ws) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Err(WsError::Capacity(e))) => {
                         let limit = format!("{e}; the limit is api.ws.max_message_bytes");
-                        // Best effort: the close frame below says it too.
-                        let _ = sink.send(frames::error(None, ErrorCode::BadRequest, &limit)).await;
+                        // Best effort and bounded: the close frame below says it too.
+                        let error = frames::error(None, ErrorCode::BadRequest, &limit);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(error)).await;
                         break Some((CloseCode::Size, limit));
                     }
                     Some(Err(e)) => {
@@ -144,16 +159,28 @@ pub async fn run(api: Arc<Api>, ws: Ws) {
             }
         }
         if out.is_empty() {
-            continue;
-        }
-        let write = async {
-            for m in out {
-                sink.feed(m).await?;
+            match then_close {
+                Some(c) => break Some(c),
+                None => continue,
             }
-            sink.flush().await
-        };
-        match tokio::time::timeout(write_timeout, write).await {
-            Ok(Ok(())) => {}
+        }
+        // The write timeout is about progress: each frame (and the flush) gets its own.
+        let mut written = Ok(Ok(()));
+        for m in out {
+            written = tokio::time::timeout(write_timeout, sink.feed(m)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                break;
+            }
+        }
+        if matches!(written, Ok(Ok(()))) {
+            written = tokio::time::timeout(write_timeout, sink.flush()).await;
+        }
+        match written {
+            Ok(Ok(())) => {
+                if let Some(c) = then_close {
+                    break Some(c);
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket write failed; closing the socket");
                 break None;
@@ -203,6 +230,14 @@ impl Session {
         &self.api.node.config.api.ws
     }
 
+    fn subscription_ids(&self) -> Vec<String> {
+        self.active
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::Subscription)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     fn output(&mut self, o: Out, out: &mut Vec<Message>) {
         match o {
             Out::Frame(m) | Out::Last(m) => out.push(m),
@@ -211,7 +246,21 @@ impl Session {
                 generation,
                 frame,
             } => {
-                out.extend(frame);
+                let live = self
+                    .active
+                    .get(&id)
+                    .is_some_and(|e| e.generation == generation);
+                match frame {
+                    Some(m) => out.push(m),
+                    // Ended without its last message (a failed task, a removed subscription):
+                    // the client must not wait for one.
+                    None if live => out.push(frames::error(
+                        Some(&id),
+                        ErrorCode::Internal,
+                        "ended on the node without a final message; retry (subscriptions: resume from your last change id)",
+                    )),
+                    None => {}
+                }
                 if self
                     .active
                     .get(&id)
@@ -307,6 +356,19 @@ impl Session {
             .and_then(|t| t.as_str())
             .unwrap_or("")
             .to_string();
+        // A new subscription or request under a live id is refused before anything else, so
+        // that the only errors carrying a live id are these (which do not end it).
+        if matches!(kind.as_str(), "subscribe" | "query" | "transaction")
+            && self.active.contains_key(&id)
+        {
+            return out.push(frames::error(
+                Some(&id),
+                ErrorCode::DuplicateId,
+                format!(
+                    "id {id:?} is in use on this socket by a live subscription or request; choose another id (an id is free again after its last message, e.g. after \"unsubscribed\"); the live one carries on"
+                ),
+            ));
+        }
         let msg: ClientMessage = match serde_json::from_value(v.clone()) {
             Ok(m) => m,
             Err(e) => {
@@ -383,12 +445,16 @@ impl Session {
                 if let Some(m) = self.over_in_flight(&id) {
                     return out.push(m);
                 }
-                match proto::statement(sql, params, named_params) {
-                    Ok(stmt) => {
-                        let timeout = queries::timeout(&self.api, timeout);
-                        let o = query(&self.api, id.clone(), json::statement(stmt), timeout);
-                        self.start(id, Kind::Request, o);
-                    }
+                let stmt = proto::statement(sql, params, named_params)
+                    .and_then(|s| Ok((s, queries::timeout(&self.api, timeout)?)));
+                match stmt {
+                    Ok((stmt, timeout)) => match self.node_slot(&id) {
+                        Ok(slot) => {
+                            let o = query(&self.api, id.clone(), json::statement(stmt), timeout);
+                            self.start(id, Kind::Request, holding(o, slot));
+                        }
+                        Err(m) => out.push(m),
+                    },
                     Err(e) => out.push(frames::error(Some(&id), ErrorCode::BadRequest, e)),
                 }
             }
@@ -400,16 +466,31 @@ impl Session {
                 if let Some(m) = self.over_in_flight(&id) {
                     return out.push(m);
                 }
+                let timeout = match transactions::timeout(timeout) {
+                    Ok(t) => t,
+                    Err(e) => return out.push(frames::error(Some(&id), ErrorCode::BadRequest, e)),
+                };
+                let slot = match self.node_slot(&id) {
+                    Ok(slot) => slot,
+                    Err(m) => return out.push(m),
+                };
                 let stmts = statements.into_iter().map(json::statement).collect();
-                let o = transaction(
-                    self.api.clone(),
-                    id.clone(),
-                    stmts,
-                    transactions::timeout(timeout),
-                );
-                self.start(id, Kind::Request, o);
+                let o = transaction(self.api.clone(), id.clone(), stmts, timeout);
+                self.start(id, Kind::Request, holding(o, slot));
             }
         }
+    }
+
+    /// A node-wide request slot (`api.max_concurrency`, shared with HTTP requests), so that
+    /// many sockets cannot together occupy every blocking thread with slow queries.
+    fn node_slot(&self, id: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Message> {
+        self.api.limiter.clone().try_acquire_owned().map_err(|_| {
+            frames::error(
+                Some(id),
+                ErrorCode::Limit,
+                "the node is serving api.max_concurrency requests already; retry with backoff",
+            )
+        })
     }
 
     fn over_in_flight(&self, id: &str) -> Option<Message> {
@@ -465,6 +546,18 @@ fn culprit(v: &serde_json::Value, error: &str) -> Option<String> {
             }
         })
         .cloned()
+}
+
+/// `output`, holding `slot` until it ends.
+fn holding(output: Output, slot: tokio::sync::OwnedSemaphorePermit) -> Output {
+    output
+        .map(Some)
+        .chain(stream::once(async move {
+            drop(slot);
+            None
+        }))
+        .filter_map(std::future::ready)
+        .boxed()
 }
 
 /// What a subscribe message attaches to.
