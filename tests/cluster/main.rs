@@ -2,6 +2,7 @@
 //! QUIC. Each test asserts convergence of the replicated table on every node.
 
 mod bench;
+mod bench_recovery;
 mod hostile;
 mod recovery;
 mod stress;

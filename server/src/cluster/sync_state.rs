@@ -390,6 +390,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn claims_hand_out_at_most_max_and_released_needs_can_be_claimed_again() {
+        let a = actor(2);
+        let full = |x, y| Need::Full {
+            actor: a,
+            versions: (x, y),
+        };
+        let mut c = Claims::default();
+        c.claim(vec![full(5, 6)], 100);
+        // (1..=10) minus the claimed 5..=6 is two ranges; with room for one, the other stays
+        // free: a later session gets it.
+        let first = c.claim(vec![full(1, 10)], 1);
+        assert_eq!(first, vec![full(7, 10)]);
+        assert_eq!(c.claim(vec![full(1, 10)], 10), vec![full(1, 4)]);
+        // A session that ended (failed, or its peer was busy) gives its claims back.
+        c.release(&first);
+        assert_eq!(c.claim(vec![full(1, 10)], 10), vec![full(7, 10)]);
+        let partial = Need::Partial {
+            actor: a,
+            version: 3,
+            seqs: vec![(0, 1)],
+        };
+        assert_eq!(c.claim(vec![partial.clone()], 10).len(), 1);
+        assert!(c.claim(vec![partial.clone()], 10).is_empty());
+        c.release(std::slice::from_ref(&partial));
+        assert_eq!(c.claim(vec![partial], 10).len(), 1);
+    }
+
     fn state(me: ActorId, heads: &[(ActorId, u64)], db_bytes: u64) -> SyncState {
         SyncState {
             actor: me,

@@ -4,9 +4,23 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Default)]
+/// Where a clock reads the time (NTP64): the wall clock, or a simulation's own time.
+pub type TimeSource = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+#[derive(Default)]
 pub struct Hlc {
     last: u64,
+    /// `None`: the wall clock.
+    source: Option<TimeSource>,
+}
+
+impl std::fmt::Debug for Hlc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hlc")
+            .field("last", &self.last)
+            .field("simulated", &self.source.is_some())
+            .finish()
+    }
 }
 
 /// The current wall clock as NTP64.
@@ -25,8 +39,17 @@ pub fn ntp64_to_secs(ts: u64) -> f64 {
 impl Hlc {
     /// A timestamp greater than every one returned or observed before.
     pub fn now(&mut self) -> u64 {
-        self.last = wall_ntp64().max(self.last + 1);
+        let wall = self.source.as_ref().map_or_else(wall_ntp64, |f| f());
+        self.last = wall.max(self.last + 1);
         self.last
+    }
+
+    /// A clock reading its time from `source` (deterministic simulations).
+    pub fn with_source(source: TimeSource) -> Hlc {
+        Hlc {
+            last: 0,
+            source: Some(source),
+        }
     }
 
     /// Takes a peer's timestamp into account (it may be ahead of our wall clock).

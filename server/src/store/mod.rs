@@ -215,6 +215,26 @@ impl Store {
         Self::from_connection(Connection::open_in_memory()?)
     }
 
+    /// An in-memory store with a given actor id whose clock reads `time` (deterministic
+    /// simulations: every id and timestamp comes from the seed).
+    pub fn open_in_memory_as(actor: ActorId, time: crate::crdt::hlc::TimeSource) -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(BOOTSTRAP)
+            .context("creating internal tables")?;
+        conn.execute(
+            "INSERT INTO __vd_state(key, value) VALUES ('actor_id', ?1)",
+            [&actor.0[..]],
+        )?;
+        let mut store = Self::from_connection(conn)?;
+        store.hlc = Hlc::with_source(time);
+        Ok(store)
+    }
+
+    /// Gives a restarted simulated store its clock back (see [`Store::open_in_memory_as`]).
+    pub fn set_time_source(&mut self, time: crate::crdt::hlc::TimeSource) {
+        self.hlc = Hlc::with_source(time);
+    }
+
     /// A crash and restart of an in-memory store (for simulations): what was committed is
     /// copied to a new database with SQLite's backup API, and the new store rebuilds all its
     /// in-memory state (catalog, bookkeeping, clocks) from it, as a restarted node does from
