@@ -56,6 +56,9 @@ pub struct StoredRow {
 
 pub type Result<T> = std::result::Result<T, rusqlite::Error>;
 
+// One per subscription, matched on every round: boxing the keyed state would add an
+// indirection for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum MatView {
     Keyed(Keyed),

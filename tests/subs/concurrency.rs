@@ -129,7 +129,7 @@ async fn subscribe_while_writing(proto: Proto) {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.await.expect("writer task");
     assert!(
-        writes >= 10 && writes < 5000,
+        (10..5000).contains(&writes),
         "the subscriptions should have been made while writing ({writes} writes)"
     );
     first.sync(&w, &base).await;
@@ -177,12 +177,12 @@ async fn dropped_listener_leaves_others_alone(proto: Proto) {
         "the subscription outlives a departed listener"
     );
     assert_eq!(again.eoq_change_id, 60);
-    let count = Sub::post(
-        &node.api(proto).with_nodelay(),
-        &json!("SELECT count(*) FROM t"),
-    )
-    .await;
+    // The re-run subscription whose only listener left is still maintained. (Its snapshot may
+    // trail the keyed one's: subscriptions are maintained independently, and changes not yet
+    // applied to it follow as events.)
+    let count_sql = json!("SELECT count(*) FROM t");
+    let mut count = Sub::post(&node.api(proto).with_nodelay(), &count_sql).await;
+    count.sync(&w, &count_sql).await;
     assert_eq!(count.state(), crate::client::multiset(&[vec![json!(60)]]));
-    assert_eq!(count.eoq_change_id, count.last);
     assert!(node.panics().is_empty(), "{:?}", node.panics());
 }

@@ -44,6 +44,9 @@ fn cells_of(blob: &[u8]) -> Result<Vec<Value>> {
     pack::unpack(blob).map_err(|e| anyhow::anyhow!("corrupt stored row: {e}"))
 }
 
+/// Logged changes with their change ids, oldest first.
+pub type Changes = Vec<(u64, RowChange)>;
+
 /// One subscription's writes of a round.
 pub struct RoundWrite<'a> {
     pub sub: &'a str,
@@ -188,11 +191,7 @@ impl Persist {
     }
 
     /// Changes after `from`, oldest first, and the smallest retained id (None if the log is empty).
-    pub fn changes_after(
-        &self,
-        id: &str,
-        from: u64,
-    ) -> Result<(Option<u64>, Vec<(u64, RowChange)>)> {
+    pub fn changes_after(&self, id: &str, from: u64) -> Result<(Option<u64>, Changes)> {
         let min: Option<u64> = self
             .conn
             .prepare_cached("SELECT min(change_id) FROM sub_changes WHERE sub = ?1")?

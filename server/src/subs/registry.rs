@@ -62,11 +62,12 @@ impl Registry {
             let unit = Arc::new(Unit {
                 id: NEXT_UNIT.fetch_add(1, Ordering::Relaxed),
                 kind: match family {
-                    Some(f) => Kind::Family(f.clone()),
+                    Some(f) => Kind::Family(Box::new(f.clone())),
                     None => Kind::Single,
                 },
                 lane: if keyed { Lane::Keyed } else { Lane::Rerun },
                 heavy: Default::default(),
+                avg_round_us: Default::default(),
                 tables: a.tables.clone(),
                 queue: Mutex::new(Queue {
                     // A family is live from the start: members join it when ready.

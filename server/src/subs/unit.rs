@@ -35,13 +35,12 @@ pub(super) enum Lane {
     /// Subscriptions maintained by re-running their query (see `docs/subscriptions.md`)
     /// whose last round was cheap (e.g. `ORDER BY … LIMIT` read from an index).
     Rerun,
-    /// Re-run subscriptions whose last round took longer than [`HEAVY_ROUND`]: they queue
+    /// Re-run subscriptions whose rounds average longer than [`HEAVY_ROUND`]: they queue
     /// among themselves, never in front of cheap re-runs.
     Heavy,
 }
 
-/// A re-run round longer than this moves its unit to the heavy lane (until a round is
-/// cheaper again).
+/// A re-run unit whose rounds average longer than this runs in the heavy lane.
 pub(super) const HEAVY_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What admin views and counters read without taking the unit's lock.
@@ -91,7 +90,7 @@ impl Member for Sub {
 pub(super) enum Kind {
     Single,
     /// The family's shared evaluation (its key, member table and fetch query).
-    Family(FamilyInfo),
+    Family(Box<FamilyInfo>),
 }
 
 pub(super) struct Unit {
@@ -101,6 +100,8 @@ pub(super) struct Unit {
     pub lane: Lane,
     /// A re-run unit whose last round was slow runs in [`Lane::Heavy`].
     pub heavy: std::sync::atomic::AtomicBool,
+    /// Decayed average of the unit's round times, in µs (0: no round yet).
+    pub avg_round_us: AtomicU64,
     pub tables: BTreeSet<String>,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
@@ -143,11 +144,19 @@ impl Unit {
         }
     }
 
-    /// Records how long a round took (re-run units move between the re-run lanes).
+    /// Records how long a round took: re-run units move between the re-run lanes on a decayed
+    /// average of their rounds (`avg += (d - avg) / 4`), so one round slowed by a busy host
+    /// does not send a cheap unit behind the heavy ones.
     pub fn round_took(&self, d: std::time::Duration) {
-        if self.lane == Lane::Rerun {
-            self.heavy.store(d > HEAVY_ROUND, Ordering::Relaxed);
+        if self.lane != Lane::Rerun {
+            return;
         }
+        let d = d.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.avg_round_us.load(Ordering::Relaxed);
+        let avg = if old == 0 { d } else { old - old / 4 + d / 4 };
+        self.avg_round_us.store(avg.max(1), Ordering::Relaxed);
+        self.heavy
+            .store(avg > HEAVY_ROUND.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -341,6 +350,38 @@ mod tests {
             q.push(Lane::Keyed, &batch("t", k), false, None);
         }
         assert!(q.joining[&7].whole);
+    }
+
+    fn rerun_unit() -> Unit {
+        Unit {
+            id: 1,
+            kind: Kind::Single,
+            lane: Lane::Rerun,
+            heavy: Default::default(),
+            avg_round_us: Default::default(),
+            tables: BTreeSet::new(),
+            queue: Mutex::default(),
+            state: Mutex::default(),
+            next_idx: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn slow_reruns_move_to_the_heavy_lane_and_one_slow_round_does_not() {
+        let ms = std::time::Duration::from_millis;
+        let u = rerun_unit();
+        u.round_took(ms(2));
+        assert_eq!(u.lane_now(), Lane::Rerun);
+        u.round_took(ms(60));
+        assert_eq!(u.lane_now(), Lane::Rerun, "one slow round on a busy host");
+        for _ in 0..3 {
+            u.round_took(ms(300));
+        }
+        assert_eq!(u.lane_now(), Lane::Heavy);
+        for _ in 0..12 {
+            u.round_took(ms(1));
+        }
+        assert_eq!(u.lane_now(), Lane::Rerun, "cheap again");
     }
 
     #[test]
