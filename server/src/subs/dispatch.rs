@@ -149,8 +149,16 @@ fn notify_updates(core: &Core, conn: &rusqlite::Connection, changes: &Changes) -
     Ok(())
 }
 
-/// The expiry thread: every second, removes subscriptions idle for longer than `idle_ttl`.
+/// How often the expiry thread checks for idle subscriptions: a tenth of `idle_ttl`, between
+/// 100 ms and 10 s (a check holds each unit's lock while it looks at its members, so a large
+/// family is not checked more often than needed).
+pub(super) fn expiry_interval(idle_ttl: Duration) -> Duration {
+    (idle_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// The expiry thread: removes subscriptions idle for longer than `idle_ttl`.
 pub(super) fn expire_loop(core: Arc<Core>) {
+    let every = expiry_interval(core.config.idle_ttl);
     loop {
         {
             let p = lock(&core.pending);
@@ -159,7 +167,7 @@ pub(super) fn expire_loop(core: Arc<Core>) {
             }
             let (p, _) = core
                 .stopped
-                .wait_timeout(p, Duration::from_secs(1))
+                .wait_timeout(p, every)
                 .unwrap_or_else(|e| e.into_inner());
             if p.stop {
                 return;
@@ -202,5 +210,24 @@ pub(super) fn expire_idle(core: &Core) {
                 tracing::error!(id = %id, error = %format!("{e:#}"), "could not delete an idle subscription from disk")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn expiry_checks_scale_with_the_idle_ttl_within_bounds() {
+        assert_eq!(
+            expiry_interval(Duration::from_secs(600)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            expiry_interval(Duration::from_secs(5)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(expiry_interval(Duration::ZERO), Duration::from_millis(100));
     }
 }
