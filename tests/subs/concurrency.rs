@@ -1,5 +1,6 @@
 //! Races between subscribing and writing: many clients creating the same new subscription at
-//! once, and subscriptions created, joined and resumed while a writer commits continuously.
+//! once, and subscriptions (keyed, re-run and parameter-family members) created, joined and
+//! resumed while a writer commits continuously.
 //! No change may be lost or duplicated between a snapshot (or `from` replay) and the live
 //! events that follow it.
 
@@ -95,17 +96,19 @@ async fn subscribe_while_writing(proto: Proto) {
     // while the writer runs; `first` keeps reading so it stays current.
     let mut subs: Vec<(Value, Sub)> = Vec::new();
     let mut k = 0;
-    while k < 30 {
+    while k < 40 {
         k += 1;
-        let q = match k % 3 {
+        let q = match k % 4 {
             0 => json!(format!("SELECT id, a FROM t WHERE b >= {}", k % 17)),
             1 => json!(format!(
                 "SELECT count(*), sum(b) FROM t WHERE b >= {}",
                 k % 17
             )),
+            // Members of one parameter family, joining it while it is being maintained.
+            3 => json!(format!("SELECT id, a FROM t WHERE b = {}", k % 13)),
             _ => base.clone(),
         };
-        let s = if k % 3 == 2 && k % 2 == 0 {
+        let s = if k % 4 == 2 && k % 8 == 2 {
             Sub::get(&node.api(proto).with_nodelay(), &first.id).await
         } else {
             Sub::post(&node.api(proto).with_nodelay(), &q).await
