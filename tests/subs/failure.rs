@@ -1,7 +1,8 @@
 //! A matcher round whose persist step fails publishes nothing, and its change is not lost:
 //! the round is retried once the disk accepts writes again (same change ids, contiguous), and
 //! a crash while the failure lasts loses nothing either (the change is caught up at restart
-//! and served by `from=`).
+//! and served by `from=`). If the state on disk cannot be read back either, the subscription
+//! ends with an in-stream error.
 //!
 //! The failure is a real SQLite error: a trigger on the node's `subscriptions.db` that aborts
 //! every insert into the change log.
@@ -134,4 +135,34 @@ async fn a_crash_while_persist_fails_loses_no_change() {
         rb.changes
     );
     assert!(ra.try_change(Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_state_on_disk_is_gone_ends_with_an_error() {
+    let dir = NodeDir::with_schema(SCHEMA);
+    let node = dir.start();
+    let w = node.api(Proto::Http1).with_nodelay();
+    let stmt = json!("SELECT id, a FROM t");
+    let mut sub = Sub::post(&node.api(Proto::Http1).with_nodelay(), &stmt).await;
+    w.write(&json!(["INSERT INTO t VALUES (1, 'a', 1)"])).await;
+    sub.until_id(1).await;
+
+    // The round fails, and what every listener has seen can no longer be read back: the node
+    // cannot keep this subscription exact, so it ends it with an error rather than guess.
+    let db = subs_db(dir.path());
+    exec(
+        &db,
+        &format!("{FAIL} DELETE FROM subs WHERE id = '{}';", sub.id),
+    );
+    w.write(&json!(["INSERT INTO t VALUES (2, 'b', 2)"])).await;
+    sub.expect_error_end("subscription ended by the node").await;
+    assert_eq!(sub.last, 1, "nothing after the last persisted change");
+
+    // Subscribing again starts a fresh subscription that follows the table.
+    exec(&db, HEAL);
+    let mut again = Sub::post(&node.api(Proto::Http1).with_nodelay(), &stmt).await;
+    assert_ne!(again.id, sub.id);
+    w.write(&json!(["INSERT INTO t VALUES (3, 'c', 3)"])).await;
+    again.sync(&w, &stmt).await;
+    assert!(node.panics().is_empty(), "{:?}", node.panics());
 }
