@@ -214,6 +214,9 @@ impl Worker {
                 None
             }
             Err(e) => {
+                // Rebuild this connection's copy of a family's member table before the retry,
+                // whatever went wrong.
+                self.synced.remove(&unit.id);
                 st.failures += 1;
                 let ids: Vec<String> = st.subs.values().map(|s| s.meta.id.clone()).collect();
                 tracing::error!(error = %format!("{e:#}"), subscriptions = ?ids, attempt = st.failures,
