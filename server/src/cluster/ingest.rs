@@ -28,22 +28,86 @@ pub enum Source {
     Sync,
 }
 
-pub type IngestTx = mpsc::Sender<(Chunk, Source)>;
+type Item = (Chunk, Source);
+
+/// The apply queue's sending side: two bounded queues, one for live broadcasts and one for
+/// sync (catch-up). The apply task always takes live chunks first, so a catch-up that keeps
+/// its queue full (sync sends wait for room) never crowds live broadcasts out: those are only
+/// dropped when the live queue itself is full.
+#[derive(Clone)]
+pub struct IngestTx {
+    live: mpsc::Sender<Item>,
+    catch_up: mpsc::Sender<Item>,
+}
+
+impl IngestTx {
+    fn queue(&self, source: Source) -> &mpsc::Sender<Item> {
+        match source {
+            Source::Broadcast => &self.live,
+            Source::Sync => &self.catch_up,
+        }
+    }
+
+    /// Enqueues without waiting (broadcasts: a full queue drops, sync repairs).
+    pub fn try_send(&self, item: Item) -> Result<(), mpsc::error::TrySendError<Item>> {
+        self.queue(item.1).try_send(item)
+    }
+
+    /// Enqueues, waiting for room (sync: backpressure slows the sender down).
+    pub async fn send(&self, item: Item) -> Result<(), mpsc::error::SendError<Item>> {
+        self.queue(item.1).send(item).await
+    }
+}
+
+/// The receiving side: live chunks first.
+struct Queues {
+    live: mpsc::Receiver<Item>,
+    catch_up: mpsc::Receiver<Item>,
+}
+
+impl Queues {
+    async fn recv(&mut self) -> Option<Item> {
+        tokio::select! {
+            biased;
+            Some(item) = self.live.recv() => Some(item),
+            Some(item) = self.catch_up.recv() => Some(item),
+            else => None,
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
+        use mpsc::error::TryRecvError::{Disconnected, Empty};
+        match self.live.try_recv() {
+            Ok(item) => return Ok(item),
+            Err(Empty) => {}
+            Err(Disconnected) => return self.catch_up.try_recv(),
+        }
+        match self.catch_up.try_recv() {
+            Ok(item) => Ok(item),
+            // The live queue is still open.
+            Err(_) => Err(Empty),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.live.len() + self.catch_up.len()
+    }
+}
 
 /// Starts the apply task; returns the queue's sending side.
 pub fn start(node: Arc<Node>, status: Arc<Status>, hints: mpsc::Sender<Hint>) -> IngestTx {
     let len = node.config.perf.changes_channel_len.max(16);
-    let (tx, rx) = mpsc::channel(len);
-    tokio::spawn(run(node, status, rx, hints));
-    tx
+    let (live, live_rx) = mpsc::channel(len);
+    let (catch_up, catch_up_rx) = mpsc::channel(len);
+    let queues = Queues {
+        live: live_rx,
+        catch_up: catch_up_rx,
+    };
+    tokio::spawn(run(node, status, queues, hints));
+    IngestTx { live, catch_up }
 }
 
-async fn run(
-    node: Arc<Node>,
-    status: Arc<Status>,
-    mut rx: mpsc::Receiver<(Chunk, Source)>,
-    hints: mpsc::Sender<Hint>,
-) {
+async fn run(node: Arc<Node>, status: Arc<Status>, mut rx: Queues, hints: mpsc::Sender<Hint>) {
     let wait = Duration::from_millis(node.config.perf.apply_queue_timeout.max(1));
     while let Some(first) = rx.recv().await {
         let mut cost = first.0.changes.len() + 1;
