@@ -120,8 +120,14 @@ async fn late_joiner_catches_up_by_sync_including_big_transactions() {
 async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
     let _serial = serial();
     let ([_da, _db, dc], [a, b, mut c]) = three_nodes().await;
-    // Let C persist its member list: it restarts below without a bootstrap list.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    // C restarts below without a bootstrap list: wait until it has persisted its members.
+    eventually(30, "C to persist its two peers", || async {
+        let rows = c
+            .query("SELECT count(*) FROM __vd_members WHERE state = 'alive'")
+            .await;
+        rows[0][0] == 2
+    })
+    .await;
     let mut acked: Vec<i64> = Vec::new();
     for k in 0..300i64 {
         if k == 150 {
