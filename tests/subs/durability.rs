@@ -39,11 +39,25 @@ async fn survive(proto: Proto, how: Down) {
     let agg = json!("SELECT count(*), max(a) FROM t");
     let mut a = Sub::post(&node.api(proto).with_nodelay(), &keyed).await;
     let mut b = Sub::post(&node.api(proto).with_nodelay(), &agg).await;
+    // Two members of one parameter family: restored into their family.
+    let fam = json!("SELECT id, a FROM t WHERE b = 2");
+    let sib = json!("SELECT id, a FROM t WHERE b = 3");
+    let mut f = Sub::post(&node.api(proto).with_nodelay(), &fam).await;
+    let mut g = Sub::post(&node.api(proto).with_nodelay(), &sib).await;
     w.write(&json!(["INSERT INTO t VALUES (3, 'c', 3)"])).await;
     w.write(&json!(["UPDATE t SET a = 'bb' WHERE id = 2"]))
         .await;
     a.sync(&w, &keyed).await;
     b.sync(&w, &agg).await;
+    f.sync(&w, &fam).await;
+    g.sync(&w, &sib).await;
+    assert_eq!(
+        (f.last, g.last),
+        (1, 1),
+        "{:?} / {:?}",
+        f.changes,
+        g.changes
+    );
     assert_eq!(
         (a.last, b.last),
         (2, 1),
@@ -89,6 +103,10 @@ async fn survive(proto: Proto, how: Down) {
     let mut rb = Sub::resume_state(&node.api(proto).with_nodelay(), &b).await;
     ra.sync(&w, &keyed).await;
     rb.sync(&w, &agg).await;
+    let mut rf = Sub::resume_state(&node.api(proto).with_nodelay(), &f).await;
+    let mut rg = Sub::resume_state(&node.api(proto).with_nodelay(), &g).await;
+    rf.sync(&w, &fam).await;
+    rg.sync(&w, &sib).await;
     assert_eq!(
         ra.last, 6,
         "2 changes before going down, 1 around it, 3 after the restart: {:?}",
@@ -108,6 +126,13 @@ async fn survive(proto: Proto, how: Down) {
 
     // Live changes continue on the resumed streams.
     w.write(&json!(["UPDATE t SET a = 'z' WHERE id = 2"])).await;
+    let c = rf.change().await;
+    assert_eq!(
+        (c.kind.as_str(), c.cells),
+        ("update", vec![json!(2), json!("z")]),
+        "a restored family member keeps following its rows"
+    );
+    rg.sync(&w, &sib).await;
     let c = ra.change().await;
     assert_eq!(
         (c.kind.as_str(), c.cells),
