@@ -44,8 +44,10 @@ use tokio::sync::{watch, Semaphore};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Subscription setups (subscribe, attach, updates) that run at once, node-wide.
-const SUB_SETUP_SLOTS: usize = 2;
+/// Subscription setups (subscribe, attach, updates) that run at once, node-wide: enough that a
+/// few slow initial queries do not hold up other subscribes, few enough that a burst of
+/// subscribes does not park a blocking thread (and its stack) each.
+const SUB_SETUP_SLOTS: usize = 8;
 
 /// Shared state of the HTTP server.
 pub struct Api {
