@@ -34,7 +34,8 @@ pub fn packet_limit(max_mtu: Option<u16>) -> usize {
     usize::from(max_mtu.unwrap_or(1200)) - PACKET_OVERHEAD
 }
 
-fn foca_config(members: usize, packet_limit: usize) -> foca::Config {
+/// foca's configuration for a cluster of `members` (also driven by the simulation).
+pub fn foca_config(members: usize, packet_limit: usize) -> foca::Config {
     let n = NonZeroU32::new(members.max(1) as u32).expect("nonzero");
     let mut c = foca::Config::new_lan(n);
     c.max_packet_size = NonZeroUsize::new(packet_limit).expect("nonzero");
