@@ -10,8 +10,9 @@
 //! node down. `swim_scale` (ignored) prints the table for 100, 500 and 1,000 nodes:
 //! `cargo test --release -p verdigris --test sim swim_scale -- --ignored --nocapture`.
 //!
-//! Not simulated here (yet): the driver's own additions (ending stuck suspicions, announcing
-//! to recently-down members), broadcast and sync (visibility time, copies per change).
+//! The driver's announces to recently-down members (`DownAnnouncer`) run here too. Not
+//! simulated (yet): its ending of stuck suspicions, and broadcast and sync (visibility time,
+//! copies per change).
 
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
 use rand::rngs::StdRng;
@@ -19,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use verdigris::cluster::identity::{Actor, SwimCodec};
-use verdigris::cluster::membership::{foca_config, packet_limit};
+use verdigris::cluster::membership::{foca_config, packet_limit, DownAnnouncer, DOWN_TICK};
 use verdigris::crdt::ActorId;
 
 type Swim = Foca<Actor, SwimCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
@@ -37,6 +38,10 @@ enum Ev {
         node: usize,
         timer: Timer<Actor>,
     },
+    /// The driver's tick for announcing to down members.
+    DownTick {
+        node: usize,
+    },
 }
 
 struct Node {
@@ -44,6 +49,7 @@ struct Node {
     rt: AccumulatingRuntime<Actor>,
     members: usize,
     up: bool,
+    down: DownAnnouncer,
 }
 
 pub struct SwimSim {
@@ -57,8 +63,12 @@ pub struct SwimSim {
     /// One-way latency between regions, microseconds (low end; up to 2× with jitter).
     latency: [[u64; REGIONS]; REGIONS],
     limit: usize,
+    /// A region cut off from the others (both ways).
+    pub cut: Option<usize>,
     pub packets: u64,
     pub bytes: u64,
+    /// `Instant`s for the driver's pure parts: `epoch` + simulated time.
+    epoch: std::time::Instant,
     /// (time, observer, member) of every `down` notification.
     pub downs: Vec<(u64, usize, usize)>,
 }
@@ -68,6 +78,7 @@ fn addr_of(i: usize) -> SocketAddr {
 }
 
 impl SwimSim {
+    #[allow(clippy::needless_range_loop)] // fills a symmetric matrix: [a][b] and [b][a]
     pub fn new(seed: u64, n: usize) -> SwimSim {
         let mut rng = StdRng::seed_from_u64(seed);
         let limit = packet_limit(None);
@@ -99,6 +110,7 @@ impl SwimSim {
                 rt: AccumulatingRuntime::new(),
                 members: 1,
                 up: true,
+                down: DownAnnouncer::default(),
             });
         }
         SwimSim {
@@ -110,8 +122,10 @@ impl SwimSim {
             addrs,
             latency,
             limit,
+            cut: None,
             packets: 0,
             bytes: 0,
+            epoch: std::time::Instant::now(),
             downs: Vec::new(),
         }
     }
@@ -129,7 +143,8 @@ impl SwimSim {
             };
             self.packets += 1;
             self.bytes += data.len() as u64 + 100; // + QUIC/envelope overhead
-            if self.rng.random_bool(LOSS) {
+            let across = |r: usize| (i % REGIONS == r) != (j % REGIONS == r);
+            if self.rng.random_bool(LOSS) || self.cut.is_some_and(across) {
                 continue;
             }
             let base = self.latency[i % REGIONS][j % REGIONS];
@@ -147,17 +162,38 @@ impl SwimSim {
             let at = self.now + after.as_micros() as u64;
             self.push(at, Ev::Timer { node: i, timer });
         }
+        let at = self.instant();
         while let Some(n) = self.nodes[i].rt.to_notify() {
-            if let OwnedNotification::MemberDown(a) = n {
-                if let Some(&j) = self.addrs.get(&a.addr) {
-                    self.downs.push((self.now, i, j));
+            match n {
+                OwnedNotification::MemberDown(a) => {
+                    if let Some(&j) = self.addrs.get(&a.addr) {
+                        self.downs.push((self.now, i, j));
+                    }
+                    self.nodes[i].down.down(a.addr, at);
                 }
+                OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
+                    self.nodes[i].down.up(&a.addr);
+                }
+                _ => {}
             }
         }
         let n = self.nodes[i].foca.num_members() + 1;
         if n != self.nodes[i].members {
             self.nodes[i].members = n;
             let _ = self.nodes[i].foca.set_config(foca_config(n, self.limit));
+        }
+    }
+
+    fn instant(&self) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_micros(self.now)
+    }
+
+    /// Starts every node's down-member tick (as the membership driver's).
+    fn start_ticks(&mut self) {
+        let tick = DOWN_TICK.as_micros() as u64;
+        for i in 0..self.nodes.len() {
+            let at = self.now + self.rng.random_range(0..tick);
+            self.push(at, Ev::DownTick { node: i });
         }
     }
 
@@ -174,6 +210,7 @@ impl SwimSim {
             let _ = node.foca.announce(seed.clone(), &mut node.rt);
             self.drain(i);
         }
+        self.start_ticks();
     }
 
     /// Every node starts knowing every other one alive (as a fleet restarting with its
@@ -195,6 +232,7 @@ impl SwimSim {
             let _ = node.foca.apply_many(others, false, &mut node.rt);
             self.drain(i);
         }
+        self.start_ticks();
     }
 
     /// Runs events until `until` (µs).
@@ -212,6 +250,24 @@ impl SwimSim {
                     let node = &mut self.nodes[to];
                     let _ = node.foca.handle_data(&data, &mut node.rt);
                     self.drain(to);
+                }
+                Ev::DownTick { node: i } => {
+                    if !self.nodes[i].up {
+                        continue;
+                    }
+                    let at = self.instant();
+                    for addr in self.nodes[i].down.due(at) {
+                        let dst = Actor {
+                            id: ActorId::default(),
+                            addr,
+                            bump: 0,
+                        };
+                        let node = &mut self.nodes[i];
+                        let _ = node.foca.announce(dst, &mut node.rt);
+                    }
+                    self.drain(i);
+                    let next = self.now + DOWN_TICK.as_micros() as u64;
+                    self.push(next, Ev::DownTick { node: i });
                 }
                 Ev::Timer { node: i, timer } => {
                     if !self.nodes[i].up {
@@ -235,6 +291,21 @@ impl SwimSim {
             .all(|n| n.foca.num_members() + 1 >= live)
     }
 
+    /// Whether every live node sees every other live node alive.
+    pub fn all_alive(&self) -> bool {
+        let live = self.nodes.iter().filter(|n| n.up).count();
+        self.nodes.iter().filter(|n| n.up).all(|n| {
+            let alive: std::collections::BTreeSet<SocketAddr> = n
+                .foca
+                .iter_membership_state()
+                .filter(|m| m.state() == foca::State::Alive)
+                .map(|m| m.id().addr)
+                .filter(|a| self.addrs.get(a).is_some_and(|&j| self.nodes[j].up))
+                .collect();
+            alive.len() + 1 >= live
+        })
+    }
+
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].up = false;
     }
@@ -253,6 +324,9 @@ pub struct Figures {
     /// Time from the kill until the first / median / last live node declared it down.
     pub detect_secs: (f64, f64, f64),
     pub detected_by: usize,
+    /// After region 0 was cut off for 20 s: seconds from the heal until every live node sees
+    /// every other alive (NaN: not within 120 s).
+    pub heal_secs: f64,
 }
 
 /// Forms a cluster of `n` (through one seed, or `preloaded` with every member), runs 30 s
@@ -290,6 +364,22 @@ pub fn scenario(seed: u64, n: usize, preloaded: bool) -> Figures {
             first.entry(*by).or_insert(*at - killed_at);
         }
     }
+    // Region 0 cut off for 20 s, then healed.
+    sim.cut = Some(0);
+    let cut_at = sim.now();
+    sim.run_until(cut_at + 20_000_000);
+    sim.cut = None;
+    let healed = sim.now();
+    let mut heal_secs = f64::NAN;
+    let mut t = healed;
+    while t < healed + 120_000_000 {
+        t += 100_000;
+        sim.run_until(t);
+        if sim.all_alive() {
+            heal_secs = (t - healed) as f64 / 1e6;
+            break;
+        }
+    }
     let mut times: Vec<u64> = first.values().copied().collect();
     times.sort();
     let s = |us: u64| us as f64 / 1e6;
@@ -298,7 +388,12 @@ pub fn scenario(seed: u64, n: usize, preloaded: bool) -> Figures {
         formed_secs: s(formed),
         packets_per_node_sec,
         bytes_per_node_sec,
-        false_downs: sim.downs.iter().filter(|d| d.2 != victim).count(),
+        false_downs: sim
+            .downs
+            .iter()
+            .filter(|d| d.2 != victim && d.0 < cut_at)
+            .count(),
+        heal_secs,
         detect_secs: (
             times.first().map_or(f64::NAN, |t| s(*t)),
             times.get(times.len() / 2).map_or(f64::NAN, |t| s(*t)),
@@ -335,15 +430,14 @@ fn swim_detects_a_dead_node_and_no_live_one_under_loss() {
 #[ignore]
 fn swim_scale() {
     println!(
-        "| nodes | formed (s) | SWIM packets / node / s | bytes / node / s | false downs (1 % loss) | detection first / p50 / last (s) | detected by |"
+        "| nodes | SWIM packets / node / s | bytes / node / s | false downs (1 % loss) | detection first / p50 / last (s) | detected by | region cut 20 s: all alive after heal (s) |"
     );
     println!("|---|---|---|---|---|---|---|");
     for n in [100, 500, 1000] {
         let f = scenario(1, n, true);
         println!(
-            "| {} | {:.1} | {:.1} | {:.0} | {} | {:.2} / {:.2} / {:.2} | {}/{} |",
+            "| {} | {:.1} | {:.0} | {} | {:.2} / {:.2} / {:.2} | {}/{} | {:.1} |",
             f.nodes,
-            f.formed_secs,
             f.packets_per_node_sec,
             f.bytes_per_node_sec,
             f.false_downs,
@@ -351,7 +445,8 @@ fn swim_scale() {
             f.detect_secs.1,
             f.detect_secs.2,
             f.detected_by,
-            f.nodes - 1
+            f.nodes - 1,
+            f.heal_secs
         );
     }
 }

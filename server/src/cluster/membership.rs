@@ -473,13 +473,15 @@ impl Driver {
 }
 
 /// How often the driver checks for down members to announce to.
-const DOWN_TICK: Duration = Duration::from_millis(250);
+pub const DOWN_TICK: Duration = Duration::from_millis(250);
 /// First delay before announcing to a member just declared down; it doubles up to
 /// [`DOWN_ANNOUNCE_MAX`]. A healed partition is found again within about this first delay
 /// (foca's own announces to down members come every 3 s, to 2 of them), a long-dead member
 /// costs one small packet per [`DOWN_ANNOUNCE_MAX`].
 const DOWN_ANNOUNCE_FIRST: Duration = Duration::from_millis(500);
 const DOWN_ANNOUNCE_MAX: Duration = Duration::from_secs(30);
+/// Down members announced to per [`DOWN_TICK`], at most.
+pub const DOWN_ANNOUNCE_PER_TICK: usize = 3;
 
 /// Members declared down and when to announce to each next (pure; the driver sends).
 #[derive(Debug, Default)]
@@ -498,15 +500,25 @@ impl DownAnnouncer {
         self.next.remove(addr);
     }
 
-    /// The members to announce to now; each one's next announce is scheduled after a
-    /// doubled delay.
+    /// The members to announce to now, at most [`DOWN_ANNOUNCE_PER_TICK`] (longest overdue
+    /// first: after a big partition a node may hold hundreds of down members, and reaching a
+    /// few of them is enough for gossip to do the rest); each one's next announce is scheduled
+    /// after a doubled delay.
     pub fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let mut due: Vec<(Instant, SocketAddr)> = self
+            .next
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(a, (at, _))| (*at, *a))
+            .collect();
+        due.sort();
+        due.truncate(DOWN_ANNOUNCE_PER_TICK);
         let mut out = Vec::new();
-        for (addr, (at, delay)) in self.next.iter_mut() {
-            if *at <= now {
-                out.push(*addr);
+        for (_, addr) in due {
+            if let Some((at, delay)) = self.next.get_mut(&addr) {
                 *delay = (*delay * 2).min(DOWN_ANNOUNCE_MAX);
                 *at = now + *delay;
+                out.push(addr);
             }
         }
         out.sort();
@@ -551,5 +563,24 @@ mod tests {
         assert!(gaps.iter().all(|g| *g <= 30_000), "{gaps:?}");
         d.up(&a);
         assert!(d.due(t + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn many_down_members_are_announced_to_a_few_per_tick() {
+        let t0 = Instant::now();
+        let mut d = DownAnnouncer::default();
+        for i in 0..100u16 {
+            d.down(SocketAddr::from(([10, 0, 0, 1], i)), t0);
+        }
+        let at = t0 + DOWN_ANNOUNCE_FIRST;
+        assert_eq!(d.due(at).len(), DOWN_ANNOUNCE_PER_TICK);
+        // The next tick takes others: every member is reached in turn.
+        let mut seen = std::collections::HashSet::new();
+        let mut t = at;
+        for _ in 0..40 {
+            seen.extend(d.due(t));
+            t += DOWN_TICK;
+        }
+        assert_eq!(seen.len(), 100);
     }
 }
