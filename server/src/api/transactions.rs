@@ -108,7 +108,7 @@ pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 pub fn timeout(secs: Option<f64>) -> Result<Option<Duration>, String> {
     match secs {
         None => Ok(None),
-        Some(t) if t == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(t) if t > 0.0 && t <= MAX_TIMEOUT_SECS => Ok(Some(Duration::from_secs_f64(t))),
         Some(t) => Err(format!(
             "timeout={t} is out of range: give seconds between 0 (none) and {MAX_TIMEOUT_SECS}"
