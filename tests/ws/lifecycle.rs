@@ -139,7 +139,8 @@ async fn a_client_too_slow_for_its_subscription_gets_too_slow_and_resumes() {
     let mut i = 0;
     let mut changes = Vec::new();
     let err = 'outer: loop {
-        assert!(i < 12_000, "no too_slow error after {i} writes");
+        // Under load, rounds coalesce writes into fewer batches: allow many phases.
+        assert!(i < 30_000, "no too_slow error after {i} writes");
         for _ in 0..1500 {
             i += 1;
             w.write(&json!([["UPDATE t SET a = ? WHERE id = 1", [value(i)]]]))
