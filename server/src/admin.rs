@@ -277,3 +277,13 @@ pub async fn request(path: &Path, cmd: Value) -> Result<Vec<Value>> {
     }
     bail!("admin socket closed before answering")
 }
+
+/// Sends one command and returns the data of its first `{"Json": …}` response (null if none).
+pub async fn request_json(path: &Path, cmd: Value) -> Result<Value> {
+    Ok(request(path, cmd)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|v| v.get("Json").cloned())
+        .unwrap_or(Value::Null))
+}

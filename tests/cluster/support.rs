@@ -236,13 +236,9 @@ impl TestNode {
     }
 
     pub async fn admin(&self, cmd: Value) -> Value {
-        let r = verdigris::admin::request(&self.admin, cmd)
+        verdigris::admin::request_json(&self.admin, cmd)
             .await
-            .expect("admin request");
-        r.into_iter()
-            .next()
-            .and_then(|v| v.get("Json").cloned())
-            .unwrap_or(Value::Null)
+            .expect("admin request")
     }
 
     /// Number of members this node sees as alive.

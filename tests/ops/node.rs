@@ -171,13 +171,9 @@ impl Proc {
     }
 
     pub async fn admin(&self, cmd: Value) -> Value {
-        let r = verdigris::admin::request(&self.admin, cmd)
+        verdigris::admin::request_json(&self.admin, cmd)
             .await
-            .expect("admin request");
-        r.into_iter()
-            .next()
-            .and_then(|v| v.get("Json").cloned())
-            .unwrap_or(Value::Null)
+            .expect("admin request")
     }
 
     /// Inserts rows `ids` owned by `owner`, one transaction each.
