@@ -119,10 +119,16 @@ async fn resume_after_the_socket_closes_and_after_a_restart() {
         assert_eq!(ws.change("s").await.3, b);
     }
     drop(ws);
+    // A second socket watches each write land, so that the node cannot coalesce the two
+    // updates into one change (it may, and does under load, when both commit in one round).
+    let mut watch = Sock::connect(node.addr()).await;
+    watch.subscribe("w", sql).await;
     for b in 4..=5 {
         api.write(&json!([["UPDATE t SET b = ? WHERE id = 1", [b]]]))
             .await;
+        assert_eq!(watch.change("w").await.3, b);
     }
+    drop(watch);
     // By SQL (the shared subscription) and by the node's id: only the changes after `from`.
     let mut ws = Sock::connect(node.addr()).await;
     ws.send(json!({"type": "subscribe", "id": "by-sql", "sql": sql, "from": 3}))
