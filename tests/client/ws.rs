@@ -108,12 +108,16 @@ async fn a_stalled_subscription_does_not_hold_up_the_others() {
         );
     }
     // The stalled one gets what fitted in its buffer, then starts over with the current rows.
-    let mut buffered = 0;
+    // It is its own subscription, maintained on its own: under load the node may fold several
+    // writes into one change, so its ids are contiguous but need not equal the write count.
+    let (mut buffered, mut last) = (0, 0u64);
     let reset = loop {
         match next(&mut stalled).await {
             SubEvent::Change(_, _, (_, b), cid) => {
                 buffered += 1;
-                assert_eq!(b as u64, cid);
+                assert_eq!(cid, last + 1, "contiguous before the reset");
+                assert!(b as u64 >= cid && b <= 100, "b {b} at change {cid}");
+                last = cid;
             }
             SubEvent::Reset(why) => break why,
             other => panic!("unexpected {other:?}"),
@@ -121,14 +125,14 @@ async fn a_stalled_subscription_does_not_hold_up_the_others() {
     };
     assert_eq!(reset, ResetReason::Behind);
     assert!(buffered < 100, "{buffered} changes buffered");
-    // The new snapshot may trail the last write by a round (each subscription is maintained
-    // on its own); what it lacks then arrives as the next changes.
+    // The new snapshot may trail the last write by a round; what it lacks then arrives as
+    // the next changes, contiguous after the snapshot's id.
     let (rows, cid) = snapshot(&mut stalled).await;
     let (mut row, mut cid) = (
         rows[0].1,
         cid.expect("a subscription snapshot has a change id"),
     );
-    while cid < 100 {
+    while row != (1, 100) {
         match next(&mut stalled).await {
             SubEvent::Change(_, _, r, c) => {
                 assert_eq!(c, cid + 1, "contiguous after the snapshot");
@@ -137,15 +141,14 @@ async fn a_stalled_subscription_does_not_hold_up_the_others() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!((row, cid), ((1, 100), 100));
     // Both keep following.
     c.execute(&["UPDATE t SET b = 101 WHERE id = 1".into()])
         .await
         .unwrap();
-    assert!(matches!(
+    assert_eq!(
         next(&mut stalled).await,
-        SubEvent::Change(_, _, (1, 101), 101)
-    ));
+        SubEvent::Change(ChangeType::Update, 1, (1, 101), cid + 1)
+    );
     assert!(matches!(
         next(&mut flowing).await,
         SubEvent::Change(_, _, (1, _, 101), 101)
