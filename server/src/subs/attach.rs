@@ -296,61 +296,79 @@ impl<E> Attach<E> {
     }
 
     /// The items this listener receives; ends after a failure or when the subscription ends.
-    pub fn into_stream(self) -> impl Stream<Item = Item<E>> + Send + 'static
-    where
-        E: Send + Sync + 'static,
-    {
-        struct State<E> {
-            initial: std::vec::IntoIter<E>,
-            failure: Option<Failure>,
-            rx: Option<Receiver<E>>,
-            last: u64,
-            counts_ids: bool,
-        }
-        let st = State {
+    pub fn into_stream(self) -> Items<E> {
+        Items {
+            counts_ids: !self.hash.is_empty(),
             initial: self.initial.into_iter(),
             failure: self.failure,
             rx: self.rx,
             last: self.start,
-            counts_ids: !self.hash.is_empty(),
-        };
-        futures_util::stream::unfold(st, |mut st| async move {
-            if let Some(ev) = st.initial.next() {
-                return Some((Item::Event(ev), st));
-            }
+        }
+    }
+}
+
+/// The stream of an attached listener's [`Item`]s (see [`Attach::into_stream`]). A plain
+/// state machine rather than a combinator over a future, so an idle listener keeps only this.
+pub struct Items<E> {
+    initial: std::vec::IntoIter<E>,
+    failure: Option<Failure>,
+    rx: Option<Receiver<E>>,
+    /// The last change id passed on.
+    last: u64,
+    /// Whether batches carry change ids (subscriptions do, `/v1/updates` do not).
+    counts_ids: bool,
+}
+
+// Never pinned structurally: the events are only moved out.
+impl<E> Unpin for Items<E> {}
+
+impl<E> Stream for Items<E> {
+    type Item = Item<E>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<E>>> {
+        let st = self.get_mut();
+        if let Some(ev) = st.initial.next() {
+            return Poll::Ready(Some(Item::Event(ev)));
+        }
+        if st.initial.as_slice().is_empty() {
             // All sent: release the snapshot's buffer for the rest of the listener's life.
             st.initial = Vec::new().into_iter();
-            if let Some(f) = st.failure.take() {
-                st.rx = None;
-                return Some((Item::Failed(f), st));
-            }
-            let rx = st.rx.take()?;
-            loop {
-                match std::future::poll_fn(|cx| rx.0.poll_recv(cx)).await {
-                    // Already sent as part of the replay.
-                    Some(b) if b.last_id != 0 && b.last_id <= st.last => continue,
-                    Some(b) => {
-                        st.last = st.last.max(b.last_id);
-                        st.rx = Some(rx);
-                        return Some((Item::Batch(b), st));
+        }
+        if let Some(f) = st.failure.take() {
+            st.rx = None;
+            return Poll::Ready(Some(Item::Failed(f)));
+        }
+        let Some(rx) = &st.rx else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match rx.0.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Already sent as part of the replay.
+                Poll::Ready(Some(b)) if b.last_id != 0 && b.last_id <= st.last => continue,
+                Poll::Ready(Some(b)) => {
+                    st.last = st.last.max(b.last_id);
+                    return Poll::Ready(Some(Item::Batch(b)));
+                }
+                Poll::Ready(None) => {
+                    let (ended, lagged) = {
+                        let mut q = rx.0.lock();
+                        (q.ended.take(), q.lagged)
+                    };
+                    st.rx = None;
+                    if let Some(reason) = ended {
+                        return Poll::Ready(Some(Item::Failed(Failure::Ended { reason })));
                     }
-                    None => {
-                        let (ended, lagged) = {
-                            let mut q = rx.0.lock();
-                            (q.ended.take(), q.lagged)
-                        };
-                        if let Some(reason) = ended {
-                            return Some((Item::Failed(Failure::Ended { reason }), st));
-                        }
-                        if lagged {
-                            let last_change_id = st.counts_ids.then_some(st.last);
-                            return Some((Item::Failed(Failure::TooSlow { last_change_id }), st));
-                        }
-                        return None;
+                    if lagged {
+                        let last_change_id = st.counts_ids.then_some(st.last);
+                        return Poll::Ready(Some(Item::Failed(Failure::TooSlow {
+                            last_change_id,
+                        })));
                     }
+                    return Poll::Ready(None);
                 }
             }
-        })
+        }
     }
 }
 
