@@ -557,7 +557,6 @@ mod tests {
     use crate::analyze::{analyze, Plan, Schema};
     use crate::stmt::Statement;
     use crate::MatView;
-    use std::collections::HashSet;
 
     struct Pk;
     impl Schema for Pk {
@@ -592,7 +591,7 @@ mod tests {
             for (t, id) in [("a", 1i64), ("a", 2), ("b", 5)] {
                 changes
                     .entry(t.to_string())
-                    .or_insert_with(HashSet::new)
+                    .or_default()
                     .insert(crate::pack::pack(
                         [rusqlite::types::ValueRef::Integer(id)].into_iter(),
                     ));
