@@ -20,8 +20,8 @@ use rusqlite::Connection;
 use sqlparser::ast::{Distinct, Expr, Ident, Query, SelectItem, SetExpr};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
-use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// Fresh rows per root key: (identity, cells), in query order.
 pub(crate) type RootRows = HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>;
@@ -47,7 +47,7 @@ pub struct Keyed {
     /// `full_sql` on first use and kept: a syntax tree takes several KiB, and most keyed
     /// subscriptions never need their own (family members are refreshed through the family's
     /// shared query). Set at construction when the text would not parse back to it.
-    base: OnceCell<Box<Query>>,
+    base: OnceLock<Box<Query>>,
     rows: HashMap<Vec<u8>, Entry>,
     by_root: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     /// For each non-root source: its packed key → roots with a row built from it.
@@ -100,7 +100,7 @@ impl Keyed {
         ids.append(&mut sel.projection);
         sel.projection = ids;
         let full_sql = base.to_string();
-        let cached = OnceCell::new();
+        let cached = OnceLock::new();
         if parse_query(&full_sql).as_ref() != Some(&base) {
             let _ = cached.set(Box::new(base));
         }
