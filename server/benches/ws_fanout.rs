@@ -11,7 +11,6 @@
 //! node's) to the hard limit; 10,000 subscribers need about 20,000 descriptors.
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use futures_util::{SinkExt, StreamExt};

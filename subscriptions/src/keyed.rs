@@ -21,6 +21,7 @@ use sqlparser::ast::{Distinct, Expr, Ident, Query, SelectItem, SetExpr};
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// Fresh rows per root key: (identity, cells), in query order.
 pub(crate) type RootRows = HashMap<Vec<u8>, Vec<(Vec<u8>, Vec<Value>)>>;
@@ -40,8 +41,13 @@ pub struct Keyed {
     /// Identity column count per source (its primary key width).
     widths: Vec<usize>,
     id_cols: usize,
-    base: Query,
+    /// The query with the identity columns first, as SQL: what `initial` and `recompute` run.
     full_sql: String,
+    /// The same query parsed, for building restricted and probe queries. Parsed from
+    /// `full_sql` on first use and kept: a syntax tree takes several KiB, and most keyed
+    /// subscriptions never need their own (family members are refreshed through the family's
+    /// shared query). Set at construction when the text would not parse back to it.
+    base: OnceLock<Box<Query>>,
     rows: HashMap<Vec<u8>, Entry>,
     by_root: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     /// For each non-root source: its packed key → roots with a row built from it.
@@ -54,6 +60,15 @@ fn parse_expr(s: &str) -> Expr {
         .try_with_sql(s)
         .and_then(|mut p| p.parse_expr())
         .expect("generated expression parses")
+}
+
+/// `sql` parsed as one query (`None` if it does not parse as exactly that).
+fn parse_query(sql: &str) -> Option<Query> {
+    let mut stmts = Parser::parse_sql(&SQLiteDialect {}, sql).ok()?;
+    match (stmts.pop(), stmts.is_empty()) {
+        (Some(sqlparser::ast::Statement::Query(q)), true) => Some(*q),
+        _ => None,
+    }
 }
 
 fn select_mut(q: &mut Query) -> &mut sqlparser::ast::Select {
@@ -85,19 +100,33 @@ impl Keyed {
         ids.append(&mut sel.projection);
         sel.projection = ids;
         let full_sql = base.to_string();
+        let cached = OnceLock::new();
+        if parse_query(&full_sql).as_ref() != Some(&base) {
+            let _ = cached.set(Box::new(base));
+        }
         let widths = sources.iter().map(|s| s.pk.len()).collect();
         let by_source = vec![HashMap::new(); sources.len()];
         Keyed {
             sources,
             widths,
             id_cols: n,
-            base,
             full_sql,
+            base: cached,
             rows: HashMap::new(),
             by_root: HashMap::new(),
             by_source,
             next_row_id: 1,
         }
+    }
+
+    /// The parsed query (see `base`).
+    fn base(&self) -> &Query {
+        self.base.get_or_init(|| {
+            Box::new(
+                parse_query(&self.full_sql)
+                    .expect("checked at construction: full_sql parses back to the query"),
+            )
+        })
     }
 
     fn root_width(&self) -> usize {
@@ -134,7 +163,7 @@ impl Keyed {
 
     /// The full query restricted to `n` root keys (keeps the WHERE clause).
     fn restricted_sql(&self, n: usize) -> String {
-        let mut q = self.base.clone();
+        let mut q = self.base().clone();
         q.order_by = None;
         let pred = self.key_predicate(0, n);
         let sel = select_mut(&mut q);
@@ -147,7 +176,7 @@ impl Keyed {
 
     /// Roots joined to `n` keys of source `s` (WHERE dropped: a superset).
     fn probe_sql(&self, s: usize, n: usize) -> String {
-        let mut q = self.base.clone();
+        let mut q = self.base().clone();
         q.order_by = None;
         let root = &self.sources[0];
         let pred = self.key_predicate(s, n);
@@ -243,7 +272,9 @@ impl Keyed {
     }
 
     pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
-        let mut stmt = conn.prepare_cached(&self.full_sql)?;
+        // Run once per subscription: not cached, so distinct subscriptions do not fill the
+        // connection's statement cache with statements nobody runs again.
+        let mut stmt = conn.prepare(&self.full_sql)?;
         let rows = read_rows(&mut stmt, &[])?;
         drop(stmt);
         let mut out = Vec::with_capacity(rows.len());
@@ -518,5 +549,58 @@ impl Keyed {
             self.insert_row(r.identity, &root, r.cells, Some(r.row_id));
         }
         self.next_row_id = next_row_id.max(max + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::analyze::{analyze, Plan, Schema};
+    use crate::stmt::Statement;
+    use crate::MatView;
+
+    struct Pk;
+    impl Schema for Pk {
+        fn primary_key(&self, _table: &str) -> Option<Vec<String>> {
+            Some(vec!["id".into()])
+        }
+    }
+
+    #[test]
+    fn a_keyed_subscription_parses_its_query_only_when_a_round_needs_it() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, x INTEGER);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, a_id INTEGER);
+             INSERT INTO a VALUES (1, 10), (2, 20); INSERT INTO b VALUES (5, 1);",
+        )
+        .unwrap();
+        for sql in [
+            "SELECT id, x FROM a WHERE id = 1",
+            "SELECT a.id, b.id FROM a LEFT JOIN b ON b.a_id = a.id WHERE a.x > 0",
+        ] {
+            let an = analyze(&conn, &Statement::new(sql.to_string()), &Pk).unwrap();
+            assert!(matches!(an.plan, Plan::Keyed { .. }), "{sql}");
+            let MatView::Keyed(mut k) = MatView::new(&an) else {
+                unreachable!()
+            };
+            k.initial(&conn).unwrap();
+            assert!(k.base.get().is_none(), "{sql}: no syntax tree kept");
+            conn.execute_batch("UPDATE a SET x = x + 1; UPDATE b SET a_id = 2")
+                .unwrap();
+            let mut changes = crate::matview::Changes::new();
+            for (t, id) in [("a", 1i64), ("a", 2), ("b", 5)] {
+                changes
+                    .entry(t.to_string())
+                    .or_default()
+                    .insert(crate::pack::pack(
+                        [rusqlite::types::ValueRef::Integer(id)].into_iter(),
+                    ));
+            }
+            let ch = k.refresh(&conn, &changes).unwrap();
+            assert!(!ch.is_empty(), "{sql}: the refresh saw the updates");
+            assert!(k.base.get().is_some(), "{sql}: parsed for the round");
+            conn.execute_batch("UPDATE a SET x = x - 1; UPDATE b SET a_id = 1")
+                .unwrap();
+        }
     }
 }

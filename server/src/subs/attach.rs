@@ -13,10 +13,9 @@
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use verdigris_api_types::QueryEvent;
 
 /// Batches queued per listener before it is considered too slow.
@@ -60,22 +59,146 @@ pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("wire types always serialize to JSON")
 }
 
-/// The sending side of a listener, kept by the manager.
+/// What a listener's two sides share: its queue of batches, bounded by [`LISTENER_QUEUE`],
+/// and how it ended. One small allocation per listener; the queue allocates only while
+/// batches wait (a tokio channel took about 800 bytes per listener up front, which counted
+/// for every idle subscriber).
+struct Shared<E> {
+    state: Mutex<QueueState<E>>,
+}
+
+struct QueueState<E> {
+    batches: VecDeque<Arc<Published<E>>>,
+    /// The receiving side waiting for a batch.
+    waker: Option<Waker>,
+    /// The manager dropped the [`Listener`]: no more batches will come.
+    sender_gone: bool,
+    /// The transport dropped the [`Attach`] or its stream: nobody reads.
+    receiver_gone: bool,
+    /// Dropped for being too slow.
+    lagged: bool,
+    /// Ended by the node, with why.
+    ended: Option<String>,
+}
+
+/// Queue capacity kept once a listener has caught up (more is released).
+const KEPT_CAPACITY: usize = 8;
+
+impl<E> Shared<E> {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            state: Mutex::new(QueueState {
+                batches: VecDeque::new(),
+                waker: None,
+                sender_gone: false,
+                receiver_gone: false,
+                lagged: false,
+                ended: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<E>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next batch; `None` once the sending side is gone and the queue is empty.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published<E>>>> {
+        let mut st = self.lock();
+        if let Some(b) = st.batches.pop_front() {
+            if st.batches.is_empty() && st.batches.capacity() > KEPT_CAPACITY {
+                st.batches.shrink_to(KEPT_CAPACITY);
+            }
+            return Poll::Ready(Some(b));
+        }
+        if st.sender_gone {
+            return Poll::Ready(None);
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Sets the sending side's end state and wakes the receiver.
+    fn close_sender(&self, f: impl FnOnce(&mut QueueState<E>)) {
+        let mut st = self.lock();
+        f(&mut st);
+        st.sender_gone = true;
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The receiving side: dropping it tells the manager nobody reads any more.
+struct Receiver<E>(Arc<Shared<E>>);
+
+impl<E> Drop for Receiver<E> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.receiver_gone = true;
+        let batches = std::mem::take(&mut st.batches);
+        drop(st);
+        drop(batches);
+    }
+}
+
+/// Why a batch could not be queued.
+enum SendError {
+    /// The listener has [`LISTENER_QUEUE`] batches waiting.
+    Full,
+    /// Nobody reads the listener any more.
+    Closed,
+}
+
+/// The sending side of a listener, kept by the manager. Dropping it ends the listener's
+/// stream after the batches already queued.
 pub(super) struct Listener<E> {
-    tx: mpsc::Sender<Arc<Published<E>>>,
-    lagged: Arc<AtomicBool>,
-    ended: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared<E>>,
 }
 
 impl<E> Listener<E> {
     pub(super) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().receiver_gone
+    }
+
+    fn try_send(&self, batch: Arc<Published<E>>) -> Result<(), SendError> {
+        let mut st = self.shared.lock();
+        if st.receiver_gone {
+            return Err(SendError::Closed);
+        }
+        if st.batches.len() >= LISTENER_QUEUE {
+            return Err(SendError::Full);
+        }
+        st.batches.push_back(batch);
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
     }
 
     /// Ends this listener: after the batches already queued it receives
     /// [`Failure::Ended`] with `reason`.
     pub(super) fn end(self, reason: &str) {
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        let reason = reason.to_string();
+        self.shared.close_sender(|st| st.ended = Some(reason));
+    }
+
+    /// Flags this listener as too slow: once dropped, after the batches already queued, it
+    /// receives [`Failure::TooSlow`].
+    fn mark_lagged(&self) {
+        self.shared.lock().lagged = true;
+    }
+}
+
+impl<E> Drop for Listener<E> {
+    fn drop(&mut self) {
+        self.shared.close_sender(|_| {});
     }
 }
 
@@ -136,10 +259,8 @@ pub struct Attach<E = QueryEvent> {
     pub hash: String,
     initial: Vec<E>,
     failure: Option<Failure>,
-    rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
+    rx: Option<Receiver<E>>,
     start: u64,
-    lagged: Arc<AtomicBool>,
-    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl<E> Attach<E> {
@@ -150,20 +271,16 @@ impl<E> Attach<E> {
         initial: Vec<E>,
         start: u64,
     ) -> (Attach<E>, Listener<E>) {
-        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let ended = Arc::new(Mutex::new(None));
+        let shared = Shared::new();
         let attach = Attach {
             id,
             hash,
             initial,
             failure: None,
-            rx: Some(rx),
+            rx: Some(Receiver(shared.clone())),
             start,
-            lagged: lagged.clone(),
-            ended: ended.clone(),
         };
-        (attach, Listener { tx, lagged, ended })
+        (attach, Listener { shared })
     }
 
     /// An attach that only reports `failure`.
@@ -175,66 +292,83 @@ impl<E> Attach<E> {
             failure: Some(failure),
             rx: None,
             start: 0,
-            lagged: Arc::new(AtomicBool::new(false)),
-            ended: Arc::default(),
         }
     }
 
     /// The items this listener receives; ends after a failure or when the subscription ends.
-    pub fn into_stream(self) -> impl Stream<Item = Item<E>> + Send + 'static
-    where
-        E: Send + Sync + 'static,
-    {
-        struct State<E> {
-            initial: std::vec::IntoIter<E>,
-            failure: Option<Failure>,
-            rx: Option<mpsc::Receiver<Arc<Published<E>>>>,
-            last: u64,
-            lagged: Arc<AtomicBool>,
-            ended: Arc<Mutex<Option<String>>>,
-            counts_ids: bool,
-        }
-        let st = State {
+    pub fn into_stream(self) -> Items<E> {
+        Items {
+            counts_ids: !self.hash.is_empty(),
             initial: self.initial.into_iter(),
             failure: self.failure,
             rx: self.rx,
             last: self.start,
-            lagged: self.lagged,
-            ended: self.ended,
-            counts_ids: !self.hash.is_empty(),
+        }
+    }
+}
+
+/// The stream of an attached listener's [`Item`]s (see [`Attach::into_stream`]). A plain
+/// state machine rather than a combinator over a future, so an idle listener keeps only this.
+pub struct Items<E> {
+    initial: std::vec::IntoIter<E>,
+    failure: Option<Failure>,
+    rx: Option<Receiver<E>>,
+    /// The last change id passed on.
+    last: u64,
+    /// Whether batches carry change ids (subscriptions do, `/v1/updates` do not).
+    counts_ids: bool,
+}
+
+// Never pinned structurally: the events are only moved out.
+impl<E> Unpin for Items<E> {}
+
+impl<E> Stream for Items<E> {
+    type Item = Item<E>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item<E>>> {
+        let st = self.get_mut();
+        if let Some(ev) = st.initial.next() {
+            return Poll::Ready(Some(Item::Event(ev)));
+        }
+        if st.initial.as_slice().is_empty() {
+            // All sent: release the snapshot's buffer for the rest of the listener's life.
+            st.initial = Vec::new().into_iter();
+        }
+        if let Some(f) = st.failure.take() {
+            st.rx = None;
+            return Poll::Ready(Some(Item::Failed(f)));
+        }
+        let Some(rx) = &st.rx else {
+            return Poll::Ready(None);
         };
-        futures_util::stream::unfold(st, |mut st| async move {
-            if let Some(ev) = st.initial.next() {
-                return Some((Item::Event(ev), st));
-            }
-            if let Some(f) = st.failure.take() {
-                st.rx = None;
-                return Some((Item::Failed(f), st));
-            }
-            let rx = st.rx.as_mut()?;
-            loop {
-                match rx.recv().await {
-                    // Already sent as part of the replay.
-                    Some(b) if b.last_id != 0 && b.last_id <= st.last => continue,
-                    Some(b) => {
-                        st.last = st.last.max(b.last_id);
-                        return Some((Item::Batch(b), st));
+        loop {
+            match rx.0.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Already sent as part of the replay.
+                Poll::Ready(Some(b)) if b.last_id != 0 && b.last_id <= st.last => continue,
+                Poll::Ready(Some(b)) => {
+                    st.last = st.last.max(b.last_id);
+                    return Poll::Ready(Some(Item::Batch(b)));
+                }
+                Poll::Ready(None) => {
+                    let (ended, lagged) = {
+                        let mut q = rx.0.lock();
+                        (q.ended.take(), q.lagged)
+                    };
+                    st.rx = None;
+                    if let Some(reason) = ended {
+                        return Poll::Ready(Some(Item::Failed(Failure::Ended { reason })));
                     }
-                    None => {
-                        st.rx = None;
-                        let ended = st.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        if let Some(reason) = ended {
-                            return Some((Item::Failed(Failure::Ended { reason }), st));
-                        }
-                        if st.lagged.load(Ordering::SeqCst) {
-                            let last_change_id = st.counts_ids.then_some(st.last);
-                            return Some((Item::Failed(Failure::TooSlow { last_change_id }), st));
-                        }
-                        return None;
+                    if lagged {
+                        let last_change_id = st.counts_ids.then_some(st.last);
+                        return Poll::Ready(Some(Item::Failed(Failure::TooSlow {
+                            last_change_id,
+                        })));
                     }
+                    return Poll::Ready(None);
                 }
             }
-        })
+        }
     }
 }
 
@@ -242,14 +376,14 @@ impl<E> Attach<E> {
 /// Returns how many listeners were dropped for being too slow.
 pub(super) fn publish<E>(listeners: &mut Vec<Listener<E>>, batch: Arc<Published<E>>) -> u64 {
     let mut slow = 0;
-    listeners.retain(|l| match l.tx.try_send(batch.clone()) {
+    listeners.retain(|l| match l.try_send(batch.clone()) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            l.lagged.store(true, Ordering::SeqCst);
+        Err(SendError::Full) => {
+            l.mark_lagged();
             slow += 1;
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(SendError::Closed) => false,
     });
     slow
 }
@@ -323,6 +457,72 @@ mod tests {
         ls.pop().expect("listener").end("disk gone");
         let items: Vec<_> = a.into_stream().collect().await;
         assert_eq!(ids(&items), ["b1", "Ended { reason: \"disk gone\" }"]);
+    }
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl futures_util::task::ArcWake for CountWakes {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_listener_is_woken_by_a_batch_and_by_its_end() {
+        let (a, l) = Attach::<QueryEvent>::listen("x".into(), "h".into(), vec![], 0);
+        let wakes = Arc::new(CountWakes(Default::default()));
+        let waker = futures_util::task::waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut stream = Box::pin(a.into_stream());
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(stream.as_mut().poll_next(&mut cx).is_pending());
+        let mut ls = vec![l];
+        // Published from another thread, as the workers do.
+        std::thread::scope(|s| {
+            s.spawn(|| publish(&mut ls, Published::new(1, vec![change(1)])));
+        });
+        assert_eq!(woken(), 1);
+        match stream.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(Item::Batch(b))) => assert_eq!(b.last_id, 1),
+            other => panic!("expected the batch, got {other:?}"),
+        }
+        assert!(stream.as_mut().poll_next(&mut cx).is_pending());
+        drop(ls);
+        assert_eq!(woken(), 2);
+        assert!(matches!(
+            stream.as_mut().poll_next(&mut cx),
+            Poll::Ready(None)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_listener_nobody_reads_is_closed_and_dropped_on_the_next_batch() {
+        let (a, l) = Attach::<QueryEvent>::listen("x".into(), "h".into(), vec![], 0);
+        let mut ls = vec![l];
+        publish(&mut ls, Published::new(1, vec![change(1)]));
+        assert!(!ls[0].is_closed());
+        drop(a);
+        assert!(ls[0].is_closed());
+        assert_eq!(publish(&mut ls, Published::new(2, vec![change(2)])), 0);
+        assert!(ls.is_empty(), "removed, not counted as too slow");
+    }
+
+    #[test]
+    fn a_listener_queue_releases_its_memory_once_drained() {
+        let (a, l) = Attach::<QueryEvent>::listen("x".into(), "h".into(), vec![], 0);
+        let mut ls = vec![l];
+        for i in 1..=100 {
+            publish(&mut ls, Published::new(i, vec![change(i)]));
+        }
+        let shared = a.rx.as_ref().unwrap().0.clone();
+        assert!(shared.lock().batches.capacity() >= 100);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..100 {
+            assert!(matches!(shared.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        }
+        assert!(shared.poll_recv(&mut cx).is_pending());
+        assert!(shared.lock().batches.capacity() <= KEPT_CAPACITY);
     }
 
     #[test]

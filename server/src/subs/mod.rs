@@ -359,7 +359,7 @@ impl Manager {
                 id: s.id.clone(),
                 hash: s.hash.clone(),
                 sql: s.sql.clone(),
-                plan: s.plan.clone(),
+                plan: s.plan.to_string(),
                 tables: s.tables.iter().cloned().collect(),
                 rows: s.rows.load(Ordering::Relaxed),
                 last_change_id: s.last_change_id.load(Ordering::Relaxed),

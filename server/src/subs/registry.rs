@@ -68,7 +68,8 @@ impl Registry {
                 lane: if keyed { Lane::Keyed } else { Lane::Rerun },
                 heavy: Default::default(),
                 avg_round_us: Default::default(),
-                tables: a.tables.clone(),
+                plan: a.plan.describe().into(),
+                tables: Arc::new(a.tables.clone()),
                 queue: Mutex::new(Queue {
                     // A family is live from the start: members join it when ready.
                     live: live || family.is_some(),
@@ -80,7 +81,7 @@ impl Registry {
             if let Some(f) = family {
                 self.families.insert(f.key.clone(), unit.id);
             }
-            for t in &unit.tables {
+            for t in unit.tables.iter() {
                 self.by_table
                     .entry(t.clone())
                     .or_default()
@@ -123,7 +124,7 @@ impl Registry {
                     self.families.remove(&f.key);
                 }
             }
-            for t in &u.tables {
+            for t in u.tables.iter() {
                 if let Some(m) = self.by_table.get_mut(t) {
                     m.remove(&u.id);
                     if m.is_empty() {
@@ -135,14 +136,14 @@ impl Registry {
     }
 }
 
-fn new_meta(id: &str, a: &Analysis) -> Arc<SubMeta> {
+fn new_meta(id: &str, a: &Analysis, unit: &Unit) -> Arc<SubMeta> {
     Arc::new(SubMeta {
         id: id.to_string(),
         hash: query_hash(&a.normalized),
         sql: a.sql.clone(),
-        plan: a.plan.describe(),
+        plan: unit.plan.clone(),
+        tables: unit.tables.clone(),
         columns: a.columns.clone(),
-        tables: a.tables.clone(),
         rows: Default::default(),
         last_change_id: Default::default(),
         listeners: Default::default(),
@@ -153,7 +154,7 @@ fn new_sub(meta: Arc<SubMeta>, a: &Analysis, mv: MatView) -> Sub {
     let keyed = matches!(a.plan, Plan::Keyed { .. });
     Sub {
         meta,
-        mv,
+        mv: Box::new(mv),
         last_change_id: 0,
         listeners: vec![],
         idle_since: Instant::now(),
@@ -231,13 +232,13 @@ impl Manager {
         let mut mv = MatView::new(analysis);
         let rows = read_txn(conn, |c| Ok(mv.initial(c)?))
             .map_err(|e| SubsError::BadRequest(format!("query failed: {e:#}")))?;
-        let meta = new_meta(id, analysis);
+        let meta = new_meta(id, analysis, unit);
         let mut st = lock(&unit.state);
         let rows = if matches!(unit.kind, Kind::Family(_)) {
             // Change sets the family processed since this member's reservation.
             let catch = lock(&unit.queue).joining.remove(&idx).unwrap_or_default();
             if catch.whole || !catch.batches.is_empty() {
-                let changes = merge(&catch.batches, Some(&unit.tables));
+                let changes = merge(&catch.batches, Some(&*unit.tables));
                 read_txn(conn, |c| {
                     // Folded into the snapshot this member starts from: no change ids.
                     if catch.whole {
@@ -368,24 +369,25 @@ impl Manager {
             let mut mv = MatView::new(&analysis);
             mv.import(rows, s.next_row_id);
             let changes = read_txn(&conn, |c| Ok(mv.recompute(c)?))?;
-            let meta = new_meta(&s.id, &analysis);
-            let mut sub = new_sub(meta.clone(), &analysis, mv);
-            sub.last_change_id = s.last_change_id;
+            let mut last_change_id = s.last_change_id;
             if !changes.is_empty() {
-                let first = sub.last_change_id + 1;
-                sub.last_change_id += changes.len() as u64;
+                let first = last_change_id + 1;
+                last_change_id += changes.len() as u64;
                 lock(&core.persist).write_round(&[super::persist::RoundWrite {
                     sub: &s.id,
                     first_change_id: first,
                     changes: &changes,
-                    next_row_id: sub.mv.next_row_id(),
+                    next_row_id: mv.next_row_id(),
                     retention: core.config.retention,
                 }])?;
             }
-            tracing::info!(id = %s.id, rows = sub.mv.len(), caught_up = changes.len(), "restored subscription");
-            sub.sync_meta();
+            tracing::info!(id = %s.id, rows = mv.len(), caught_up = changes.len(), "restored subscription");
             let mut reg = lock(&core.registry);
             let (unit, idx) = reg.reserve(&s.id, &analysis, true);
+            let meta = new_meta(&s.id, &analysis, &unit);
+            let mut sub = new_sub(meta.clone(), &analysis, mv);
+            sub.last_change_id = last_change_id;
+            sub.sync_meta();
             lock(&unit.state).add_member(idx, sub);
             if let Some(e) = reg.subs.get_mut(&s.id) {
                 e.meta = Some(meta);

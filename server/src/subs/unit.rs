@@ -49,9 +49,10 @@ pub(super) struct SubMeta {
     pub id: String,
     pub hash: String,
     pub sql: String,
-    pub plan: String,
+    /// The unit's plan description and tables, shared by its members.
+    pub plan: Arc<str>,
+    pub tables: Arc<BTreeSet<String>>,
     pub columns: Vec<String>,
-    pub tables: BTreeSet<String>,
     pub rows: AtomicUsize,
     pub last_change_id: AtomicU64,
     pub listeners: AtomicUsize,
@@ -59,7 +60,8 @@ pub(super) struct SubMeta {
 
 pub(super) struct Sub {
     pub meta: Arc<SubMeta>,
-    pub mv: MatView,
+    /// Boxed: a unit's member table keeps spare slots, which stay small this way.
+    pub mv: Box<MatView>,
     pub last_change_id: u64,
     pub listeners: Vec<Listener<QueryEvent>>,
     pub idle_since: Instant,
@@ -102,7 +104,9 @@ pub(super) struct Unit {
     pub heavy: std::sync::atomic::AtomicBool,
     /// Decayed average of the unit's round times, in µs (0: no round yet).
     pub avg_round_us: AtomicU64,
-    pub tables: BTreeSet<String>,
+    /// How the unit is maintained, for admin views (the same for every member).
+    pub plan: Arc<str>,
+    pub tables: Arc<BTreeSet<String>>,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
     /// The next member index (a single subscription is member 0).
@@ -359,7 +363,8 @@ mod tests {
             lane: Lane::Rerun,
             heavy: Default::default(),
             avg_round_us: Default::default(),
-            tables: BTreeSet::new(),
+            plan: "re-run".into(),
+            tables: Arc::default(),
             queue: Mutex::default(),
             state: Mutex::default(),
             next_idx: AtomicU64::new(0),

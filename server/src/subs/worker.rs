@@ -172,7 +172,7 @@ impl Worker {
     /// One round of `unit`; returns the delay before a retry if it failed.
     fn round(&mut self, core: &Core, unit: &Arc<Unit>) -> Option<Duration> {
         let (batches, whole, since) = super::lock(&unit.queue).take();
-        let changes = merge(&batches, Some(&unit.tables));
+        let changes = merge(&batches, Some(&*unit.tables));
         drop(batches);
         if !whole && changes.is_empty() {
             return None;

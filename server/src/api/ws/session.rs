@@ -591,7 +591,9 @@ fn subscription(
         })
         .await
     };
-    stream::once(attach)
+    // Boxed: the attach future is done after the snapshot, and the subscription's stream
+    // lives as long as the subscription; inline, its space would stay with every idle one.
+    stream::once(Box::pin(attach))
         .flat_map(move |res| -> Output {
             match res {
                 Ok(a) => {
