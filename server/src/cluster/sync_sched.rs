@@ -1,0 +1,303 @@
+//! When and with whom to sync, without I/O: the sync client loop's peer choice. Timer rounds
+//! back off while the node is idle and up to date; hints (a member came up, a gap appeared,
+//! an origin announced a version this node lacks) start sessions at once; a session that
+//! received something or failed is followed by another with a different peer; a failed peer
+//! rests for [`RETRY_AFTER`]; at most [`MAX_SESSIONS`] run at once. [`super::sync::client_loop`]
+//! drives it with tokio and QUIC, the scale simulation (`tests/sim/scale.rs`) on simulated
+//! time; both pass the time and the random generator in.
+
+use crate::crdt::ActorId;
+use crate::store::bookkeeping::Bookie;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Peers synced with per timer round.
+pub const PEERS_PER_ROUND: usize = 3;
+/// Client sessions in flight at once, counting those started for a hint (a member that came
+/// up, a gap that appeared): catch-up runs in parallel but bounded.
+pub const MAX_SESSIONS: usize = 6;
+/// A peer whose session failed (busy, unreachable) is not picked again for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It completed and received this many chunks.
+    Received(usize),
+    /// It failed (refused as busy, unreachable, timed out, broken).
+    Failed,
+}
+
+/// The sync client loop's decisions.
+#[derive(Debug)]
+pub struct SyncScheduler {
+    min: Duration,
+    max: Duration,
+    backoff: Duration,
+    next_round: Instant,
+    in_flight: BTreeSet<SocketAddr>,
+    failed: HashMap<SocketAddr, Instant>,
+    progress: bool,
+    ingested: u64,
+    /// Sessions wanted since the last [`SyncScheduler::start`]: with this peer, or any.
+    want: Vec<Option<SocketAddr>>,
+}
+
+/// Whether an origin's announced head (`actor` at `version`) is news to node `me`.
+pub fn head_is_news(book: &Bookie, me: ActorId, actor: ActorId, version: u64) -> bool {
+    actor != me && book.get(&actor).is_none_or(|b| b.max < version)
+}
+
+impl SyncScheduler {
+    /// Rounds every `min` while behind or while changes flow, backing off to `max` when idle;
+    /// `ingested` is the current count of ingested changes.
+    pub fn new(min: Duration, max: Duration, now: Instant, ingested: u64) -> SyncScheduler {
+        SyncScheduler {
+            min,
+            max: max.max(min),
+            backoff: min,
+            next_round: now + min,
+            in_flight: BTreeSet::new(),
+            failed: HashMap::new(),
+            progress: false,
+            ingested,
+            want: Vec::new(),
+        }
+    }
+
+    /// When the next timer round is due.
+    pub fn next_round(&self) -> Instant {
+        self.next_round
+    }
+
+    /// Sessions running.
+    pub fn running(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether sessions are wanted (call [`SyncScheduler::start`]).
+    pub fn wants(&self) -> bool {
+        !self.want.is_empty()
+    }
+
+    /// A member came up (joined, restarted, back from a partition): sync with it.
+    pub fn peer_up(&mut self, addr: SocketAddr) {
+        self.want.push(Some(addr));
+    }
+
+    /// A gap appeared: sync with anyone.
+    pub fn behind(&mut self) {
+        self.want.push(None);
+    }
+
+    /// An origin at `addr` holds a version this node lacks ([`head_is_news`]).
+    pub fn head(&mut self, addr: SocketAddr) {
+        self.want.push(Some(addr));
+    }
+
+    /// The session with `addr` ended.
+    pub fn ended(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        self.in_flight.remove(&addr);
+        match outcome {
+            Outcome::Received(n) if n > 0 => {
+                self.progress = true;
+                self.want.push(None);
+            }
+            Outcome::Received(_) => {}
+            Outcome::Failed => {
+                self.failed.insert(addr, now);
+                self.want.push(None); // another peer at once
+            }
+        }
+    }
+
+    /// The timer round: `gaps` missing versions now, `ingested` changes ingested so far.
+    /// Behind, or changes flowing (whose last ones may be lost unnoticed): go again soon.
+    /// Up to date and quiet: back off. Tops the sessions up to [`PEERS_PER_ROUND`].
+    pub fn round<R: Rng + ?Sized>(&mut self, now: Instant, gaps: u64, ingested: u64, rng: &mut R) {
+        let flowing = ingested != self.ingested;
+        self.ingested = ingested;
+        self.backoff = if self.progress || gaps > 0 || flowing {
+            self.min
+        } else {
+            (self.backoff * 2).min(self.max)
+        };
+        self.progress = false;
+        let jitter = rng.random_range(0.7..1.3);
+        self.next_round = now + self.backoff.mul_f64(jitter);
+        let top_up = PEERS_PER_ROUND.saturating_sub(self.running());
+        self.want.extend(std::iter::repeat_n(None, top_up));
+    }
+
+    /// The peers to open sessions with now, among `peers` (members worth a sync: alive or
+    /// suspect); they count as running until [`SyncScheduler::ended`]. A wanted peer that is
+    /// not a member or already in a session is skipped; "any" picks a random member that is
+    /// not in a session and did not fail lately. Wants beyond [`MAX_SESSIONS`] are dropped
+    /// (the next round covers them).
+    pub fn start<R: Rng + ?Sized>(
+        &mut self,
+        peers: &[SocketAddr],
+        now: Instant,
+        rng: &mut R,
+    ) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        if self.want.is_empty() {
+            return out;
+        }
+        self.failed
+            .retain(|_, at| now.saturating_duration_since(*at) < RETRY_AFTER);
+        for w in std::mem::take(&mut self.want) {
+            if self.running() >= MAX_SESSIONS {
+                break;
+            }
+            let addr = match w {
+                Some(a) if peers.contains(&a) && !self.in_flight.contains(&a) => a,
+                Some(_) => continue,
+                None => {
+                    let free: Vec<SocketAddr> = peers
+                        .iter()
+                        .filter(|a| !self.in_flight.contains(a) && !self.failed.contains_key(a))
+                        .copied()
+                        .collect();
+                    match free.choose(rng) {
+                        Some(a) => *a,
+                        None => break,
+                    }
+                }
+            };
+            self.in_flight.insert(addr);
+            out.push(addr);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn peers(n: u16) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, 2], i)))
+            .collect()
+    }
+
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_round_tops_up_to_three_sessions_with_distinct_peers() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut s = SyncScheduler::new(MIN, MAX, t0, 0);
+        assert_eq!(s.next_round(), t0 + MIN);
+        s.round(t0 + MIN, 0, 0, &mut rng);
+        let started = s.start(&peers(10), t0 + MIN, &mut rng);
+        assert_eq!(started.len(), PEERS_PER_ROUND);
+        assert_eq!(started.iter().collect::<BTreeSet<_>>().len(), 3);
+        // One ends; the next round tops up by one only.
+        s.ended(started[0], Outcome::Received(0), t0 + MIN);
+        s.round(t0 + MIN * 3, 0, 0, &mut rng);
+        assert_eq!(s.start(&peers(10), t0 + MIN * 3, &mut rng).len(), 1);
+    }
+
+    #[test]
+    fn idle_rounds_back_off_and_activity_brings_them_back() {
+        let mut t = Instant::now();
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut s = SyncScheduler::new(MIN, MAX, t, 0);
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            t = s.next_round();
+            s.round(t, 0, 0, &mut rng);
+            gaps.push(s.next_round().duration_since(t));
+        }
+        assert!(gaps[0] >= MIN.mul_f64(2.0 * 0.7) && gaps[0] <= MIN.mul_f64(2.0 * 1.3));
+        assert!(
+            gaps[7] >= MAX.mul_f64(0.7) && gaps[7] <= MAX.mul_f64(1.3),
+            "{gaps:?}"
+        );
+        t = s.next_round();
+        s.round(t, 0, 5, &mut rng); // changes were ingested
+        assert!(s.next_round().duration_since(t) <= MIN.mul_f64(1.3));
+        t = s.next_round();
+        s.round(t, 0, 5, &mut rng);
+        s.round(t, 3, 5, &mut rng); // gaps
+        assert!(s.next_round().duration_since(t) <= MIN.mul_f64(1.3));
+    }
+
+    #[test]
+    fn hints_name_their_peer_and_failures_try_another() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(3);
+        let ps = peers(4);
+        let mut s = SyncScheduler::new(MIN, MAX, t0, 0);
+        s.peer_up(ps[2]);
+        assert_eq!(s.start(&ps, t0, &mut rng), vec![ps[2]]);
+        s.head(ps[2]);
+        assert!(
+            s.start(&ps, t0, &mut rng).is_empty(),
+            "already in a session"
+        );
+        s.head(SocketAddr::from(([10, 9, 9, 9], 1)));
+        assert!(s.start(&ps, t0, &mut rng).is_empty(), "not a member");
+        s.ended(ps[2], Outcome::Failed, t0);
+        // The failed peer rests: "any" never picks it for RETRY_AFTER.
+        let mut picked = BTreeSet::new();
+        for _ in 0..20 {
+            s.behind();
+            for a in s.start(&ps, t0, &mut rng) {
+                picked.insert(a);
+                s.ended(a, Outcome::Received(0), t0);
+            }
+        }
+        assert!(!picked.contains(&ps[2]) && picked.len() == 3, "{picked:?}");
+        // After RETRY_AFTER it is a candidate again.
+        let later = t0 + RETRY_AFTER;
+        let back = (0..50).any(|_| {
+            s.behind();
+            let got = s.start(&ps, later, &mut rng);
+            for a in &got {
+                s.ended(*a, Outcome::Received(0), later);
+            }
+            got.contains(&ps[2])
+        });
+        assert!(back);
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_progress_asks_for_more() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(4);
+        let ps = peers(20);
+        let mut s = SyncScheduler::new(MIN, MAX, t0, 0);
+        for p in &ps {
+            s.peer_up(*p);
+        }
+        let started = s.start(&ps, t0, &mut rng);
+        assert_eq!(started.len(), MAX_SESSIONS);
+        assert!(!s.wants(), "wants beyond the bound are dropped");
+        s.ended(started[0], Outcome::Received(7), t0);
+        assert!(
+            s.wants(),
+            "a session that received something is followed by another"
+        );
+        assert_eq!(s.start(&ps, t0, &mut rng).len(), 1);
+    }
+
+    #[test]
+    fn a_head_is_news_only_when_newer_than_what_is_known() {
+        let (me, other) = (ActorId([1; 16]), ActorId([2; 16]));
+        let mut book = Bookie::new();
+        assert!(head_is_news(&book, me, other, 1));
+        book.record_known(other, 1..=3);
+        assert!(!head_is_news(&book, me, other, 3));
+        assert!(head_is_news(&book, me, other, 4));
+        assert!(!head_is_news(&book, me, me, 9), "our own head");
+    }
+}
