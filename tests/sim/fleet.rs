@@ -177,6 +177,19 @@ pub fn run(seed: u64, plan: &Plan) -> Figures {
         if heal_alive.is_nan() && sim.all_alive() {
             heal_alive = secs;
         }
+        if std::env::var("VERDIGRIS_FLEET_DEBUG").is_ok() && (t - healed).is_multiple_of(S) {
+            // Progress of the heal: nodes lacking writes, and pairs not seen alive.
+            let total = sim.writes.len() as u64;
+            let lacking = (0..n)
+                .filter(|i| sim.nodes[*i].up && sim.held[*i] < total)
+                .count();
+            let na = sim.not_alive();
+            eprintln!(
+                "{secs:.0} s after the heal: {lacking} nodes lack writes, {} pairs not alive {:?}",
+                na.len(),
+                &na[..na.len().min(4)]
+            );
+        }
     }
 
     let steady_writes: Vec<((ActorId, u64), u64)> = sim

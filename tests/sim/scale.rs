@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use verdigris::cluster::codec::{self, Msg};
 use verdigris::cluster::fanout::{self, HeadAnnouncer, Outbox, Received, Seen, MAX_QUEUE_BYTES};
 use verdigris::cluster::identity::{Actor, SwimCodec};
-use verdigris::cluster::membership::{foca_config, packet_limit, DownAnnouncer, DOWN_TICK};
+use verdigris::cluster::membership::{
+    foca_config, packet_limit, stuck_after, DownAnnouncer, StuckSuspicions, DOWN_TICK,
+};
 use verdigris::cluster::sync::{ANSWER_TIMEOUT, MAX_NEEDS_PER_SESSION, MAX_SERVED};
 use verdigris::cluster::sync_sched::{head_is_news, Outcome, SyncScheduler};
 use verdigris::cluster::sync_state::{compute_needs, state_of, Claims, Need, SyncState};
@@ -149,6 +151,9 @@ pub struct Node {
     rt: AccumulatingRuntime<Actor>,
     members: usize,
     down: DownAnnouncer,
+    suspected: StuckSuspicions,
+    /// foca's current timer token (seen on the timers it schedules).
+    timer_token: Option<u8>,
     pub up: bool,
     /// Incremented on every restart: events of the previous process are void.
     gen: u32,
@@ -305,6 +310,8 @@ impl ScaleSim {
             rt: AccumulatingRuntime::new(),
             members: 1,
             down: DownAnnouncer::default(),
+            suspected: StuckSuspicions::default(),
+            timer_token: None,
             up: true,
             gen,
             book: Bookie::new(),
@@ -390,6 +397,9 @@ impl ScaleSim {
             }
         }
         while let Some((after, timer)) = self.nodes[i].rt.to_schedule() {
+            if let Timer::ProbeRandomMember(token) = &timer {
+                self.nodes[i].timer_token = Some(*token);
+            }
             let at = self.now + after.as_micros() as u64;
             self.push(
                 at,
@@ -426,6 +436,32 @@ impl ScaleSim {
             self.refresh_view(i);
             self.start_sessions(i);
         }
+    }
+
+    /// The driver's ending of suspicions nobody refutes (`StuckSuspicions`).
+    fn end_stuck_suspicions(&mut self, i: usize) {
+        let t = self.instant();
+        let node = &mut self.nodes[i];
+        let Some(token) = node.timer_token else {
+            return;
+        };
+        let suspects: Vec<(Actor, u16)> = node
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        let stuck = stuck_after(node.members, self.limit);
+        let ended = node.suspected.check(suspects, t, stuck);
+        for (member_id, incarnation) in ended {
+            let timer = Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                token,
+            };
+            let _ = node.foca.handle_timer(timer, &mut node.rt);
+        }
+        self.drain(i);
     }
 
     /// The driver's member view, and foca's config sized to the cluster.
@@ -572,10 +608,11 @@ impl ScaleSim {
         let t = self.instant();
         let node = &mut self.nodes[i];
         node.head.local(actor, version, t);
+        let ttl = fanout::initial_ttl(node.alive.len() + 1);
         let frame = Frame {
             actor,
             version,
-            ttl: fanout::INITIAL_TTL,
+            ttl,
         };
         node.outbox.push(frame, self.frame_len as usize, true, t);
         self.flush(i);
@@ -717,7 +754,8 @@ impl ScaleSim {
         }
         self.nodes[i].claims.release(&needs);
         let t = self.instant();
-        self.nodes[i].sched.ended(addr_of(server), outcome, t);
+        let gaps = self.nodes[i].book.gap_count();
+        self.nodes[i].sched.ended(addr_of(server), outcome, t, gaps);
         self.start_sessions(i);
     }
 
@@ -929,6 +967,7 @@ impl ScaleSim {
             }
             Ev::ViewTick { node: i, gen } => {
                 if self.live(i, gen) {
+                    self.end_stuck_suspicions(i);
                     self.refresh_view(i);
                     self.push(self.now + 1_000_000, Ev::ViewTick { node: i, gen });
                 }
@@ -946,7 +985,10 @@ impl ScaleSim {
                 let t = self.instant();
                 let node = &mut self.nodes[i];
                 let gaps = node.book.gap_count();
-                node.sched.round(t, gaps, node.ingested, &mut self.rng);
+                let book = &node.book;
+                let lacks = |a: &ActorId, v: u64| !book.knows(a, v);
+                node.sched
+                    .round(t, gaps, node.ingested, &mut self.rng, lacks);
                 self.start_sessions(i);
                 self.arm_sync_round(i);
             }
@@ -968,7 +1010,7 @@ impl ScaleSim {
                 (self.now, from, to, 3u8).hash(&mut self.trace);
                 let node = &mut self.nodes[to];
                 if head_is_news(&node.book, node.actor, actor, version) {
-                    node.sched.head(addr_of(from));
+                    node.sched.head(addr_of(from), actor, version);
                     self.start_sessions(to);
                 }
             }
@@ -1003,6 +1045,22 @@ impl ScaleSim {
                 + 1
                 >= live
         })
+    }
+
+    /// (observer, member address, state, incarnation, bump, member's current bump) of every
+    /// live pair not seen alive.
+    pub fn not_alive(&self) -> Vec<(usize, usize, State, u16, u64, u64)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.up) {
+            for m in n.foca.iter_membership_state() {
+                let j = self.addrs[&m.id().addr];
+                if self.nodes[j].up && m.state() != State::Alive {
+                    let cur = self.nodes[j].foca.identity().bump;
+                    out.push((i, j, m.state(), m.incarnation(), m.id().bump, cur));
+                }
+            }
+        }
+        out
     }
 
     /// Whether every live node holds every write.

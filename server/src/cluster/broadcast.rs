@@ -14,7 +14,7 @@
 
 use super::chunker::{chunk_version, CHUNK_BYTES};
 use super::codec::{self, Msg};
-use super::fanout::{self, HeadAnnouncer, Outbox, Received, Seen, INITIAL_TTL, MAX_QUEUE_BYTES};
+use super::fanout::{self, HeadAnnouncer, Outbox, Received, Seen, MAX_QUEUE_BYTES};
 use super::ingest::{IngestTx, Source};
 use super::status::{Counters, Status};
 use super::transport::Transport;
@@ -155,16 +155,14 @@ impl Broadcaster {
         versions: Vec<u64>,
     ) -> Vec<Bytes> {
         let (node, shared, cluster_id) = (node.clone(), shared.clone(), self.cluster_id);
+        let ttl = fanout::initial_ttl(self.status.alive_members() as usize);
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Bytes>> {
             let conn = node.reads.get()?;
             let mut out = Vec::new();
             for v in versions {
                 for vc in crate::store::feed::read_versions(&conn, &shared, actor, v..=v)? {
                     for chunk in chunk_version(vc, CHUNK_BYTES) {
-                        let msg = Msg::Change {
-                            chunk,
-                            ttl: INITIAL_TTL,
-                        };
+                        let msg = Msg::Change { chunk, ttl };
                         out.push(Bytes::from(codec::encode(&msg, cluster_id)));
                     }
                 }

@@ -78,7 +78,8 @@ pub struct SyncCtx {
 /// [`SyncScheduler`]: timer rounds (every `min_sync_backoff` while this node is behind or
 /// changes are flowing, backing off to `max_sync_backoff` when idle) top the sessions up; a
 /// hint starts one at once with the member that came up (or a random one when a gap
-/// appeared); a session that made progress or failed is followed at once by another.
+/// appeared); a session that failed, or made progress while gaps remain, is followed at
+/// once by another.
 pub async fn client_loop(
     ctx: Arc<SyncCtx>,
     mut hints: mpsc::Receiver<Hint>,
@@ -113,9 +114,9 @@ pub async fn client_loop(
                         Outcome::Failed
                     }
                 };
-                sched.ended(addr, outcome, std::time::Instant::now());
                 let gaps = ctx.shared.book.read().expect("book lock").gap_count();
                 ctx.status.gaps.store(gaps, Ordering::Relaxed);
+                sched.ended(addr, outcome, std::time::Instant::now(), gaps);
             }
             h = hints.recv() => match h {
                 Some(Hint::Peer(addr)) => sched.peer_up(addr),
@@ -123,7 +124,7 @@ pub async fn client_loop(
                 Some(Hint::Head { actor, addr, version }) => {
                     let book = ctx.shared.book.read().expect("book lock");
                     if head_is_news(&book, ctx.node.actor, actor, version) {
-                        sched.head(addr);
+                        sched.head(addr, actor, version);
                     }
                 }
                 None => return,
@@ -132,7 +133,9 @@ pub async fn client_loop(
                 let gaps = ctx.shared.book.read().expect("book lock").gap_count();
                 ctx.status.gaps.store(gaps, Ordering::Relaxed);
                 let ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
-                sched.round(std::time::Instant::now(), gaps, ingested, &mut rand::rng());
+                let book = ctx.shared.book.read().expect("book lock");
+                let lacks = |a: &ActorId, v: u64| !book.knows(a, v);
+                sched.round(std::time::Instant::now(), gaps, ingested, &mut rand::rng(), lacks);
             }
         }
         if !sched.wants() {
