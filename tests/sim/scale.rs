@@ -37,6 +37,9 @@ use verdigris::cluster::sync_state::{compute_needs, state_of, Claims, Need, Sync
 use verdigris::crdt::ActorId;
 use verdigris::store::bookkeeping::Bookie;
 
+#[path = "scale_sync.rs"]
+mod sessions;
+
 type Swim = Foca<Actor, SwimCodec, rand010::rngs::StdRng, foca::NoCustomBroadcast>;
 
 pub const REGIONS: usize = 5;
@@ -49,6 +52,8 @@ const STREAM_OVERHEAD: u64 = 60;
 const IDLE: u64 = 30_000_000;
 /// A server gives up on a client that does not send its request (the agent's step timeout).
 const STEP_TIMEOUT: u64 = 30_000_000;
+/// An encoded `Head` message (actor id, address, version, envelope).
+const HEAD_BYTES: u64 = 40;
 /// The broadcaster's tick.
 const BCAST_TICK: u64 = 50_000;
 /// The agent's sync backoff defaults (`perf.min_sync_backoff`, `perf.max_sync_backoff`).
@@ -165,6 +170,8 @@ pub struct Node {
     head: HeadAnnouncer,
     bcast_armed: bool,
     sched: SyncScheduler,
+    /// When the armed sync round fires.
+    round_at: u64,
     claims: Claims,
     serving: usize,
     ingested: u64,
@@ -321,6 +328,7 @@ impl ScaleSim {
             head: HeadAnnouncer::new(t),
             bcast_armed: false,
             sched: SyncScheduler::new(SYNC_MIN, SYNC_MAX, t, 0),
+            round_at: u64::MAX,
             claims: Claims::default(),
             serving: 0,
             ingested: 0,
@@ -412,6 +420,7 @@ impl ScaleSim {
         }
         let t = self.instant();
         let mut changed = false;
+        let mut closed = Vec::new();
         while let Some(n) = self.nodes[i].rt.to_notify() {
             match n {
                 OwnedNotification::MemberDown(a) => {
@@ -421,20 +430,30 @@ impl ScaleSim {
                         }
                     }
                     self.nodes[i].down.down(a.addr, t);
+                    if let Some(&j) = self.addrs.get(&a.addr) {
+                        closed.push(j);
+                    }
                     changed = true;
                 }
                 OwnedNotification::MemberUp(a) | OwnedNotification::Rename(_, a) => {
                     self.nodes[i].down.up(&a.addr);
                     // The driver hints the sync loop once the view lists the member.
-                    self.nodes[i].sched.peer_up(a.addr);
+                    self.nodes[i].sched.peer_up(a.addr, t);
                     changed = true;
                 }
                 _ => {}
             }
         }
+        for j in closed {
+            self.close_connection(i, j);
+        }
         if changed {
             self.refresh_view(i);
             self.start_sessions(i);
+            let next = self.nodes[i].sched.next_round().duration_since(self.epoch);
+            if (next.as_micros() as u64) < self.nodes[i].round_at {
+                self.arm_sync_round(i);
+            }
         }
     }
 
@@ -484,6 +503,29 @@ impl ScaleSim {
             node.members = n;
             let _ = node.foca.set_config(foca_config(n, self.limit));
         }
+        // The broadcaster reads the same view: members that came up hear our latest version.
+        if let Some(((actor, version), to)) = node.head.came_up(&node.alive) {
+            self.send_heads(i, actor, version, to);
+        }
+    }
+
+    fn send_heads(&mut self, i: usize, actor: ActorId, version: u64, to: Vec<SocketAddr>) {
+        for addr in to {
+            let j = self.addrs[&addr];
+            self.traffic.heads_sent += 1;
+            self.traffic.head_bytes += HEAD_BYTES + DATAGRAM_OVERHEAD;
+            if let Some(at) = self.datagram(i, j) {
+                self.push(
+                    at,
+                    Ev::Head {
+                        from: i,
+                        to: j,
+                        actor,
+                        version,
+                    },
+                );
+            }
+        }
     }
 
     /// Starts the node's periodic tasks (membership ticks, sync rounds).
@@ -496,14 +538,18 @@ impl ScaleSim {
         self.arm_sync_round(i);
     }
 
+    /// Arms the node's sync round at its scheduler's `next_round` (the agent's loop sleeps
+    /// until it; an earlier event armed before is void).
     fn arm_sync_round(&mut self, i: usize) {
         let at = self.nodes[i]
             .sched
             .next_round()
             .duration_since(self.epoch)
             .as_micros() as u64;
+        let at = at.max(self.now);
+        self.nodes[i].round_at = at;
         let gen = self.nodes[i].gen;
-        self.push(at.max(self.now), Ev::SyncRound { node: i, gen });
+        self.push(at, Ev::SyncRound { node: i, gen });
     }
 
     /// Every node starts knowing every other one alive (a fleet restarting with its
@@ -647,22 +693,7 @@ impl ScaleSim {
         }
         if let Some((actor, version)) = head {
             let peers = self.nodes[i].alive.clone();
-            for addr in peers {
-                let j = self.addrs[&addr];
-                self.traffic.heads_sent += 1;
-                self.traffic.head_bytes += 40 + DATAGRAM_OVERHEAD;
-                if let Some(at) = self.datagram(i, j) {
-                    self.push(
-                        at,
-                        Ev::Head {
-                            from: i,
-                            to: j,
-                            actor,
-                            version,
-                        },
-                    );
-                }
-            }
+            self.send_heads(i, actor, version, peers);
         }
         let node = &mut self.nodes[i];
         if !node.bcast_armed && (node.outbox.frames() > 0 || node.head.pending()) {
@@ -693,217 +724,6 @@ impl ScaleSim {
         }
         self.flush(i);
         self.start_sessions(i);
-    }
-
-    /// Opens the sessions the node's scheduler wants now.
-    fn start_sessions(&mut self, i: usize) {
-        if !self.nodes[i].sched.wants() {
-            return;
-        }
-        let t = self.instant();
-        let node = &mut self.nodes[i];
-        let started = node.sched.start(&node.sync_peers, t, &mut self.rng);
-        for addr in started {
-            let j = self.addrs[&addr];
-            self.next_sid += 1;
-            let sid = self.next_sid;
-            let gen = self.nodes[i].gen;
-            self.sessions.insert(
-                sid,
-                Session {
-                    client: i,
-                    server: j,
-                    client_gen: gen,
-                    server_gen: 0,
-                    answered: false,
-                    needs: Vec::new(),
-                    serving: false,
-                    client_done: false,
-                },
-            );
-            self.traffic.sessions += 1;
-            self.sync_msg(40);
-            if let Some(at) = self.stream(i, j) {
-                self.push(at, Ev::Start { sid });
-            }
-            let at = self.now + ANSWER_TIMEOUT.as_micros() as u64;
-            self.push(at, Ev::AnswerTimeout { sid });
-        }
-    }
-
-    /// The client ends the session: its claims are released and its scheduler told (unless
-    /// the client process is gone).
-    fn finish_client(&mut self, sid: u64, outcome: Outcome) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.client_done {
-            return;
-        }
-        s.client_done = true;
-        let (i, server, gen, serving) = (s.client, s.server, s.client_gen, s.serving);
-        let needs = std::mem::take(&mut s.needs);
-        if !serving {
-            self.sessions.remove(&sid);
-        }
-        if !self.live(i, gen) {
-            return;
-        }
-        if outcome == Outcome::Failed {
-            self.traffic.sessions_failed += 1;
-        }
-        self.nodes[i].claims.release(&needs);
-        let t = self.instant();
-        let gaps = self.nodes[i].book.gap_count();
-        self.nodes[i].sched.ended(addr_of(server), outcome, t, gaps);
-        self.start_sessions(i);
-    }
-
-    /// The server frees the session's serving slot.
-    fn free_slot(&mut self, sid: u64) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.serving {
-            s.serving = false;
-            let (srv, gen) = (s.server, s.server_gen);
-            if self.nodes[srv].gen == gen {
-                self.nodes[srv].serving -= 1;
-            }
-        }
-        if s.client_done {
-            self.sessions.remove(&sid);
-        }
-    }
-
-    fn session_event(&mut self, ev: Ev) {
-        match ev {
-            Ev::Start { sid } => {
-                let Some(s) = self.sessions.get(&sid) else {
-                    return;
-                };
-                let (c, srv) = (s.client, s.server);
-                if !self.nodes[srv].up || s.client_done {
-                    return; // the client's answer timeout ends it
-                }
-                let state = if self.nodes[srv].serving >= MAX_SERVED {
-                    self.sync_msg(12);
-                    None
-                } else {
-                    self.nodes[srv].serving += 1;
-                    let gen = self.nodes[srv].gen;
-                    let s = self.sessions.get_mut(&sid).expect("present");
-                    (s.serving, s.server_gen) = (true, gen);
-                    let st = state_of(&self.nodes[srv].book, self.nodes[srv].actor);
-                    self.sync_msg(codec::encode(&Msg::SyncState(st.clone()), 0).len());
-                    self.push(self.now + STEP_TIMEOUT, Ev::ServeTimeout { sid });
-                    Some(st)
-                };
-                if let Some(at) = self.stream(srv, c) {
-                    self.push(at, Ev::Answer { sid, state });
-                }
-            }
-            Ev::Answer { sid, state } => {
-                let Some(s) = self.sessions.get_mut(&sid) else {
-                    return;
-                };
-                if s.client_done {
-                    return;
-                }
-                s.answered = true;
-                let (c, srv) = (s.client, s.server);
-                let Some(theirs) = state else {
-                    self.finish_client(sid, Outcome::Failed);
-                    return;
-                };
-                let node = &mut self.nodes[c];
-                let needs = compute_needs(&node.book, node.actor, &theirs);
-                let needs = node.claims.claim(needs, MAX_NEEDS_PER_SESSION);
-                self.sync_msg(codec::encode(&Msg::SyncRequest(needs.clone()), 0).len());
-                let empty = needs.is_empty();
-                self.sessions.get_mut(&sid).expect("present").needs = needs.clone();
-                if let Some(at) = self.stream(c, srv) {
-                    self.push(at, Ev::Request { sid, needs });
-                }
-                if empty {
-                    self.finish_client(sid, Outcome::Received(0));
-                }
-            }
-            Ev::Request { sid, needs } => {
-                let Some(s) = self.sessions.get(&sid) else {
-                    return;
-                };
-                let (c, srv, serving) = (s.client, s.server, s.serving);
-                if !serving {
-                    return;
-                }
-                self.free_slot(sid);
-                let mut versions = Vec::new();
-                for need in &needs {
-                    if let Need::Full {
-                        actor,
-                        versions: (a, b),
-                    } = need
-                    {
-                        for v in *a..=*b {
-                            if self.nodes[srv].book.knows(actor, v) {
-                                versions.push((*actor, v));
-                            }
-                        }
-                    }
-                }
-                for _ in &versions {
-                    self.sync_msg(self.chunk_len as usize);
-                }
-                self.sync_msg(8); // SyncDone
-                if !self.sessions.contains_key(&sid) {
-                    return; // the client is done already
-                }
-                match self.stream(srv, c) {
-                    Some(at) => self.push(at, Ev::Chunks { sid, versions }),
-                    None => self.finish_client(sid, Outcome::Failed), // cut off: the stream breaks
-                }
-            }
-            Ev::Chunks { sid, versions } => {
-                let Some(s) = self.sessions.get(&sid) else {
-                    return;
-                };
-                let (c, gen) = (s.client, s.client_gen);
-                if s.client_done {
-                    return;
-                }
-                let n = versions.len();
-                if self.live(c, gen) {
-                    for (actor, v) in versions {
-                        self.traffic.sync_copies += 1;
-                        self.hold(c, actor, v);
-                    }
-                }
-                self.finish_client(sid, Outcome::Received(n));
-            }
-            Ev::AnswerTimeout { sid } => {
-                let Some(s) = self.sessions.get(&sid) else {
-                    return;
-                };
-                if s.answered || s.client_done {
-                    return;
-                }
-                let (c, srv) = (s.client, s.server);
-                self.finish_client(sid, Outcome::Failed);
-                // The client closes its stream; a server it can still reach notices at once,
-                // one cut off waits for its step timeout.
-                if !self.cut_between(c, srv) {
-                    self.free_slot(sid);
-                }
-            }
-            Ev::ServeTimeout { sid } => {
-                if self.sessions.get(&sid).is_some_and(|s| s.serving) {
-                    self.finish_client(sid, Outcome::Failed);
-                    self.free_slot(sid);
-                }
-            }
-            _ => unreachable!("not a session event"),
-        }
     }
 
     /// Runs events until `until` (µs).
@@ -979,7 +799,7 @@ impl ScaleSim {
                 }
             }
             Ev::SyncRound { node: i, gen } => {
-                if !self.live(i, gen) {
+                if !self.live(i, gen) || self.nodes[i].round_at != self.now {
                     return;
                 }
                 let t = self.instant();

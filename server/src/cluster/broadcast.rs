@@ -189,16 +189,24 @@ impl Broadcaster {
     }
 
     /// Sends the latest local version to every alive member once local writes pause (and
-    /// every [`fanout::HEAD_EVERY`] while they go on): a member that missed the last versions
-    /// learns it is behind and syncs with this node at once, instead of at its next idle round.
+    /// every [`fanout::HEAD_EVERY`] while they go on), and to each member that comes up: a
+    /// member that missed the last versions learns it is behind and syncs with this node at
+    /// once, instead of at its next idle round.
     fn announce_head(&mut self) {
+        let alive = alive_peers(&self.status);
+        if let Some((head, to)) = self.head.came_up(&alive) {
+            self.send_head(head, to);
+        }
         if !self.head.pending() {
             return;
         }
-        let peers = alive_peers(&self.status);
-        let Some((actor, version)) = self.head.due(Instant::now(), !peers.is_empty()) else {
-            return;
-        };
+        if let Some(head) = self.head.due(Instant::now(), !alive.is_empty()) {
+            self.send_head(head, alive);
+        }
+    }
+
+    /// Sends `Head{actor, version}` to `peers` (datagrams).
+    fn send_head(&mut self, (actor, version): (ActorId, u64), peers: Vec<SocketAddr>) {
         let msg = Msg::Head {
             actor,
             addr: self.me,

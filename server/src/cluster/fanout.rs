@@ -234,26 +234,55 @@ pub fn receive(
 
 /// When to tell every member this node's latest version ([`super::codec::Msg::Head`]): once
 /// local writes pause for [`HEAD_QUIET`], and at least every [`HEAD_EVERY`] while they go on.
+///
+/// A member that comes up (back from a partition, restarted) is also told the latest version
+/// at once ([`HeadAnnouncer::came_up`]): a version this node wrote while cut off, that its
+/// broadcast could not deliver, is otherwise unknown on the other side, and a sync session
+/// with this node right after the heal can fail (busy serving everyone at once).
 #[derive(Debug)]
 pub struct HeadAnnouncer {
     head: Option<(ActorId, u64)>,
+    latest: Option<(ActorId, u64)>,
     last_local: Instant,
     sent: Instant,
+    alive: HashSet<SocketAddr>,
 }
 
 impl HeadAnnouncer {
     pub fn new(now: Instant) -> HeadAnnouncer {
         HeadAnnouncer {
             head: None,
+            latest: None,
             last_local: now,
             sent: now,
+            alive: HashSet::new(),
         }
     }
 
     /// Local versions up to `newest` of `actor` were just committed.
     pub fn local(&mut self, actor: ActorId, newest: u64, now: Instant) {
         self.head = Some((actor, newest.max(self.head.map_or(0, |h| h.1))));
+        self.latest = Some((actor, newest.max(self.latest.map_or(0, |h| h.1))));
         self.last_local = now;
+    }
+
+    /// `alive` is the current alive member list: returns the latest local version and the
+    /// members that were not alive at the previous call, to tell them now (none before this
+    /// node wrote anything; at the first call every member is new).
+    pub fn came_up(&mut self, alive: &[SocketAddr]) -> Option<((ActorId, u64), Vec<SocketAddr>)> {
+        let new: Vec<SocketAddr> = alive
+            .iter()
+            .filter(|a| !self.alive.contains(a))
+            .copied()
+            .collect();
+        if new.is_empty() && alive.len() == self.alive.len() {
+            return None;
+        }
+        self.alive = alive.iter().copied().collect();
+        match self.latest {
+            Some(head) if !new.is_empty() => Some((head, new)),
+            _ => None,
+        }
     }
 
     /// Whether an announcement is waiting.
@@ -380,6 +409,20 @@ mod tests {
         );
         let k3 = (ActorId([1; 16]), 5, 0, 0);
         assert_eq!(receive(&mut seen, k3, 4, || true), Received::Duplicate);
+    }
+
+    #[test]
+    fn members_that_come_up_are_told_the_latest_version() {
+        let t0 = Instant::now();
+        let a = ActorId([3; 16]);
+        let ps = peers(4);
+        let mut h = HeadAnnouncer::new(t0);
+        assert_eq!(h.came_up(&ps[..3]), None, "nothing written yet");
+        h.local(a, 7, t0);
+        assert_eq!(h.came_up(&ps[..3]), None, "nobody new");
+        assert_eq!(h.came_up(&ps), Some(((a, 7), vec![ps[3]])));
+        assert_eq!(h.came_up(&ps[1..]), None, "one went away");
+        assert_eq!(h.came_up(&ps), Some(((a, 7), vec![ps[0]])), "and came back");
     }
 
     #[test]

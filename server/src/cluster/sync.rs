@@ -119,7 +119,7 @@ pub async fn client_loop(
                 sched.ended(addr, outcome, std::time::Instant::now(), gaps);
             }
             h = hints.recv() => match h {
-                Some(Hint::Peer(addr)) => sched.peer_up(addr),
+                Some(Hint::Peer(addr)) => sched.peer_up(addr, std::time::Instant::now()),
                 Some(Hint::Behind) => sched.behind(),
                 Some(Hint::Head { actor, addr, version }) => {
                     let book = ctx.shared.book.read().expect("book lock");
