@@ -8,7 +8,7 @@ use super::*;
 impl ScaleSim {
     /// Node `i` declared `j` down: the transport closes their connection, so the sync
     /// sessions riding it fail at once on both ends (`Transport::close_peer`).
-    fn close_connection(&mut self, i: usize, j: usize) {
+    pub(super) fn close_connection(&mut self, i: usize, j: usize) {
         self.conns.remove(&(i.min(j), i.max(j)));
         let riding: Vec<u64> = self
             .sessions
@@ -23,7 +23,7 @@ impl ScaleSim {
     }
 
     /// Opens the sessions the node's scheduler wants now.
-    fn start_sessions(&mut self, i: usize) {
+    pub(super) fn start_sessions(&mut self, i: usize) {
         if !self.nodes[i].sched.wants() {
             return;
         }
@@ -60,7 +60,7 @@ impl ScaleSim {
 
     /// The client ends the session: its claims are released and its scheduler told (unless
     /// the client process is gone).
-    fn finish_client(&mut self, sid: u64, outcome: Outcome) {
+    pub(super) fn finish_client(&mut self, sid: u64, outcome: Outcome) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -87,7 +87,7 @@ impl ScaleSim {
     }
 
     /// The server frees the session's serving slot.
-    fn free_slot(&mut self, sid: u64) {
+    pub(super) fn free_slot(&mut self, sid: u64) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -103,7 +103,7 @@ impl ScaleSim {
         }
     }
 
-    fn session_event(&mut self, ev: Ev) {
+    pub(super) fn session_event(&mut self, ev: Ev) {
         match ev {
             Ev::Start { sid } => {
                 let Some(s) = self.sessions.get(&sid) else {
