@@ -33,6 +33,17 @@ pub enum Outcome {
     Failed,
 }
 
+/// A session wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// With this member (it came up, or its head is owed).
+    Peer(SocketAddr),
+    /// With any member (timer round, gap, replacing a failed session).
+    Any,
+    /// With any member, replacing a failed session with a named one.
+    Instead,
+}
+
 /// The sync client loop's decisions.
 #[derive(Debug)]
 pub struct SyncScheduler {
@@ -44,8 +55,10 @@ pub struct SyncScheduler {
     failed: HashMap<SocketAddr, Instant>,
     progress: bool,
     ingested: u64,
-    /// Sessions wanted since the last [`SyncScheduler::start`]: with this peer, or any.
-    want: Vec<Option<SocketAddr>>,
+    /// Sessions wanted since the last [`SyncScheduler::start`].
+    want: Vec<Want>,
+    /// Sessions running that were started for a named peer.
+    named: BTreeSet<SocketAddr>,
     /// Origins that announced a version this node still lacks: origin → (actor, version).
     owed: BTreeMap<SocketAddr, (ActorId, u64)>,
 }
@@ -69,6 +82,7 @@ impl SyncScheduler {
             progress: false,
             ingested,
             want: Vec::new(),
+            named: BTreeSet::new(),
             owed: BTreeMap::new(),
         }
     }
@@ -95,14 +109,14 @@ impl SyncScheduler {
     /// the rest used to wait up to `max` (8 s after a healed cut at 100 nodes in the fleet
     /// simulation).
     pub fn peer_up(&mut self, addr: SocketAddr, now: Instant) {
-        self.want.push(Some(addr));
+        self.want.push(Want::Peer(addr));
         self.progress = true;
         self.next_round = self.next_round.min(now + self.min);
     }
 
     /// A gap appeared: sync with anyone.
     pub fn behind(&mut self) {
-        self.want.push(None);
+        self.want.push(Want::Any);
     }
 
     /// The origin at `addr` announced `version` of `actor`, which this node lacks
@@ -121,7 +135,7 @@ impl SyncScheduler {
                 *e = (actor, version);
             }
         }
-        self.want.push(Some(addr));
+        self.want.push(Want::Peer(addr));
     }
 
     /// Heads still owed.
@@ -138,6 +152,7 @@ impl SyncScheduler {
     /// them refused as busy). A gap opened later by the apply queue hints on its own.
     pub fn ended(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant, gaps: u64) {
         self.in_flight.remove(&addr);
+        let named = self.named.remove(&addr);
         if matches!(outcome, Outcome::Received(_)) {
             self.owed.remove(&addr);
         }
@@ -145,13 +160,16 @@ impl SyncScheduler {
             Outcome::Received(n) if n > 0 => {
                 self.progress = true;
                 if gaps > 0 {
-                    self.want.push(None);
+                    self.want.push(Want::Any);
                 }
             }
             Outcome::Received(_) => {}
             Outcome::Failed => {
                 self.failed.insert(addr, now);
-                self.want.push(None); // another peer at once
+                // Another peer at once; in place of a named peer (an origin busy serving
+                // everyone who lacks its version), with the same priority.
+                self.want
+                    .push(if named { Want::Instead } else { Want::Any });
             }
         }
     }
@@ -171,7 +189,7 @@ impl SyncScheduler {
     ) {
         self.owed
             .retain(|_, (actor, version)| lacks(actor, *version));
-        self.want.extend(self.owed.keys().map(|a| Some(*a)));
+        self.want.extend(self.owed.keys().map(|a| Want::Peer(*a)));
         let flowing = ingested != self.ingested;
         self.ingested = ingested;
         self.backoff = if self.progress || gaps > 0 || flowing || !self.owed.is_empty() {
@@ -183,7 +201,7 @@ impl SyncScheduler {
         let jitter = rng.random_range(0.7..1.3);
         self.next_round = now + self.backoff.mul_f64(jitter);
         let top_up = PEERS_PER_ROUND.saturating_sub(self.running());
-        self.want.extend(std::iter::repeat_n(None, top_up));
+        self.want.extend(std::iter::repeat_n(Want::Any, top_up));
     }
 
     /// The peers to open sessions with now, among `peers` (members worth a sync: alive or
@@ -208,15 +226,18 @@ impl SyncScheduler {
                 break;
             }
             let addr = match w {
-                Some(a) if peers.contains(&a) && !self.in_flight.contains(&a) => a,
-                Some(_) => continue,
+                Want::Peer(a) if peers.contains(&a) && !self.in_flight.contains(&a) => {
+                    self.named.insert(a);
+                    a
+                }
+                Want::Peer(_) => continue,
                 // Sessions with any peer (timer rounds, their replacements, gaps) keep to the
                 // round's count: the slots above it stay free for the named peers (members
                 // that came up, owed heads). During a partition the sessions with cut-off
                 // peers hang for the answer timeout, and replacing each failure at once used
                 // to fill every slot with them.
-                None if self.running() >= PEERS_PER_ROUND => continue,
-                None => {
+                Want::Any if self.running() >= PEERS_PER_ROUND => continue,
+                Want::Any | Want::Instead => {
                     let free: Vec<SocketAddr> = peers
                         .iter()
                         .filter(|a| !self.in_flight.contains(a) && !self.failed.contains_key(a))
@@ -364,6 +385,25 @@ mod tests {
             "{named:?}"
         );
         assert_eq!(s.running(), PEERS_PER_ROUND + named.len());
+    }
+
+    #[test]
+    fn a_busy_origin_is_replaced_by_another_peer_at_once() {
+        let t0 = Instant::now();
+        let mut rng = StdRng::seed_from_u64(8);
+        let ps = peers(20);
+        let mut s = SyncScheduler::new(MIN, MAX, t0, 0);
+        for _ in 0..PEERS_PER_ROUND {
+            s.behind();
+        }
+        // The random sessions go to others than the origin.
+        assert_eq!(s.start(&ps[1..], t0, &mut rng).len(), PEERS_PER_ROUND);
+        s.head(ps[0], ActorId([6; 16]), 9);
+        assert_eq!(s.start(&ps, t0, &mut rng), vec![ps[0]]);
+        s.ended(ps[0], Outcome::Failed, t0, 0);
+        let instead = s.start(&ps, t0, &mut rng);
+        assert_eq!(instead.len(), 1, "replaced although 3 random sessions run");
+        assert_ne!(instead[0], ps[0]);
     }
 
     #[test]
