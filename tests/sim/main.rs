@@ -19,6 +19,8 @@
 //! `VERDIGRIS_SIM_SEEDS=500 cargo test -p verdigris --test sim --release -- --nocapture`.
 //! A failure prints its seed; rerun one with `VERDIGRIS_SIM_SEED=<seed>`.
 
+mod fleet;
+mod scale;
 mod swim;
 
 use rand::rngs::StdRng;

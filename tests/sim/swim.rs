@@ -10,9 +10,9 @@
 //! node down. `swim_scale` (ignored) prints the table for 100, 500 and 1,000 nodes:
 //! `cargo test --release -p verdigris --test sim swim_scale -- --ignored --nocapture`.
 //!
-//! The driver's announces to recently-down members (`DownAnnouncer`) run here too. Not
-//! simulated (yet): its ending of stuck suspicions, and broadcast and sync (visibility time,
-//! copies per change).
+//! The driver's announces to recently-down members (`DownAnnouncer`) run here too, not its
+//! ending of stuck suspicions; the fleet simulation (`scale.rs`, `fleet.rs`) runs both, with
+//! broadcast and sync.
 
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
 use rand::rngs::StdRng;

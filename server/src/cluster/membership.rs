@@ -78,20 +78,17 @@ struct Driver {
     hints: mpsc::Sender<Hint>,
     /// The last identity that came up at each address.
     incarnations: HashMap<SocketAddr, Actor>,
-    /// Members suspected in this node's view: (incarnation, since when).
-    suspected: HashMap<Actor, (u16, Instant)>,
+    /// Members suspected in this node's view, and since when.
+    suspected: StuckSuspicions,
     /// foca's current timer token (seen on the timers it schedules).
     timer_token: Option<u8>,
     /// Members declared down, announced to on a short period that backs off.
     down: DownAnnouncer,
 }
 
-/// A suspicion this node learned by gossip has no timer of its own: foca only declares a
-/// member down when its own probe failed. If the suspected member never hears of it (the
-/// gossip was spent while a partition dropped it), it never refutes and stays suspect forever.
-/// After twice foca's own suspicion timeout (at least this long) the driver declares it down
-/// itself; a live member then renews its identity and comes back up.
-const STUCK_SUSPICION: Duration = Duration::from_secs(4);
+/// The shortest time a member stays suspect before the driver declares it down itself
+/// ([`StuckSuspicions`]).
+pub const STUCK_SUSPICION: Duration = Duration::from_secs(4);
 
 /// Starts the membership task. `seeds` are announced to at start and whenever this node
 /// knows no member.
@@ -129,7 +126,7 @@ pub fn start(
         packet_limit: limit,
         member_count: 0,
         incarnations: HashMap::new(),
-        suspected: HashMap::new(),
+        suspected: StuckSuspicions::default(),
         timer_token: None,
         down: DownAnnouncer::default(),
         dirty: false,
@@ -392,40 +389,26 @@ impl Driver {
     }
 
     /// Declares down the members that stayed suspect at one incarnation for too long (see
-    /// [`STUCK_SUSPICION`]).
+    /// [`StuckSuspicions`]).
     fn end_stuck_suspicions(&mut self) {
-        let now = Instant::now();
+        let Some(token) = self.timer_token else {
+            return;
+        };
         let suspects: Vec<(Actor, u16)> = self
             .foca
             .iter_membership_state()
             .filter(|m| m.state() == State::Suspect)
             .map(|m| (m.id().clone(), m.incarnation()))
             .collect();
-        self.suspected
-            .retain(|a, _| suspects.iter().any(|(s, _)| s == a));
-        let Some(token) = self.timer_token else {
-            return;
-        };
-        let own_timeout = foca_config(self.member_count, self.packet_limit).suspect_to_down_after;
-        let stuck = (own_timeout * 2).max(STUCK_SUSPICION);
-        for (actor, incarnation) in suspects {
-            let since = match self.suspected.get(&actor) {
-                Some((inc, since)) if *inc == incarnation => *since,
-                _ => {
-                    self.suspected.insert(actor, (incarnation, now));
-                    continue;
-                }
+        let stuck = stuck_after(self.member_count, self.packet_limit);
+        for (actor, incarnation) in self.suspected.check(suspects, Instant::now(), stuck) {
+            tracing::info!(actor = %actor.id, addr = %actor.addr, "suspicion never refuted; declaring the member down");
+            let timer = Timer::ChangeSuspectToDown {
+                member_id: actor,
+                incarnation,
+                token,
             };
-            if now.duration_since(since) >= stuck {
-                tracing::info!(actor = %actor.id, addr = %actor.addr, "suspicion never refuted; declaring the member down");
-                self.suspected.remove(&actor);
-                let timer = Timer::ChangeSuspectToDown {
-                    member_id: actor,
-                    incarnation,
-                    token,
-                };
-                let _ = self.foca.handle_timer(timer, &mut self.rt);
-            }
+            let _ = self.foca.handle_timer(timer, &mut self.rt);
         }
         self.drain();
     }
@@ -469,6 +452,54 @@ impl Driver {
             self.member_count = n;
             let _ = self.foca.set_config(foca_config(n, self.packet_limit));
         }
+    }
+}
+
+/// How long a member may stay suspect at one incarnation before the driver declares it down:
+/// twice foca's own suspicion timeout for a cluster of `members`, at least
+/// [`STUCK_SUSPICION`].
+pub fn stuck_after(members: usize, packet_limit: usize) -> Duration {
+    let own_timeout = foca_config(members, packet_limit).suspect_to_down_after;
+    (own_timeout * 2).max(STUCK_SUSPICION)
+}
+
+/// Suspicions that nobody refutes (pure; the driver fires foca's suspect→down timer).
+/// A suspicion this node learned by gossip has no timer of its own: foca only declares a
+/// member down when its own probe failed. If the suspected member never hears of it (the
+/// gossip was spent while a partition dropped it), it never refutes and stays suspect for
+/// good. A member suspect at the same incarnation for [`stuck_after`] is declared down
+/// instead; a live member then renews its identity and comes back up.
+#[derive(Debug, Default)]
+pub struct StuckSuspicions {
+    since: HashMap<Actor, (u16, Instant)>,
+}
+
+impl StuckSuspicions {
+    /// `suspects`: every member suspect now, with its incarnation. Returns those suspect at
+    /// that incarnation for `stuck` or longer (and forgets them).
+    pub fn check(
+        &mut self,
+        suspects: Vec<(Actor, u16)>,
+        now: Instant,
+        stuck: Duration,
+    ) -> Vec<(Actor, u16)> {
+        self.since
+            .retain(|a, _| suspects.iter().any(|(s, _)| s == a));
+        let mut out = Vec::new();
+        for (actor, incarnation) in suspects {
+            match self.since.get(&actor) {
+                Some((inc, since)) if *inc == incarnation => {
+                    if now.saturating_duration_since(*since) >= stuck {
+                        self.since.remove(&actor);
+                        out.push((actor, incarnation));
+                    }
+                }
+                _ => {
+                    self.since.insert(actor, (incarnation, now));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -563,6 +594,40 @@ mod tests {
         assert!(gaps.iter().all(|g| *g <= 30_000), "{gaps:?}");
         d.up(&a);
         assert!(d.due(t + Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn a_suspicion_that_lasts_at_one_incarnation_is_ended() {
+        let t0 = Instant::now();
+        let a = Actor {
+            id: ActorId([1; 16]),
+            addr: "10.0.0.1:1".parse().unwrap(),
+            bump: 1,
+        };
+        let b = Actor {
+            id: ActorId([2; 16]),
+            addr: "10.0.0.2:1".parse().unwrap(),
+            bump: 1,
+        };
+        let stuck = Duration::from_secs(4);
+        let mut s = StuckSuspicions::default();
+        assert!(s
+            .check(vec![(a.clone(), 0), (b.clone(), 0)], t0, stuck)
+            .is_empty());
+        let t1 = t0 + Duration::from_secs(2);
+        // b refuted with a higher incarnation and is suspected again: its clock restarts.
+        assert!(s
+            .check(vec![(a.clone(), 0), (b.clone(), 1)], t1, stuck)
+            .is_empty());
+        let t2 = t0 + stuck;
+        assert_eq!(
+            s.check(vec![(a.clone(), 0), (b.clone(), 1)], t2, stuck),
+            vec![(a.clone(), 0)]
+        );
+        // A member no longer suspect is forgotten.
+        assert!(s.check(vec![], t2, stuck).is_empty());
+        assert!(s.check(vec![(b.clone(), 1)], t2 + stuck, stuck).is_empty());
+        assert!(stuck_after(3, packet_limit(None)) >= STUCK_SUSPICION);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::codec::{self, Msg};
 use super::ingest::{IngestTx, Source};
 use super::snapshot;
 use super::status::{Counters, Status};
+use super::sync_sched::{head_is_news, Outcome, SyncScheduler};
 use super::sync_state::{compute_needs, state_of, Claims, Need};
 use super::transport::{read_frame, write_frame, Transport};
 use crate::crdt::ActorId;
@@ -29,31 +30,21 @@ use crate::store::buffer::Chunk;
 use crate::store::Shared;
 use anyhow::{anyhow, bail, Result};
 use quinn::{RecvStream, SendStream};
-use rand::seq::IndexedRandom;
-use rand::Rng;
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-/// Peers synced with per timer round.
-const PEERS_PER_ROUND: usize = 3;
-/// Client sessions in flight at once, counting those started for a hint (a member that came
-/// up, a gap that appeared): catch-up runs in parallel but bounded.
-const MAX_SESSIONS: usize = 6;
 /// Needs sent in one session.
-const MAX_NEEDS_PER_SESSION: usize = 4096;
+pub const MAX_NEEDS_PER_SESSION: usize = 4096;
 /// Sessions served at once; more are rejected as busy.
-const MAX_SERVED: usize = 3;
+pub const MAX_SERVED: usize = 3;
 /// Waiting for the peer's first answer (its sync state): a few round trips plus reading its
 /// bookkeeping. A peer that died behind a still-open connection fails here, fast.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(300);
-/// A peer whose session failed (busy, unreachable) is not picked again for this long.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Hints waiting for the sync loop, at most (more are dropped: the next round covers them).
 pub const HINT_QUEUE: usize = 256;
 
@@ -83,11 +74,12 @@ pub struct SyncCtx {
 }
 
 /// Runs sync sessions until `stop`. Sessions are independent: each ends on its own, so a
-/// round never waits for its slowest peer. A timer round (every `min_sync_backoff` while this
-/// node is behind or changes are flowing, backing off to `max_sync_backoff` when idle) tops
-/// the sessions up to [`PEERS_PER_ROUND`]; a hint starts one at once with the member that
-/// came up (or a random one when a gap appeared); a session that made progress or failed is
-/// followed at once by another with a different peer.
+/// round never waits for its slowest peer. Which peer and when is decided by
+/// [`SyncScheduler`]: timer rounds (every `min_sync_backoff` while this node is behind or
+/// changes are flowing, backing off to `max_sync_backoff` when idle) top the sessions up; a
+/// hint starts one at once with the member that came up (or a random one when a gap
+/// appeared); a session that failed, or made progress while gaps remain, is followed at
+/// once by another.
 pub async fn client_loop(
     ctx: Arc<SyncCtx>,
     mut hints: mpsc::Receiver<Hint>,
@@ -96,16 +88,12 @@ pub async fn client_loop(
     let perf = &ctx.node.config.perf;
     let min = Duration::from_secs(perf.min_sync_backoff.max(1));
     let max = Duration::from_secs(perf.max_sync_backoff.max(perf.min_sync_backoff).max(1));
-    let mut backoff = min;
-    let mut next_round = tokio::time::Instant::now() + min;
+    let ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
+    let mut sched = SyncScheduler::new(min, max, std::time::Instant::now(), ingested);
     let mut running: tokio::task::JoinSet<(SocketAddr, Result<usize>)> = Default::default();
-    let mut in_flight: HashSet<SocketAddr> = HashSet::new();
-    let mut failed: HashMap<SocketAddr, std::time::Instant> = HashMap::new();
     let claims = Arc::new(Mutex::new(Claims::default()));
-    let mut progress = false;
-    let mut ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
     loop {
-        let mut want: Vec<Option<SocketAddr>> = Vec::new();
+        let next_round = tokio::time::Instant::from_std(sched.next_round());
         tokio::select! {
             _ = stop.changed() => {
                 running.abort_all();
@@ -119,29 +107,24 @@ pub async fn client_loop(
                         continue;
                     }
                 };
-                in_flight.remove(&addr);
-                match result {
-                    Ok(n) if n > 0 => {
-                        progress = true;
-                        want.push(None);
-                    }
-                    Ok(_) => {}
+                let outcome = match result {
+                    Ok(n) => Outcome::Received(n),
                     Err(e) => {
                         tracing::debug!(%addr, error = %format!("{e:#}"), "sync session failed");
-                        failed.insert(addr, std::time::Instant::now());
-                        want.push(None); // another peer at once
+                        Outcome::Failed
                     }
-                }
+                };
                 let gaps = ctx.shared.book.read().expect("book lock").gap_count();
                 ctx.status.gaps.store(gaps, Ordering::Relaxed);
+                sched.ended(addr, outcome, std::time::Instant::now(), gaps);
             }
             h = hints.recv() => match h {
-                Some(Hint::Peer(addr)) => want.push(Some(addr)),
-                Some(Hint::Behind) => want.push(None),
+                Some(Hint::Peer(addr)) => sched.peer_up(addr, std::time::Instant::now()),
+                Some(Hint::Behind) => sched.behind(),
                 Some(Hint::Head { actor, addr, version }) => {
                     let book = ctx.shared.book.read().expect("book lock");
-                    if actor != ctx.node.actor && book.get(&actor).is_none_or(|b| b.max < version) {
-                        want.push(Some(addr));
+                    if head_is_news(&book, ctx.node.actor, actor, version) {
+                        sched.head(addr, actor, version);
                     }
                 }
                 None => return,
@@ -149,44 +132,17 @@ pub async fn client_loop(
             _ = tokio::time::sleep_until(next_round) => {
                 let gaps = ctx.shared.book.read().expect("book lock").gap_count();
                 ctx.status.gaps.store(gaps, Ordering::Relaxed);
-                let now_ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
-                let flowing = now_ingested != ingested;
-                ingested = now_ingested;
-                // Behind, or changes flowing (whose last ones may be lost unnoticed): go again
-                // soon. Up to date and quiet: back off.
-                backoff = if progress || gaps > 0 || flowing { min } else { (backoff * 2).min(max) };
-                progress = false;
-                let jitter = rand::rng().random_range(0.7..1.3);
-                next_round = tokio::time::Instant::now() + backoff.mul_f64(jitter);
-                let top_up = PEERS_PER_ROUND.saturating_sub(running.len());
-                want.extend(std::iter::repeat_n(None, top_up));
+                let ingested = ctx.status.counters.changes_ingested.load(Ordering::Relaxed);
+                let book = ctx.shared.book.read().expect("book lock");
+                let lacks = |a: &ActorId, v: u64| !book.knows(a, v);
+                sched.round(std::time::Instant::now(), gaps, ingested, &mut rand::rng(), lacks);
             }
         }
-        if want.is_empty() {
+        if !sched.wants() {
             continue;
         }
-        failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
         let peers = sync_peers(&ctx.status);
-        for w in want {
-            if running.len() >= MAX_SESSIONS {
-                break;
-            }
-            let addr = match w {
-                Some(a) if peers.contains(&a) && !in_flight.contains(&a) => a,
-                Some(_) => continue,
-                None => {
-                    let free: Vec<SocketAddr> = peers
-                        .iter()
-                        .filter(|a| !in_flight.contains(a) && !failed.contains_key(a))
-                        .copied()
-                        .collect();
-                    match free.choose(&mut rand::rng()) {
-                        Some(a) => *a,
-                        None => break,
-                    }
-                }
-            };
-            in_flight.insert(addr);
+        for addr in sched.start(&peers, std::time::Instant::now(), &mut rand::rng()) {
             let (ctx, claims) = (ctx.clone(), claims.clone());
             running.spawn(async move {
                 let r = tokio::time::timeout(SESSION_TIMEOUT, session(&ctx, addr, &claims))
