@@ -48,6 +48,9 @@ pub struct Source {
 pub enum Plan {
     /// Incremental: re-evaluate the root rows related to changed keys.
     Keyed { sources: Vec<Source> },
+    /// Incremental: aggregates or DISTINCT over one table, kept per group from the changed
+    /// rows' before- and after-images (see [`crate::aggregate`]).
+    Aggregate { plan: std::sync::Arc<crate::aggregate::plan::AggPlan> },
     /// Re-run the query and diff, because of `reason`.
     Recompute { reason: String },
 }
@@ -64,6 +67,7 @@ impl Plan {
                     .join(", "),
                 sources[0].table
             ),
+            Plan::Aggregate { plan } => plan.describe(),
             Plan::Recompute { reason } => format!("re-run and diff ({reason})"),
         }
     }
@@ -283,18 +287,18 @@ pub fn analyze(
     if tables.is_empty() {
         return err("the query reads no replicated table, so it would never change; query it with /v1/queries instead");
     }
-    let plan = choose_plan(&query, schema);
+    let plan = choose_plan(conn, &query, schema);
     let normalized = normalize(&query);
     let family = match &plan {
         Plan::Keyed { sources } => {
             let refs: Vec<String> = sources.iter().map(|s| s.reference.clone()).collect();
             crate::family::detect(conn, &query, &refs, normalize)
         }
-        Plan::Recompute { .. } => None,
+        Plan::Aggregate { .. } | Plan::Recompute { .. } => None,
     };
     // Re-run plans execute the query exactly as the client wrote it.
     let exec = match plan {
-        Plan::Keyed { .. } => Statement::new(sql.clone()),
+        Plan::Keyed { .. } | Plan::Aggregate { .. } => Statement::new(sql.clone()),
         Plan::Recompute { .. } => stmt.clone(),
     };
     Ok(Analysis {
@@ -461,11 +465,26 @@ fn normalize(q: &Query) -> String {
     q.to_string()
 }
 
-/// Keyed maintenance applies to plain select-project-join queries.
-fn choose_plan(q: &Query, schema: &dyn Schema) -> Plan {
-    match keyed_sources(q, schema) {
-        Ok(sources) => Plan::Keyed { sources },
-        Err(reason) => Plan::Recompute { reason },
+/// Keyed maintenance applies to plain select-project-join queries, aggregate maintenance to
+/// aggregates and DISTINCT over one table; everything else is re-run.
+fn choose_plan(conn: &Connection, q: &Query, schema: &dyn Schema) -> Plan {
+    let keyed = match keyed_sources(q, schema) {
+        Ok(sources) => return Plan::Keyed { sources },
+        Err(reason) => reason,
+    };
+    match crate::aggregate::plan::detect(conn, q, schema) {
+        Ok(plan) => Plan::Aggregate {
+            plan: std::sync::Arc::new(plan),
+        },
+        // Say why the aggregate plan does not apply when that is the kind of query it is.
+        Err(reason)
+            if ["uses the aggregate", "uses GROUP BY", "uses DISTINCT"]
+                .iter()
+                .any(|p| keyed.starts_with(p)) =>
+        {
+            Plan::Recompute { reason }
+        }
+        Err(_) => Plan::Recompute { reason: keyed },
     }
 }
 
