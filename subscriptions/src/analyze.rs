@@ -50,7 +50,9 @@ pub enum Plan {
     Keyed { sources: Vec<Source> },
     /// Incremental: aggregates or DISTINCT over one table, kept per group from the changed
     /// rows' before- and after-images (see [`crate::aggregate`]).
-    Aggregate { plan: std::sync::Arc<crate::aggregate::plan::AggPlan> },
+    Aggregate {
+        plan: std::sync::Arc<crate::aggregate::plan::AggPlan>,
+    },
     /// Re-run the query and diff, because of `reason`.
     Recompute { reason: String },
 }

@@ -44,8 +44,14 @@ const INCREMENTAL: &[&str] = &[
 
 /// Queries that stay re-run, with a word of the reason.
 const RERUN: &[(&str, &str)] = &[
-    ("SELECT g, count(*) FROM m GROUP BY g HAVING count(*) > 1", "HAVING"),
-    ("SELECT g, count(*) FROM m GROUP BY g ORDER BY 2", "ORDER BY"),
+    (
+        "SELECT g, count(*) FROM m GROUP BY g HAVING count(*) > 1",
+        "HAVING",
+    ),
+    (
+        "SELECT g, count(*) FROM m GROUP BY g ORDER BY 2",
+        "ORDER BY",
+    ),
     ("SELECT count(DISTINCT g) FROM m", "DISTINCT"),
     ("SELECT group_concat(g) FROM m", "group_concat"),
     ("SELECT g, v, count(*) FROM m GROUP BY g", "neither"),
@@ -62,7 +68,11 @@ fn plans_are_chosen_as_documented() {
     conn.execute_batch(&schema_sql(&[""; 5], "", "")).unwrap();
     for q in INCREMENTAL {
         let a = analyze(&conn, &Statement::new(*q), &TestSchema).unwrap();
-        assert!(matches!(a.plan, Plan::Aggregate { .. }), "{q}: {:?}", a.plan);
+        assert!(
+            matches!(a.plan, Plan::Aggregate { .. }),
+            "{q}: {:?}",
+            a.plan
+        );
     }
     for (q, why) in RERUN {
         let a = analyze(&conn, &Statement::new(*q), &TestSchema).unwrap();
@@ -80,7 +90,12 @@ fn plans_are_chosen_as_documented() {
             Some(vec!["id".into()])
         }
     }
-    let a = analyze(&conn, &Statement::new("SELECT s, count(*) FROM c GROUP BY s"), &C).unwrap();
+    let a = analyze(
+        &conn,
+        &Statement::new("SELECT s, count(*) FROM c GROUP BY s"),
+        &C,
+    )
+    .unwrap();
     assert!(matches!(a.plan, Plan::Recompute { .. }), "{:?}", a.plan);
 }
 
@@ -96,8 +111,14 @@ fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
         (-3i64..6).prop_map(Value::Integer),
-        prop_oneof![Just(0.5), Just(2.25), Just(-1.75), Just(1e16 + 2.0), Just(4.5)]
-            .prop_map(Value::Real),
+        prop_oneof![
+            Just(0.5),
+            Just(2.25),
+            Just(-1.75),
+            Just(1e16 + 2.0),
+            Just(4.5)
+        ]
+        .prop_map(Value::Real),
         prop_oneof![Just("7"), Just("x"), Just("2.5"), Just("a")]
             .prop_map(|s| Value::Text(s.to_string())),
         Just(Value::Blob(vec![0x31])),
@@ -170,7 +191,9 @@ impl Recorder {
         let n = stmt.column_count();
         let row = stmt
             .query_row(rusqlite::params_from_iter(&key), |r| {
-                (0..n).map(|i| r.get::<_, Value>(i)).collect::<Result<Vec<_>, _>>()
+                (0..n)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
             })
             .ok();
         images.insert(k, row);
@@ -228,8 +251,11 @@ fn apply(conn: &Connection, op: &Op, rec: &mut Recorder) {
             for k in 0..*below {
                 rec.touch(conn, "m", vec![i(k)]);
             }
-            conn.execute("UPDATE m SET v = ?2 WHERE id < ?1", rusqlite::params![below, v])
-                .unwrap();
+            conn.execute(
+                "UPDATE m SET v = ?2 WHERE id < ?1",
+                rusqlite::params![below, v],
+            )
+            .unwrap();
         }
     }
 }
@@ -341,23 +367,33 @@ fn integer_overflow_fails_like_sqlite() {
     conn.execute("INSERT INTO m (id, v) VALUES (1, ?1)", [i64::MAX])
         .unwrap();
     let sum = analyze(&conn, &Statement::new("SELECT sum(v) FROM m"), &TestSchema).unwrap();
-    let total = analyze(&conn, &Statement::new("SELECT total(v), avg(v) FROM m"), &TestSchema).unwrap();
+    let total = analyze(
+        &conn,
+        &Statement::new("SELECT total(v), avg(v) FROM m"),
+        &TestSchema,
+    )
+    .unwrap();
     let mut s = MatView::new(&sum);
     let mut t = MatView::new(&total);
     s.initial(&conn).unwrap();
     t.initial(&conn).unwrap();
     let mut rec = Recorder::default();
     rec.touch(&conn, "m", vec![Value::Integer(2)]);
-    conn.execute("INSERT INTO m (id, v) VALUES (2, 1)", []).unwrap();
+    conn.execute("INSERT INTO m (id, v) VALUES (2, 1)", [])
+        .unwrap();
     let fresh_err = fresh(&conn, "SELECT sum(v) FROM m").unwrap_err();
     let e = s.refresh_images(&conn, &rec.m).unwrap_err();
-    assert!(e.to_string().contains("integer overflow") && fresh_err.contains("integer overflow"), "{e}");
+    assert!(
+        e.to_string().contains("integer overflow") && fresh_err.contains("integer overflow"),
+        "{e}"
+    );
     t.refresh_images(&conn, &rec.m).unwrap();
     assert_eq!(t.snapshot()[0].1, fresh(&conn, &total.sql).unwrap()[0]);
     // The failed view is reset (as a node does after a failed round) and the sum fits again.
     let mut rec = Recorder::default();
     rec.touch(&conn, "m", vec![Value::Integer(2)]);
-    conn.execute("UPDATE m SET v = -5 WHERE id = 2", []).unwrap();
+    conn.execute("UPDATE m SET v = -5 WHERE id = 2", [])
+        .unwrap();
     let mut s = MatView::new(&sum);
     s.initial(&conn).unwrap();
     assert_eq!(s.snapshot()[0].1, vec![Value::Integer(i64::MAX - 5)]);
@@ -373,10 +409,19 @@ fn an_extreme_leaving_is_re_read() {
         "INSERT INTO m (id, g, v) VALUES (1, 'a', 5), (2, 'a', 9), (3, 'a', 9), (4, 'b', 1)",
     )
     .unwrap();
-    let a = analyze(&conn, &Statement::new("SELECT g, max(v), min(v) FROM m GROUP BY g"), &TestSchema).unwrap();
+    let a = analyze(
+        &conn,
+        &Statement::new("SELECT g, max(v), min(v) FROM m GROUP BY g"),
+        &TestSchema,
+    )
+    .unwrap();
     let mut mv = MatView::new(&a);
     let rows: BTreeMap<u64, Vec<Value>> = mv.initial(&conn).unwrap().into_iter().collect();
-    let a_row = *rows.iter().find(|(_, c)| c[0] == Value::Text("a".into())).unwrap().0;
+    let a_row = *rows
+        .iter()
+        .find(|(_, c)| c[0] == Value::Text("a".into()))
+        .unwrap()
+        .0;
     for (id, expect_max) in [(2, 9), (3, 5)] {
         let mut rec = Recorder::default();
         rec.touch(&conn, "m", vec![Value::Integer(id)]);
@@ -388,7 +433,14 @@ fn an_extreme_leaving_is_re_read() {
             assert_eq!(ch.len(), 1);
             assert_eq!(ch[0].kind, ChangeKind::Update);
             assert_eq!(ch[0].row_id, a_row, "the group keeps its row id");
-            assert_eq!(ch[0].cells, vec![Value::Text("a".into()), Value::Integer(5), Value::Integer(5)]);
+            assert_eq!(
+                ch[0].cells,
+                vec![
+                    Value::Text("a".into()),
+                    Value::Integer(5),
+                    Value::Integer(5)
+                ]
+            );
         }
     }
     // The group's last row leaves: its row is deleted.
@@ -396,5 +448,45 @@ fn an_extreme_leaving_is_re_read() {
     rec.touch(&conn, "m", vec![Value::Integer(1)]);
     conn.execute("DELETE FROM m WHERE id = 1", []).unwrap();
     let ch = mv.refresh_images(&conn, &rec.m).unwrap();
-    assert_eq!((ch.len(), ch[0].kind, ch[0].row_id), (1, ChangeKind::Delete, a_row));
+    assert_eq!(
+        (ch.len(), ch[0].kind, ch[0].row_id),
+        (1, ChangeKind::Delete, a_row)
+    );
+}
+
+/// A column added to the table after the subscription (schema changes are additive) makes the
+/// before-images wider: the plan's columns come first and it still applies them.
+#[test]
+fn a_column_added_later_is_ignored() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(&schema_sql(&["TEXT", "INTEGER", "", "", ""], "", ""))
+        .unwrap();
+    conn.execute_batch("INSERT INTO m (id, g, v) VALUES (1, 'a', 5), (2, 'b', 7)")
+        .unwrap();
+    let a = analyze(
+        &conn,
+        &Statement::new("SELECT g, sum(v) FROM m GROUP BY g"),
+        &TestSchema,
+    )
+    .unwrap();
+    let mut mv = MatView::new(&a);
+    let mut client: BTreeMap<u64, Vec<Value>> = mv.initial(&conn).unwrap().into_iter().collect();
+    conn.execute_batch("ALTER TABLE m ADD COLUMN extra TEXT DEFAULT 'e'")
+        .unwrap();
+    let mut rec = Recorder::default();
+    rec.touch(&conn, "m", vec![Value::Integer(1)]);
+    assert_eq!(rec.m.values().next().unwrap().as_ref().unwrap().len(), 5);
+    conn.execute("UPDATE m SET g = 'b' WHERE id = 1", [])
+        .unwrap();
+    for ch in mv.refresh_images(&conn, &rec.m).unwrap() {
+        match ch.kind {
+            ChangeKind::Delete => {
+                client.remove(&ch.row_id);
+            }
+            _ => {
+                client.insert(ch.row_id, ch.cells);
+            }
+        }
+    }
+    assert_eq!(Ok(sorted(&client)), fresh(&conn, &a.sql));
 }

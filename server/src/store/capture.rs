@@ -5,7 +5,9 @@
 //! delete followed by a re-insert of the same values produce no change at all.
 //!
 //! The hook only reads values; the store writes clocks after the statements ran. Capture is
-//! off while the store itself writes (clocks, remote merges).
+//! off while the store itself writes (clocks, remote merges), except for *images* mode: while
+//! a remote merge runs and a subscription needs before-images ([`Capture::images`]), only each
+//! touched row's state when first touched is recorded.
 
 use super::catalog::Catalog;
 use crate::crdt::pack;
@@ -55,6 +57,8 @@ struct CapturedTable {
 #[derive(Debug, Default)]
 pub struct Capture {
     pub enabled: bool,
+    /// Records only before-images (for the store's own merges; see the module docs).
+    pub images: bool,
     /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
     pub invalid: Option<String>,
     /// The table the running statement inserts only given values into (see
@@ -102,6 +106,59 @@ impl Capture {
         self.effects.clear();
         self.invalid = None;
         self.trusted = None;
+    }
+
+    /// Images mode: records each touched row's values when first touched (`None`: the row
+    /// did not exist), nothing else.
+    fn on_image(&mut self, table: &str, case: &PreUpdateCase) {
+        let Some(t) = self.tables.get(table) else {
+            return;
+        };
+        let (id, rowid_key) = (t.id, t.rowid_key);
+        let positions = t.pk_positions.clone();
+        match case {
+            PreUpdateCase::Insert(new) => {
+                let pk = if rowid_key {
+                    pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
+                } else {
+                    let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                    pack::pack(positions.iter().map(|p| get(*p as i32)))
+                };
+                self.entry(id, pk, || None);
+            }
+            PreUpdateCase::Delete(old) => {
+                let n = old.get_column_count();
+                let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let pk = pack::pack(positions.iter().map(|p| get(*p as i32)));
+                self.entry(id, pk, || Some((0..n).map(|i| owned(get(i))).collect()));
+            }
+            PreUpdateCase::Update {
+                old_value_accessor: old,
+                new_value_accessor: new,
+            } => {
+                let n = old.get_column_count();
+                let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                let old_pk = pack::pack(positions.iter().map(|p| get_old(*p as i32)));
+                let new_pk = pack::pack(positions.iter().map(|p| get_new(*p as i32)));
+                self.entry(id, old_pk.clone(), || {
+                    Some((0..n).map(|i| owned(get_old(i))).collect())
+                });
+                if new_pk != old_pk {
+                    self.entry(id, new_pk, || None);
+                }
+            }
+            PreUpdateCase::Unknown => {}
+        }
+    }
+
+    /// Takes the before-images recorded in images mode: (table id, key) → values.
+    pub fn take_images(&mut self) -> HashMap<(u32, Vec<u8>), Option<Vec<Value>>> {
+        self.index.clear();
+        std::mem::take(&mut self.effects)
+            .into_iter()
+            .map(|e| ((e.table, e.pk), e.before))
+            .collect()
     }
 
     fn entry(
@@ -219,6 +276,8 @@ pub fn install(conn: &Connection, capture: Arc<Mutex<Capture>>) -> rusqlite::Res
             let mut c = capture.lock().expect("capture lock");
             if c.enabled {
                 c.on_change(table, case);
+            } else if c.images {
+                c.on_image(table, case);
             }
         },
     ))

@@ -103,6 +103,9 @@ pub(super) struct Unit {
     /// Decayed average of the unit's round times, in µs (0: no round yet).
     pub avg_round_us: AtomicU64,
     pub tables: BTreeSet<String>,
+    /// The table whose before-images maintain the unit (aggregates and `DISTINCT`; see
+    /// [`super::images`]); such a unit only needs to know that its table changed.
+    pub images: Option<String>,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
     /// The next member index (a single subscription is member 0).
@@ -137,8 +140,23 @@ pub(super) struct CatchUp {
 impl Unit {
     /// The lane the unit runs in now.
     pub fn lane_now(&self) -> Lane {
-        if self.lane == Lane::Rerun && self.heavy.load(Ordering::Relaxed) {
+        if self.moves() && self.heavy.load(Ordering::Relaxed) {
             Lane::Heavy
+        } else {
+            self.lane
+        }
+    }
+
+    /// Whether slow rounds move the unit to the heavy lane: re-run units, and units kept from
+    /// before-images (cheap, but they re-run their query after a failure or a gap).
+    fn moves(&self) -> bool {
+        self.lane == Lane::Rerun || self.images.is_some()
+    }
+
+    /// How a change set is queued for the unit.
+    pub fn queue_lane(&self) -> Lane {
+        if self.images.is_some() {
+            Lane::Rerun
         } else {
             self.lane
         }
@@ -148,7 +166,7 @@ impl Unit {
     /// average of their rounds (`avg += (d - avg) / 4`), so one round slowed by a busy host
     /// does not send a cheap unit behind the heavy ones.
     pub fn round_took(&self, d: std::time::Duration) {
-        if self.lane != Lane::Rerun {
+        if !self.moves() {
             return;
         }
         let d = d.as_micros().min(u64::MAX as u128) as u64;
@@ -207,6 +225,14 @@ impl Queue {
         }
     }
 
+    /// Takes the queued work of a unit kept from before-images: (re-run in full, oldest
+    /// commit); that its table changed (`dirty`) is all it needs to know.
+    pub fn take_images(&mut self) -> (bool, Option<Instant>) {
+        self.dirty = false;
+        self.batches.clear();
+        (std::mem::take(&mut self.whole), self.since.take())
+    }
+
     /// Takes the queued work: (change sets, re-run in full, oldest commit).
     pub fn take(&mut self) -> (Vec<Arc<Changes>>, bool, Option<Instant>) {
         let whole = std::mem::take(&mut self.whole) || std::mem::take(&mut self.dirty);
@@ -242,6 +268,8 @@ pub(super) struct UnitState {
     pub member_ops: VecDeque<(u64, u64, Option<rusqlite::types::Value>)>,
     /// Consecutive failed rounds (for the retry backoff).
     pub failures: u32,
+    /// A unit kept from before-images: the last commit its state includes.
+    pub image_pos: u64,
 }
 
 impl UnitState {
@@ -360,6 +388,7 @@ mod tests {
             heavy: Default::default(),
             avg_round_us: Default::default(),
             tables: BTreeSet::new(),
+            images: None,
             queue: Mutex::default(),
             state: Mutex::default(),
             next_idx: AtomicU64::new(0),

@@ -40,6 +40,9 @@ use std::sync::Arc;
 /// (all columns, in table order) before the change set; `None` if it did not exist.
 pub type Images = HashMap<Vec<u8>, Option<Vec<Value>>>;
 
+/// A group's row as published: (row id, cells), or `None` if it had none.
+type Published = Option<(u64, Vec<Value>)>;
+
 #[derive(Debug, Clone)]
 struct Group {
     row_id: u64,
@@ -347,12 +350,9 @@ impl Aggregate {
         if self.rebuild {
             return self.recompute(conn);
         }
-        if images
-            .values()
-            .flatten()
-            .any(|v| v.len() != self.plan.columns.len())
-        {
-            // The table's columns changed since the plan was made.
+        let width = self.plan.columns.len();
+        if images.values().flatten().any(|v| v.len() < width) {
+            // The images are narrower than the table the plan was made for: start over.
             return self.recompute(conn);
         }
         let mut groups = std::mem::take(&mut self.groups);
@@ -377,7 +377,7 @@ impl Aggregate {
         next: &mut u64,
     ) -> Result<Option<Vec<RowChange>>> {
         // Each touched group's row as published before this change set.
-        let mut before: HashMap<Vec<u8>, Option<(u64, Vec<Value>)>> = HashMap::new();
+        let mut before: HashMap<Vec<u8>, Published> = HashMap::new();
         let mut note = |groups: &HashMap<Vec<u8>, Group>, key: &Vec<u8>| {
             before
                 .entry(key.clone())
@@ -387,16 +387,18 @@ impl Aggregate {
         // a re-read.
         let by_key = self.plan.by_key_sql();
         for pk in images.keys() {
-            let vals = pack::unpack(pk).map_err(|e| {
-                rusqlite::Error::ToSqlConversionFailure(Box::new(e))
-            })?;
+            let vals = pack::unpack(pk)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
             for row in Self::scan(conn, &by_key, &vals)? {
                 let key = group_key(&row[1..=self.plan.groups.len()]);
                 note(groups, &key);
                 self.add_row(conn, groups, &row, next)?;
             }
         }
-        let old: Vec<&Vec<Value>> = images.values().flatten().collect();
+        // Columns added since the plan was made come last (schema changes are additive);
+        // the plan reads none of them.
+        let width = self.plan.columns.len();
+        let old: Vec<&[Value]> = images.values().flatten().map(|v| &v[..width]).collect();
         if !old.is_empty() {
             for row in self.eval_images(conn, &old)? {
                 let key = group_key(&row[1..=self.plan.groups.len()]);
@@ -411,7 +413,7 @@ impl Aggregate {
             }
         }
         let mut changes = Vec::new();
-        let mut touched: Vec<(Vec<u8>, Option<(u64, Vec<Value>)>)> = before.into_iter().collect();
+        let mut touched: Vec<(Vec<u8>, Published)> = before.into_iter().collect();
         touched.sort_by_key(|(_, b)| b.as_ref().map_or(u64::MAX, |b| b.0));
         for (key, was) in touched {
             let empty = groups
@@ -454,7 +456,7 @@ impl Aggregate {
     }
 
     /// Per-row SQL over before-images, through a TEMP table shaped like the plan's table.
-    fn eval_images(&self, conn: &Connection, rows: &[&Vec<Value>]) -> Result<Vec<Vec<Value>>> {
+    fn eval_images(&self, conn: &Connection, rows: &[&[Value]]) -> Result<Vec<Vec<Value>>> {
         let table = self.plan.image_table();
         conn.prepare_cached(&self.plan.create_image_table_sql())?
             .execute([])?;

@@ -135,7 +135,9 @@ fn aggregate_of(f: &sqlparser::ast::Function) -> Result<Option<(AggKind, Option<
         return Err(format!("uses {name}() without arguments"));
     };
     if l.duplicate_treatment.is_some() || !l.clauses.is_empty() {
-        return Err(format!("uses {name}(DISTINCT …) or an ORDER BY inside an aggregate"));
+        return Err(format!(
+            "uses {name}(DISTINCT …) or an ORDER BY inside an aggregate"
+        ));
     }
     let arg = match l.args.as_slice() {
         [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if kind == AggKind::Count => {
@@ -163,9 +165,12 @@ fn row_problem(e: &Expr) -> Option<String> {
                     why = Some("uses window functions".into());
                 } else if VOLATILE.contains(&name.as_str())
                     || (TIME_FUNCTIONS.contains(&name.as_str())
-                        && (arg_count(f) == 0 || f.to_string().to_ascii_lowercase().contains("now")))
+                        && (arg_count(f) == 0
+                            || f.to_string().to_ascii_lowercase().contains("now")))
                 {
-                    why = Some(format!("uses {name}(), whose value changes without a write"));
+                    why = Some(format!(
+                        "uses {name}(), whose value changes without a write"
+                    ));
                 } else {
                     match aggregate_of(f) {
                         Err(w) => why = Some(w),
@@ -506,12 +511,13 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
         outputs,
     };
     // SQLite must accept what the plan runs: otherwise re-run the query as written.
-    for sql in [plan.scan_sql(&plan.table_sql, "")]
-        .into_iter()
-        .chain(plan.outputs.iter().filter_map(|o| match o {
-            Output::Expr(s) => Some(s.clone()),
-            _ => None,
-        }))
+    for sql in
+        [plan.scan_sql(&plan.table_sql, "")]
+            .into_iter()
+            .chain(plan.outputs.iter().filter_map(|o| match o {
+                Output::Expr(s) => Some(s.clone()),
+                _ => None,
+            }))
     {
         conn.prepare(&sql)
             .map_err(|e| format!("cannot be evaluated row by row ({e})"))?;
@@ -638,12 +644,18 @@ impl AggPlan {
             .map(|(n, t)| format!("{} {}", quote(n), t))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("CREATE TEMP TABLE IF NOT EXISTS {} ({cols})", self.image_table())
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({cols})",
+            self.image_table()
+        )
     }
 
     pub fn describe(&self) -> String {
         if self.aggs.len() == 1 && self.outputs.iter().all(|o| matches!(o, Output::Group(_))) {
-            format!("incremental (DISTINCT tuples of {} with counts)", self.table)
+            format!(
+                "incremental (DISTINCT tuples of {} with counts)",
+                self.table
+            )
         } else {
             format!(
                 "incremental (aggregates over {}, {} group expression(s))",
