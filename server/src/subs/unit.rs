@@ -30,7 +30,8 @@ const MAX_MEMBER_OPS: usize = 4096;
 /// Which workers run a unit: cheap incremental work never queues behind re-runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lane {
-    /// Keyed subscriptions and families: cost proportional to the rows changed.
+    /// Keyed subscriptions and families, aggregate and `DISTINCT` subscriptions kept from
+    /// before-images: cost proportional to the rows changed.
     Keyed,
     /// Subscriptions maintained by re-running their query (see `docs/subscriptions.md`)
     /// whose last round was cheap (e.g. `ORDER BY … LIMIT` read from an index).
