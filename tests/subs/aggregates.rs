@@ -206,3 +206,52 @@ async fn aggregates_resume_after_a_restart() {
     s2.sync(&w, &q).await;
     assert!(node.panics().is_empty(), "{:?}", node.panics());
 }
+
+/// A round that fails (its persist step, a real SQLite error) publishes nothing; the retry
+/// re-runs the query once and publishes the missed changes with contiguous ids; later rounds
+/// apply before-images again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_round_is_retried_and_later_rounds_use_before_images_again() {
+    use crate::failure::{await_failures, exec, subs_db, FAIL, HEAL};
+    let dir = NodeDir::with_schema(SCHEMA);
+    let node = dir.start();
+    let w = node.http1().with_nodelay();
+    let q = json!(AGGREGATES[1]);
+    let mut s = Sub::post(&node.http1().with_nodelay(), &q).await;
+    w.write(&json!([
+        "INSERT INTO users VALUES (1, 'ann', 1, 10), (2, 'bob', 2, 20)"
+    ]))
+    .await;
+    s.sync(&w, &q).await;
+    let before = s.last;
+    exec(&subs_db(dir.path()), FAIL);
+    w.write(&json!(["UPDATE users SET team = 2 WHERE id = 1"]))
+        .await;
+    await_failures(&node, 1).await;
+    w.write(&json!(["INSERT INTO users VALUES (3, 'cat', 3, 30)"]))
+        .await;
+    assert!(
+        s.try_change(std::time::Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing is published while rounds fail"
+    );
+    exec(&subs_db(dir.path()), HEAL);
+    s.sync(&w, &q).await;
+    assert!(s.last > before, "the retry published the missed changes");
+    let reruns = image_reruns(&w).await;
+    assert!(reruns >= 1.0, "the retry re-ran the query");
+    for i in 0..5 {
+        w.write(&json!([[
+            "UPDATE users SET score = ? WHERE id = 2",
+            [100 + i]
+        ]]))
+        .await;
+        s.sync(&w, &q).await;
+    }
+    assert_eq!(
+        image_reruns(&w).await,
+        reruns,
+        "later rounds apply before-images"
+    );
+}

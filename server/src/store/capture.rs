@@ -57,8 +57,10 @@ struct CapturedTable {
 #[derive(Debug, Default)]
 pub struct Capture {
     pub enabled: bool,
-    /// Records only before-images (for the store's own merges; see the module docs).
+    /// Records only before-images (for the store's own merges; see the module docs), of the
+    /// tables in `image_tables`.
     pub images: bool,
+    pub image_tables: std::collections::HashSet<u32>,
     /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
     pub invalid: Option<String>,
     /// The table the running statement inserts only given values into (see
@@ -114,6 +116,9 @@ impl Capture {
         let Some(t) = self.tables.get(table) else {
             return;
         };
+        if !self.image_tables.contains(&t.id) {
+            return;
+        }
         let (id, rowid_key) = (t.id, t.rowid_key);
         let positions = t.pk_positions.clone();
         match case {

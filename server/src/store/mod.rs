@@ -136,8 +136,11 @@ pub struct Shared {
     /// `BEGIN` and one read of the schema page only.
     pub commit_gate: Mutex<u64>,
     /// Set while some subscription needs the before-images of changed rows
-    /// ([`Committed::before`]); remote merges record them only then.
+    /// ([`Committed::before`]); remote merges record them only then, and only for the tables
+    /// in `image_tables`.
     pub images_wanted: std::sync::atomic::AtomicBool,
+    /// Lower-case names of the tables whose before-images subscriptions need.
+    pub image_tables: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -346,6 +349,7 @@ impl Store {
             book: RwLock::new(bookkeeping::Bookie::new()),
             commit_gate: Mutex::new(0),
             images_wanted: Default::default(),
+            image_tables: Default::default(),
         });
         let mut store = Store {
             conn,
@@ -445,15 +449,26 @@ impl Store {
             .images_wanted
             .load(std::sync::atomic::Ordering::Relaxed);
         if want {
+            let catalog = self.shared.catalog();
+            let tables = self
+                .shared
+                .image_tables
+                .read()
+                .expect("image tables lock")
+                .iter()
+                .filter_map(|t| catalog.get(t).map(|t| t.id))
+                .collect();
             let mut c = self.capture.lock().expect("capture lock");
             c.clear();
             c.images = true;
+            c.image_tables = tables;
         }
         want
     }
 
     /// Stops recording before-images; returns those of `changed`'s rows (`None` if not
-    /// recording). A changed row whose base row was not written (only its clock changed, e.g.
+    /// recording; `None` for rows of tables no subscription needs them for). A changed row
+    /// whose base row was not written (only its clock changed, e.g.
     /// a merged change that lost, or a delete of a row already gone) has the values it still
     /// has.
     fn take_images(
@@ -471,10 +486,21 @@ impl Store {
         };
         let catalog = self.shared.catalog();
         let mut out = Vec::with_capacity(changed.len());
+        let wanted = self
+            .capture
+            .lock()
+            .expect("capture lock")
+            .image_tables
+            .clone();
         for (table, pk) in changed {
             let t = catalog
                 .get(table)
                 .with_context(|| format!("changed row of unknown table {table}"))?;
+            if !wanted.contains(&t.id) {
+                // No subscription follows this table's before-images.
+                out.push(None);
+                continue;
+            }
             match images.remove(&(t.id, pk.clone())) {
                 Some(before) => out.push(before),
                 None => {

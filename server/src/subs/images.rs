@@ -75,7 +75,7 @@ impl ImageLog {
             .or_default()
             .readers
             .insert(unit, pos);
-        shared.images_wanted.store(true, Ordering::Relaxed);
+        self.publish(shared);
     }
 
     pub fn untrack(&mut self, shared: &Shared, table: &str, unit: u64) {
@@ -87,6 +87,13 @@ impl ImageLog {
                 t.trim();
             }
         }
+        self.publish(shared);
+    }
+
+    /// Tells the store which tables' before-images to record.
+    fn publish(&self, shared: &Shared) {
+        *shared.image_tables.write().expect("image tables lock") =
+            self.tables.keys().cloned().collect();
         shared
             .images_wanted
             .store(!self.tables.is_empty(), Ordering::Relaxed);
