@@ -119,23 +119,23 @@ impl Capture {
         if !self.image_tables.contains(&t.id) {
             return;
         }
-        let (id, rowid_key) = (t.id, t.rowid_key);
-        let positions = t.pk_positions.clone();
-        match case {
+        let id = t.id;
+        // (key, values before) of up to two rows: a key-changing update touches two.
+        let (first, second): ((Vec<u8>, Option<Vec<Value>>), Option<Vec<u8>>) = match case {
             PreUpdateCase::Insert(new) => {
-                let pk = if rowid_key {
+                let pk = if t.rowid_key {
                     pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
                 } else {
                     let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                    pack::pack(positions.iter().map(|p| get(*p as i32)))
+                    pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)))
                 };
-                self.entry(id, pk, || None);
+                ((pk, None), None)
             }
             PreUpdateCase::Delete(old) => {
                 let n = old.get_column_count();
                 let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
-                let pk = pack::pack(positions.iter().map(|p| get(*p as i32)));
-                self.entry(id, pk, || Some((0..n).map(|i| owned(get(i))).collect()));
+                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
+                ((pk, Some((0..n).map(|i| owned(get(i))).collect())), None)
             }
             PreUpdateCase::Update {
                 old_value_accessor: old,
@@ -144,26 +144,37 @@ impl Capture {
                 let n = old.get_column_count();
                 let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
                 let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                let old_pk = pack::pack(positions.iter().map(|p| get_old(*p as i32)));
-                let new_pk = pack::pack(positions.iter().map(|p| get_new(*p as i32)));
-                self.entry(id, old_pk.clone(), || {
-                    Some((0..n).map(|i| owned(get_old(i))).collect())
-                });
-                if new_pk != old_pk {
-                    self.entry(id, new_pk, || None);
-                }
+                let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
+                let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
+                let moved = (new_pk != old_pk).then_some(new_pk);
+                (
+                    (old_pk, Some((0..n).map(|i| owned(get_old(i))).collect())),
+                    moved,
+                )
             }
-            PreUpdateCase::Unknown => {}
+            PreUpdateCase::Unknown => return,
+        };
+        let (pk, before) = first;
+        self.entry(id, pk, || before);
+        if let Some(pk) = second {
+            self.entry(id, pk, || None);
         }
     }
 
-    /// Takes the before-images recorded in images mode: (table id, key) → values.
-    pub fn take_images(&mut self) -> HashMap<(u32, Vec<u8>), Option<Vec<Value>>> {
-        self.index.clear();
-        std::mem::take(&mut self.effects)
-            .into_iter()
-            .map(|e| ((e.table, e.pk), e.before))
-            .collect()
+    /// In images mode: the position of the before-image recorded for a row, if it was
+    /// touched.
+    pub fn image_of(&self, table: u32, pk: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one((table, pk));
+        self.index
+            .find(hash, |&i| {
+                self.effects[i].table == table && self.effects[i].pk == pk
+            })
+            .copied()
+    }
+
+    /// In images mode: takes the before-image at `i` (see [`Capture::image_of`]).
+    pub fn take_image(&mut self, i: usize) -> Option<Vec<Value>> {
+        self.effects[i].before.take()
     }
 
     fn entry(

@@ -128,7 +128,7 @@ impl Store {
                     local: true,
                     changed,
                     seq: 0,
-                    before,
+                    before: before.map(std::sync::Arc::new),
                 });
                 if let Err(e) = self.commit_and_notify(committed) {
                     if let Err(e2) = self.conn.execute_batch("ROLLBACK") {

@@ -226,9 +226,12 @@ pub struct Committed {
     pub seq: u64,
     /// The values of each of `changed`'s rows before this commit (`None`: the row did not
     /// exist), in the same order; `None` when not recorded (no subscription wanted them when
-    /// the transaction started).
-    pub before: Option<Vec<Option<Vec<rusqlite::types::Value>>>>,
+    /// the transaction started). Shared: listeners keep it without copying.
+    pub before: Option<Images>,
 }
+
+/// Before-images of a commit's changed rows, in the order of [`Committed::changed`].
+pub type Images = Arc<Vec<Option<Vec<rusqlite::types::Value>>>>;
 
 impl Store {
     /// Opens (creating if needed) the database file at `path`.
@@ -471,39 +474,45 @@ impl Store {
     /// whose base row was not written (only its clock changed, e.g.
     /// a merged change that lost, or a delete of a row already gone) has the values it still
     /// has.
-    fn take_images(
-        &self,
-        recording: bool,
-        changed: &ChangedRows,
-    ) -> Result<Option<Vec<Option<Vec<rusqlite::types::Value>>>>> {
+    fn take_images(&self, recording: bool, changed: &ChangedRows) -> Result<Option<Images>> {
         if !recording {
             return Ok(None);
         }
-        let mut images = {
-            let mut c = self.capture.lock().expect("capture lock");
-            c.images = false;
-            c.take_images()
-        };
+        let mut c = self.capture.lock().expect("capture lock");
+        c.images = false;
         let catalog = self.shared.catalog();
-        let mut out = Vec::with_capacity(changed.len());
-        let wanted = self
-            .capture
-            .lock()
-            .expect("capture lock")
-            .image_tables
-            .clone();
+        let mut out: Vec<Option<Vec<rusqlite::types::Value>>> = Vec::with_capacity(changed.len());
+        // A row changed by several versions of one apply is listed once per version.
+        let mut taken: HashMap<usize, usize> = HashMap::new();
+        let mut last: Option<(&Arc<str>, u32, bool)> = None;
         for (table, pk) in changed {
-            let t = catalog
-                .get(table)
-                .with_context(|| format!("changed row of unknown table {table}"))?;
-            if !wanted.contains(&t.id) {
+            let (id, wanted) = match last {
+                Some((t, id, w)) if Arc::ptr_eq(t, table) => (id, w),
+                _ => {
+                    let id = catalog
+                        .get(table)
+                        .with_context(|| format!("changed row of unknown table {table}"))?
+                        .id;
+                    let w = c.image_tables.contains(&id);
+                    last = Some((table, id, w));
+                    (id, w)
+                }
+            };
+            if !wanted {
                 // No subscription follows this table's before-images.
                 out.push(None);
                 continue;
             }
-            match images.remove(&(t.id, pk.clone())) {
-                Some(before) => out.push(before),
+            match c.image_of(id, pk) {
+                Some(i) => match taken.get(&i) {
+                    Some(&at) => out.push(out[at].clone()),
+                    None => {
+                        taken.insert(i, out.len());
+                        out.push(c.take_image(i));
+                    }
+                },
                 None => {
+                    let t = catalog.by_id(id).context("table vanished")?;
                     let key = crate::crdt::pack::unpack(pk).context("changed row's key")?;
                     let mut stmt = self.conn.prepare_cached(&t.sql.row_get)?;
                     let n = stmt.column_count();
@@ -518,7 +527,8 @@ impl Store {
                 }
             }
         }
-        Ok(Some(out))
+        c.clear();
+        Ok(Some(Arc::new(out)))
     }
 
     /// Stops recording before-images after a failed transaction.

@@ -183,7 +183,7 @@ fn before_images_come_with_local_and_merged_commits() {
     let seqs: Vec<u64> = seen.iter().map(|c| c.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     // Local insert: the row did not exist.
-    assert_eq!(seen[0].before, Some(vec![None]));
+    assert_eq!(seen[0].before.as_deref(), Some(&vec![None]));
     // The merge: users 1 existed (identical insert, then the update; the base row was
     // written once, its value before is the local one), users 2 did not; tags are not wanted.
     let merged = &seen[1];
@@ -218,8 +218,8 @@ fn before_images_come_with_local_and_merged_commits() {
     );
     // Local delete: the row's values before.
     assert_eq!(
-        seen[2].before,
-        Some(vec![Some(vec![
+        seen[2].before.as_deref(),
+        Some(&vec![Some(vec![
             Value::Integer(2),
             Value::Text("x".into()),
             Value::Integer(1)

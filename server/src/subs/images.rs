@@ -14,7 +14,6 @@
 //! re-runs its query once instead.
 
 use crate::store::{Committed, Shared};
-use rusqlite::types::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use verdigris_subscriptions::aggregate::Images;
@@ -22,7 +21,12 @@ use verdigris_subscriptions::aggregate::Images;
 /// Before-images kept per table before the oldest commits are dropped.
 pub(super) const MAX_ROWS: usize = 200_000;
 
-type Rows = Vec<(Vec<u8>, Option<Vec<Value>>)>;
+/// One commit's rows of a table: their keys with the position of each one's before-image in
+/// the commit's (shared) images.
+struct Rows {
+    keys: Vec<(Vec<u8>, usize)>,
+    images: crate::store::Images,
+}
 
 #[derive(Default)]
 struct TableLog {
@@ -43,7 +47,7 @@ impl TableLog {
             if *seq > min && !over {
                 break;
             }
-            self.rows -= rows.as_ref().map_or(0, Vec::len);
+            self.rows -= rows.as_ref().map_or(0, |r| r.keys.len());
             if *seq > min {
                 self.dropped_through = self.dropped_through.max(*seq);
             }
@@ -99,32 +103,44 @@ impl ImageLog {
             .store(!self.tables.is_empty(), Ordering::Relaxed);
     }
 
-    /// Records a commit (on the writer's thread, under the commit gate: cheap).
+    /// Records a commit (on the writer's thread, under the commit gate: cheap; the images
+    /// are shared with the commit, not copied).
     pub fn record(&mut self, c: &Committed) {
         if self.tables.is_empty() {
             return;
         }
         let mut per_table: HashMap<String, Option<Rows>> = HashMap::new();
+        let mut last: Option<(&std::sync::Arc<str>, Option<String>)> = None;
         for (i, (table, pk)) in c.changed.iter().enumerate() {
-            // Tables are few and names short: compare without allocating per row.
-            let Some(name) = self
-                .tables
-                .keys()
-                .find(|t| t.eq_ignore_ascii_case(table))
-                .cloned()
-            else {
+            // Rows come in runs of one table: match each run's name once.
+            let name = match &last {
+                Some((t, name)) if std::sync::Arc::ptr_eq(t, table) => name.clone(),
+                _ => {
+                    let name = self
+                        .tables
+                        .keys()
+                        .find(|t| t.eq_ignore_ascii_case(table))
+                        .cloned();
+                    last = Some((table, name.clone()));
+                    name
+                }
+            };
+            let Some(name) = name else {
                 continue;
             };
-            let before = c.before.as_ref().and_then(|b| b.get(i));
-            let e = per_table.entry(name).or_insert_with(|| Some(Vec::new()));
-            match (e.as_mut(), before) {
-                (Some(rows), Some(b)) => rows.push((pk.clone(), b.clone())),
-                _ => *e = None,
+            let e = per_table.entry(name).or_insert_with(|| {
+                c.before.as_ref().map(|images| Rows {
+                    keys: Vec::new(),
+                    images: images.clone(),
+                })
+            });
+            if let Some(rows) = e {
+                rows.keys.push((pk.clone(), i));
             }
         }
         for (name, rows) in per_table {
             let t = self.tables.get_mut(&name).expect("found above");
-            t.rows += rows.as_ref().map_or(0, Vec::len);
+            t.rows += rows.as_ref().map_or(0, |r| r.keys.len());
             t.entries.push_back((c.seq, rows));
             if t.rows > MAX_ROWS {
                 t.trim();
@@ -152,7 +168,10 @@ impl ImageLog {
             let Some(rows) = rows else {
                 return Taken::Missing;
             };
-            for (pk, before) in rows {
+            for (pk, i) in &rows.keys {
+                let Some(before) = rows.images.get(*i) else {
+                    return Taken::Missing;
+                };
                 images.entry(pk.clone()).or_insert_with(|| before.clone());
             }
         }
@@ -179,6 +198,7 @@ impl ImageLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::types::Value;
     use std::sync::Arc;
 
     fn commit(seq: u64, rows: &[(i64, Option<i64>)], recorded: bool) -> Committed {
@@ -189,9 +209,11 @@ mod tests {
             changed: rows.iter().map(|(k, _)| (Arc::from("T"), pk(*k))).collect(),
             seq,
             before: recorded.then(|| {
-                rows.iter()
-                    .map(|(_, b)| b.map(|v| vec![Value::Integer(v)]))
-                    .collect()
+                Arc::new(
+                    rows.iter()
+                        .map(|(_, b)| b.map(|v| vec![Value::Integer(v)]))
+                        .collect(),
+                )
             }),
         }
     }
