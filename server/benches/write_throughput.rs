@@ -214,31 +214,49 @@ fn remote_images(dir: &std::path::Path, n: i64, wanted: bool) -> f64 {
 fn images(n: i64) {
     let dir = tempfile::tempdir().unwrap();
     println!(
-        "before-images for subscriptions: µs/row without / with a subscription that needs them"
+        "before-images for subscriptions: µs/row without / with a subscription that needs them \
+         (best of 3 alternating runs; the host's run-to-run noise is larger than the local cost)"
     );
-    for round in 0..2 {
+    // (case, off, on) → best µs/row of each.
+    let mut best: Vec<(String, f64, f64)> = Vec::new();
+    for _ in 0..3 {
+        let mut i = 0;
+        let mut note = |case: String, off: f64, on: f64| {
+            if best.len() <= i {
+                best.push((case, f64::MAX, f64::MAX));
+            }
+            best[i].1 = best[i].1.min(off);
+            best[i].2 = best[i].2.min(on);
+            i += 1;
+        };
         for batch in [1, 100] {
             let rows = if batch == 1 { n / 4 } else { n };
             let off = local_images(dir.path(), rows, batch, false);
             let on = local_images(dir.path(), rows, batch, true);
-            println!(
-                "  run {round}: local {batch}-row transactions (insert, update) ×{rows}: {:.2} / {:.2} ({:+.1} %)",
-                off * 1e6,
-                on * 1e6,
-                (on / off - 1.0) * 100.0
+            note(
+                format!("local {batch}-row transactions (insert, update) ×{rows}"),
+                off,
+                on,
             );
         }
         let off = remote_images(dir.path(), n, false);
         let on = remote_images(dir.path(), n, true);
-        println!(
-            "  run {round}: remote merge of {n} inserts and {n} updates: {:.2} / {:.2} ({:+.1} %)",
-            off * 1e6,
-            on * 1e6,
-            (on / off - 1.0) * 100.0
+        note(
+            format!("remote merge of {n} inserts and {n} updates"),
+            off,
+            on,
         );
         for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
             let _ = std::fs::remove_file(f.path());
         }
+    }
+    for (case, off, on) in best {
+        println!(
+            "  {case}: {:.2} / {:.2} ({:+.1} %)",
+            off * 1e6,
+            on * 1e6,
+            (on / off - 1.0) * 100.0
+        );
     }
 }
 
