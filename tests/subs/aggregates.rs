@@ -20,6 +20,7 @@ pub const AGGREGATES: &[&str] = &[
     "SELECT DISTINCT name, team FROM users WHERE score < 60",
     "SELECT k, count(*), sum(n), max(v), min(n) FROM kv GROUP BY k",
     "SELECT DISTINCT v FROM kv",
+    "SELECT team, count(*) FROM users GROUP BY team HAVING count(*) >= 2 AND max(score) > 20",
 ];
 
 /// A small deterministic PRNG (xorshift64*).

@@ -54,6 +54,8 @@ struct Group {
     accs: Vec<Acc>,
     /// The result row, as last published.
     cells: Vec<Value>,
+    /// Whether the group has a result row (it has rows, and its `HAVING` holds).
+    shown: bool,
 }
 
 #[derive(Debug)]
@@ -167,6 +169,7 @@ impl Aggregate {
                 reps: Vec::new(),
                 accs: self.empty_accs(),
                 cells: Vec::new(),
+                shown: false,
             }
         });
         self.fold(conn, g, row, true)?;
@@ -239,35 +242,60 @@ impl Aggregate {
                     reps: vec![],
                     accs: self.empty_accs(),
                     cells: vec![],
+                    shown: false,
                 },
             );
         }
         Ok(groups)
     }
 
+    /// The aggregates' values of a group.
+    fn agg_values(&self, g: &Group) -> Result<Vec<Value>> {
+        g.accs
+            .iter()
+            .zip(&self.plan.aggs)
+            .map(|(acc, f)| acc.value(f.kind).map_err(|_| overflow()))
+            .collect()
+    }
+
+    /// Runs `SELECT <expr>` with the group's values and aggregates bound.
+    fn eval(conn: &Connection, sql: &str, key: &[Value], aggs: &[Value]) -> Result<Value> {
+        let mut s = conn.prepare_cached(sql)?;
+        let vals: Vec<&Value> = key.iter().chain(aggs.iter()).collect();
+        for i in 1..=s.parameter_count() {
+            s.raw_bind_parameter(i, vals.get(i - 1).copied().unwrap_or(&Value::Null))?;
+        }
+        let mut rows = s.raw_query();
+        match rows.next()? {
+            Some(r) => crate::stmt::value_at(r, 0),
+            None => Ok(Value::Null),
+        }
+    }
+
+    /// Whether a group has a result row: it has rows (with `GROUP BY`/`DISTINCT`) and its
+    /// `HAVING` holds.
+    fn visible(&self, conn: &Connection, g: &Group) -> Result<bool> {
+        if self.plan.grouped && matches!(g.accs[self.star], Acc::Count(0)) {
+            return Ok(false);
+        }
+        match &self.plan.having {
+            None => Ok(true),
+            Some(sql) => {
+                let aggs = self.agg_values(g)?;
+                Ok(Self::eval(conn, sql, &g.key, &aggs)? == Value::Integer(1))
+            }
+        }
+    }
+
     /// The result row of a group.
     fn cells(&self, conn: &Connection, g: &Group) -> Result<Vec<Value>> {
-        let mut aggs = Vec::with_capacity(g.accs.len());
-        for (acc, f) in g.accs.iter().zip(&self.plan.aggs) {
-            aggs.push(acc.value(f.kind).map_err(|_| overflow())?);
-        }
+        let aggs = self.agg_values(g)?;
         let mut out = Vec::with_capacity(self.plan.outputs.len());
         for o in &self.plan.outputs {
             out.push(match o {
                 Output::Group(i) => g.key[*i].clone(),
                 Output::Agg(j) => aggs[*j].clone(),
-                Output::Expr(sql) => {
-                    let mut s = conn.prepare_cached(sql)?;
-                    let vals: Vec<&Value> = g.key.iter().chain(aggs.iter()).collect();
-                    for i in 1..=s.parameter_count() {
-                        s.raw_bind_parameter(i, vals.get(i - 1).copied().unwrap_or(&Value::Null))?;
-                    }
-                    let mut rows = s.raw_query();
-                    match rows.next()? {
-                        Some(r) => crate::stmt::value_at(r, 0)?,
-                        None => Value::Null,
-                    }
-                }
+                Output::Expr(sql) => Self::eval(conn, sql, &g.key, &aggs)?,
             });
         }
         Ok(out)
@@ -293,6 +321,10 @@ impl Aggregate {
         for k in Self::ordered(&groups) {
             let g = groups.get_mut(&k).expect("listed");
             self.settle_key(conn, g)?;
+            g.shown = self.visible(conn, g)?;
+            if !g.shown {
+                continue;
+            }
             let cells = self.cells(conn, g)?;
             g.row_id = self.next_row_id;
             self.next_row_id += 1;
@@ -312,9 +344,13 @@ impl Aggregate {
         for k in Self::ordered(&fresh) {
             let g = fresh.get_mut(&k).expect("listed");
             self.settle_key(conn, g)?;
+            g.shown = self.visible(conn, g)?;
+            if !g.shown {
+                continue;
+            }
             let cells = self.cells(conn, g)?;
             g.cells = cells.clone();
-            match self.groups.get(&k) {
+            match self.groups.get(&k).filter(|old| old.shown) {
                 Some(old) => {
                     g.row_id = old.row_id;
                     if old.cells != cells {
@@ -331,7 +367,7 @@ impl Aggregate {
         let mut gone: Vec<(&Vec<u8>, &Group)> = self
             .groups
             .iter()
-            .filter(|(k, _)| !fresh.contains_key(*k))
+            .filter(|(k, g)| g.shown && !fresh.get(*k).is_some_and(|f| f.shown))
             .collect();
         gone.sort_by_key(|(_, g)| g.row_id);
         let deletes: Vec<RowChange> = gone
@@ -379,9 +415,12 @@ impl Aggregate {
         // Each touched group's row as published before this change set.
         let mut before: HashMap<Vec<u8>, Published> = HashMap::new();
         let mut note = |groups: &HashMap<Vec<u8>, Group>, key: &Vec<u8>| {
-            before
-                .entry(key.clone())
-                .or_insert_with(|| groups.get(key).map(|g| (g.row_id, g.cells.clone())));
+            before.entry(key.clone()).or_insert_with(|| {
+                groups
+                    .get(key)
+                    .filter(|g| g.shown)
+                    .map(|g| (g.row_id, g.cells.clone()))
+            });
         };
         // New images first, then old ones: an extreme replaced by a better value never needs
         // a re-read.
@@ -429,9 +468,20 @@ impl Aggregate {
             let now = match groups.get_mut(&key) {
                 Some(g) if !(self.plan.grouped && matches!(g.accs[self.star], Acc::Count(0))) => {
                     self.settle_key(conn, g)?;
-                    let cells = self.cells(conn, g)?;
-                    g.cells = cells.clone();
-                    Some((g.row_id, cells))
+                    if self.visible(conn, g)? {
+                        if !g.shown {
+                            // Shown (again): a new row (a deleted row id never comes back).
+                            g.row_id = *next;
+                            *next += 1;
+                            g.shown = true;
+                        }
+                        let cells = self.cells(conn, g)?;
+                        g.cells = cells.clone();
+                        Some((g.row_id, cells))
+                    } else {
+                        g.shown = false;
+                        None
+                    }
                 }
                 Some(_) => {
                     groups.remove(&key);
@@ -500,21 +550,26 @@ impl Aggregate {
     }
 
     pub fn rows(&self) -> impl Iterator<Item = (u64, &Vec<Value>)> {
-        self.groups.values().map(|g| (g.row_id, &g.cells))
+        self.groups
+            .values()
+            .filter(|g| g.shown)
+            .map(|g| (g.row_id, &g.cells))
     }
 
+    /// Result rows.
     pub fn len(&self) -> usize {
-        self.groups.len()
+        self.groups.values().filter(|g| g.shown).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.len() == 0
     }
 
     pub fn export(&self) -> Vec<StoredRow> {
         let mut rows: Vec<StoredRow> = self
             .groups
             .iter()
+            .filter(|(_, g)| g.shown)
             .map(|(k, g)| StoredRow {
                 row_id: g.row_id,
                 identity: k.clone(),
@@ -538,6 +593,7 @@ impl Aggregate {
                         reps: vec![],
                         accs: vec![],
                         cells: r.cells,
+                        shown: true,
                     },
                 )
             })

@@ -3,11 +3,12 @@
 //! Accepted: one `SELECT` over one replicated table (no join, no subquery, no CTE), an optional
 //! `WHERE`, and either
 //! - aggregates `count(*)`, `count(x)`, `sum(x)`, `total(x)`, `avg(x)`, `min(x)`, `max(x)`
-//!   (no `DISTINCT`/`FILTER`/`OVER`) with an optional `GROUP BY` of expressions; every result
-//!   column is built from aggregates, literals and group expressions; or
+//!   (no `DISTINCT`/`FILTER`/`OVER`) with an optional `GROUP BY` of expressions and an
+//!   optional `HAVING`; every result column (and `HAVING`) is built from aggregates, literals
+//!   and group expressions; or
 //! - `SELECT DISTINCT <expressions>` (the distinct tuples are groups with a row count).
 //!
-//! Refused (the query is re-run instead, with this reason): `HAVING`, `ORDER BY`, `LIMIT`,
+//! Refused (the query is re-run instead, with this reason): `ORDER BY`, `LIMIT`,
 //! other aggregates, columns outside an aggregate that are not a group expression (SQLite's
 //! "bare columns"), comparisons of a group column in a result column (a bound value has no
 //! column affinity), `COLLATE` in the query or in the table's schema (groups and extremes are
@@ -66,6 +67,9 @@ pub struct AggPlan {
     /// Distinct aggregate arguments.
     pub args: Vec<String>,
     pub outputs: Vec<Output>,
+    /// `SELECT CASE WHEN (<HAVING>) THEN 1 ELSE 0 END`, bound like [`Output::Expr`]: a group
+    /// has a result row only while it holds.
+    pub having: Option<String>,
 }
 
 /// Functions whose value may change without a write.
@@ -321,9 +325,6 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
     let SetExpr::Select(sel) = &*q.body else {
         return Err("is a compound select (UNION/INTERSECT/EXCEPT) or VALUES".into());
     };
-    if sel.having.is_some() {
-        return Err("uses HAVING".into());
-    }
     if !sel.named_window.is_empty() || sel.qualify.is_some() {
         return Err("uses window functions".into());
     }
@@ -395,9 +396,10 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
             _ => Err("selects * (with GROUP BY or aggregates)".to_string()),
         })
         .collect::<Result<_, _>>()?;
+    let mut having = None;
     if distinct {
-        if !group_exprs.is_empty() {
-            return Err("uses DISTINCT with GROUP BY".into());
+        if !group_exprs.is_empty() || sel.having.is_some() {
+            return Err("uses DISTINCT with GROUP BY or HAVING".into());
         }
         for e in &items {
             if let Some(p) = row_problem(e) {
@@ -481,6 +483,33 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
                 _ => Output::Expr(format!("SELECT {x}")),
             });
         }
+        if let Some(h) = &sel.having {
+            let mut x = h.clone();
+            let mut rw = Rewrite {
+                groups: &groups,
+                aggs: &mut aggs,
+                args: &mut args,
+                problem: None,
+                used_group: false,
+            };
+            let _ = x.visit(&mut rw);
+            if let Some(p) = rw.problem {
+                return Err(p);
+            }
+            let used_group = rw.used_group;
+            if has_column(&x) {
+                return Err(format!(
+                    "uses HAVING {h}, which reads a column outside an aggregate and GROUP BY"
+                ));
+            }
+            if let Some(p) = row_problem(&x) {
+                return Err(p);
+            }
+            if used_group && compares(&x) {
+                return Err(format!("compares a GROUP BY value in HAVING {h}"));
+            }
+            having = Some(format!("SELECT CASE WHEN ({x}) THEN 1 ELSE 0 END"));
+        }
         if aggs.is_empty() {
             return Err(if groups.is_empty() {
                 "has no aggregate".into()
@@ -509,6 +538,7 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
         aggs,
         args,
         outputs,
+        having,
     };
     // SQLite must accept what the plan runs: otherwise re-run the query as written.
     for sql in
