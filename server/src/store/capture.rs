@@ -33,6 +33,9 @@ fn owned(v: ValueRef<'_>) -> Value {
     verdigris_subscriptions::stmt::owned(v).unwrap_or(Value::Null)
 }
 
+/// A row's key and its values before (`None`: it did not exist).
+type Image = (Vec<u8>, Option<Vec<Value>>);
+
 /// One row's net effect within the transaction.
 #[derive(Debug)]
 pub struct RowEffect {
@@ -120,8 +123,9 @@ impl Capture {
             return;
         }
         let id = t.id;
-        // (key, values before) of up to two rows: a key-changing update touches two.
-        let (first, second): ((Vec<u8>, Option<Vec<Value>>), Option<Vec<u8>>) = match case {
+        // (key, values before) of the row, and the new key of a key-changing update (a row
+        // that did not exist).
+        let (first, second): (Image, Option<Vec<u8>>) = match case {
             PreUpdateCase::Insert(new) => {
                 let pk = if t.rowid_key {
                     pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
