@@ -92,6 +92,9 @@ pub struct Analysis {
     pub query: Option<Query>,
     /// Set when the query belongs to a parameter family (see [`crate::family`]).
     pub family: Option<crate::family::FamilyInfo>,
+    /// Set for a re-run `ORDER BY … LIMIT` over one table: re-run only when a change reaches
+    /// its window (see [`crate::topk`]).
+    pub topk: Option<std::sync::Arc<crate::topk::TopKPlan>>,
 }
 
 const AGGREGATES: &[&str] = &[
@@ -237,6 +240,7 @@ pub fn analyze(
             plan: Plan::Recompute { reason },
             query: None,
             family: None,
+            topk: None,
         })
     };
     let mut asts = match Parser::parse_sql(&SQLiteDialect {}, &stmt.sql) {
@@ -298,6 +302,18 @@ pub fn analyze(
         }
         Plan::Aggregate { .. } | Plan::Recompute { .. } => None,
     };
+    let topk = match &plan {
+        Plan::Recompute { .. } => {
+            crate::topk::detect(conn, &query, schema).map(std::sync::Arc::new)
+        }
+        _ => None,
+    };
+    let plan = match (plan, &topk) {
+        (Plan::Recompute { reason }, Some(_)) => Plan::Recompute {
+            reason: format!("{reason}; only when a change reaches its ORDER BY … LIMIT window"),
+        },
+        (plan, _) => plan,
+    };
     // Re-run plans execute the query exactly as the client wrote it.
     let exec = match plan {
         Plan::Keyed { .. } | Plan::Aggregate { .. } => Statement::new(sql.clone()),
@@ -312,6 +328,7 @@ pub fn analyze(
         plan,
         query: Some(*query),
         family,
+        topk,
     })
 }
 

@@ -12,6 +12,7 @@
 //!   before-images.
 //! - [`recompute`]: everything else (other aggregates, LIMIT, subqueries, joins under
 //!   aggregates, compound selects…): re-run and diff the result as a multiset.
+//! - [`topk`]: re-run `ORDER BY … LIMIT` only when a change reaches its window.
 //! - [`matview`]: the common interface over both, and row changes.
 //! - [`pack`], [`stmt`]: the packed primary-key format and client statements (shared with the
 //!   server).
@@ -24,6 +25,7 @@ pub mod matview;
 pub mod pack;
 pub mod recompute;
 pub mod stmt;
+pub mod topk;
 
 pub use analyze::{analyze, Analysis, Plan, Schema, SubError};
 pub use matview::{ChangeKind, MatView, RowChange};

@@ -75,7 +75,13 @@ impl MatView {
                 sources.clone(),
             )),
             Plan::Aggregate { plan } => MatView::Aggregate(Aggregate::new(plan.clone())),
-            Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.exec.clone())),
+            Plan::Recompute { .. } => {
+                let r = Recompute::new(a.exec.clone());
+                MatView::Recompute(match &a.topk {
+                    Some(plan) => r.with_guard(plan.clone()),
+                    None => r,
+                })
+            }
         }
     }
 
@@ -126,7 +132,7 @@ impl MatView {
             MatView::Keyed(k) => k.refresh(conn, changes),
             // Without before-images an aggregate can only start over.
             MatView::Aggregate(g) => g.recompute(conn),
-            MatView::Recompute(r) => r.recompute(conn),
+            MatView::Recompute(r) => r.refresh(conn, changes),
         }
     }
 

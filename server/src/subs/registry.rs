@@ -78,6 +78,7 @@ impl Registry {
                 avg_round_us: Default::default(),
                 tables: a.tables.clone(),
                 images: images.clone(),
+                keys: a.topk.is_some(),
                 queue: Mutex::new(Queue {
                     // A family is live from the start: members join it when ready.
                     live: live || family.is_some(),

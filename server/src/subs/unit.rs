@@ -107,6 +107,9 @@ pub(super) struct Unit {
     /// The table whose before-images maintain the unit (aggregates and `DISTINCT`; see
     /// [`super::images`]); such a unit only needs to know that its table changed.
     pub images: Option<String>,
+    /// A re-run unit that needs the changed keys (an `ORDER BY … LIMIT` guard decides from
+    /// them whether to re-run).
+    pub keys: bool,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
     /// The next member index (a single subscription is member 0).
@@ -158,6 +161,8 @@ impl Unit {
     pub fn queue_lane(&self) -> Lane {
         if self.images.is_some() {
             Lane::Rerun
+        } else if self.keys {
+            Lane::Keyed
         } else {
             self.lane
         }
@@ -390,6 +395,7 @@ mod tests {
             avg_round_us: Default::default(),
             tables: BTreeSet::new(),
             images: None,
+            keys: false,
             queue: Mutex::default(),
             state: Mutex::default(),
             next_idx: AtomicU64::new(0),
