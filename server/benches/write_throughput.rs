@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench -p verdigris --bench write_throughput` (prints a table; set
 //! `VERDIGRIS_BENCH_ROWS` to change the row count, default 20000).
+//! `VERDIGRIS_BENCH_ONLY=images` instead measures what handing before-images to subscriptions
+//! costs the write path (local transactions and remote merges, with and without a subscription
+//! that needs them).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -131,7 +134,141 @@ fn http(dir: &std::path::Path, n: i64, batch: i64) -> f64 {
     })
 }
 
+/// Seconds per row of local inserts then updates (`batch` rows per transaction), with or
+/// without before-images wanted.
+fn local_images(dir: &std::path::Path, n: i64, batch: i64, wanted: bool) -> f64 {
+    let mut store = Store::open(&dir.join(format!("local-{batch}-{wanted}.db"))).unwrap();
+    store.apply_schema(SCHEMA).unwrap();
+    store
+        .shared()
+        .images_wanted
+        .store(wanted, std::sync::atomic::Ordering::Relaxed);
+    let inserts = timed_inserts(&mut store, n, batch, true);
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let stmts: Vec<Statement> = (i..(i + batch).min(n))
+            .map(|j| {
+                Statement::with_params(
+                    "UPDATE items SET qty = qty + 1, name = ?2 WHERE id = ?1",
+                    vec![
+                        rusqlite::types::Value::Integer(j),
+                        rusqlite::types::Value::Text(format!("u{j}")),
+                    ],
+                )
+            })
+            .collect();
+        store.transact(&stmts, None).unwrap();
+        i += batch;
+    }
+    (inserts + start.elapsed().as_secs_f64() / n as f64) / 2.0
+}
+
+/// Seconds per row merging another node's inserts and updates (100-row versions, 50 versions
+/// per apply), with or without before-images wanted.
+fn remote_images(dir: &std::path::Path, n: i64, wanted: bool) -> f64 {
+    let mut origin = Store::open(&dir.join(format!("origin-{wanted}.db"))).unwrap();
+    origin.apply_schema(SCHEMA).unwrap();
+    timed_inserts(&mut origin, n, 100, true);
+    let mut i = 0;
+    while i < n {
+        let stmts: Vec<Statement> = (i..(i + 100).min(n))
+            .map(|j| {
+                Statement::with_params(
+                    "UPDATE items SET qty = qty + 1 WHERE id = ?1",
+                    vec![rusqlite::types::Value::Integer(j)],
+                )
+            })
+            .collect();
+        origin.transact(&stmts, None).unwrap();
+        i += 100;
+    }
+    let sets: Vec<verdigris::store::ChangeSet> = origin
+        .changes(origin.actor_id(), 1..=u64::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .map(|v| verdigris::store::ChangeSet {
+            actor: v.actor,
+            version: v.version,
+            last_seq: v.last_seq,
+            ts: v.ts,
+            changes: v.changes,
+        })
+        .collect();
+    let mut target = Store::open(&dir.join(format!("target-{wanted}.db"))).unwrap();
+    target.apply_schema(SCHEMA).unwrap();
+    if wanted {
+        let shared = target.shared();
+        shared.image_tables.write().unwrap().insert("items".into());
+        shared
+            .images_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let start = Instant::now();
+    for chunk in sets.chunks(50) {
+        target.apply_changesets(chunk).unwrap();
+    }
+    start.elapsed().as_secs_f64() / (2 * n) as f64
+}
+
+fn images(n: i64) {
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "before-images for subscriptions: µs/row without / with a subscription that needs them \
+         (best of 3 alternating runs; the host's run-to-run noise is larger than the local cost)"
+    );
+    // (case, off, on) → best µs/row of each.
+    let mut best: Vec<(String, f64, f64)> = Vec::new();
+    for _ in 0..3 {
+        let mut i = 0;
+        let mut note = |case: String, off: f64, on: f64| {
+            if best.len() <= i {
+                best.push((case, f64::MAX, f64::MAX));
+            }
+            best[i].1 = best[i].1.min(off);
+            best[i].2 = best[i].2.min(on);
+            i += 1;
+        };
+        for batch in [1, 100] {
+            let rows = if batch == 1 { n / 4 } else { n };
+            let off = local_images(dir.path(), rows, batch, false);
+            let on = local_images(dir.path(), rows, batch, true);
+            note(
+                format!("local {batch}-row transactions (insert, update) ×{rows}"),
+                off,
+                on,
+            );
+        }
+        let off = remote_images(dir.path(), n, false);
+        let on = remote_images(dir.path(), n, true);
+        note(
+            format!("remote merge of {n} inserts and {n} updates"),
+            off,
+            on,
+        );
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+    for (case, off, on) in best {
+        println!(
+            "  {case}: {:.2} / {:.2} ({:+.1} %)",
+            off * 1e6,
+            on * 1e6,
+            (on / off - 1.0) * 100.0
+        );
+    }
+}
+
 fn main() {
+    if std::env::var("VERDIGRIS_BENCH_ONLY").as_deref() == Ok("images") {
+        let n: i64 = std::env::var("VERDIGRIS_BENCH_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        images(n);
+        return;
+    }
     let n: i64 = std::env::var("VERDIGRIS_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())

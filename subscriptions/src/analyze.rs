@@ -48,6 +48,11 @@ pub struct Source {
 pub enum Plan {
     /// Incremental: re-evaluate the root rows related to changed keys.
     Keyed { sources: Vec<Source> },
+    /// Incremental: aggregates or DISTINCT over one table, kept per group from the changed
+    /// rows' before- and after-images (see [`crate::aggregate`]).
+    Aggregate {
+        plan: std::sync::Arc<crate::aggregate::plan::AggPlan>,
+    },
     /// Re-run the query and diff, because of `reason`.
     Recompute { reason: String },
 }
@@ -64,6 +69,7 @@ impl Plan {
                     .join(", "),
                 sources[0].table
             ),
+            Plan::Aggregate { plan } => plan.describe(),
             Plan::Recompute { reason } => format!("re-run and diff ({reason})"),
         }
     }
@@ -86,6 +92,9 @@ pub struct Analysis {
     pub query: Option<Query>,
     /// Set when the query belongs to a parameter family (see [`crate::family`]).
     pub family: Option<crate::family::FamilyInfo>,
+    /// Set for a re-run `ORDER BY … LIMIT` over one table: re-run only when a change reaches
+    /// its window (see [`crate::topk`]).
+    pub topk: Option<std::sync::Arc<crate::topk::TopKPlan>>,
 }
 
 const AGGREGATES: &[&str] = &[
@@ -231,6 +240,7 @@ pub fn analyze(
             plan: Plan::Recompute { reason },
             query: None,
             family: None,
+            topk: None,
         })
     };
     let mut asts = match Parser::parse_sql(&SQLiteDialect {}, &stmt.sql) {
@@ -283,18 +293,30 @@ pub fn analyze(
     if tables.is_empty() {
         return err("the query reads no replicated table, so it would never change; query it with /v1/queries instead");
     }
-    let plan = choose_plan(&query, schema);
+    let plan = choose_plan(conn, &query, schema);
     let normalized = normalize(&query);
     let family = match &plan {
         Plan::Keyed { sources } => {
             let refs: Vec<String> = sources.iter().map(|s| s.reference.clone()).collect();
             crate::family::detect(conn, &query, &refs, normalize)
         }
-        Plan::Recompute { .. } => None,
+        Plan::Aggregate { .. } | Plan::Recompute { .. } => None,
+    };
+    let topk = match &plan {
+        Plan::Recompute { .. } => {
+            crate::topk::detect(conn, &query, schema).map(std::sync::Arc::new)
+        }
+        _ => None,
+    };
+    let plan = match (plan, &topk) {
+        (Plan::Recompute { reason }, Some(_)) => Plan::Recompute {
+            reason: format!("{reason}; only when a change reaches its ORDER BY … LIMIT window"),
+        },
+        (plan, _) => plan,
     };
     // Re-run plans execute the query exactly as the client wrote it.
     let exec = match plan {
-        Plan::Keyed { .. } => Statement::new(sql.clone()),
+        Plan::Keyed { .. } | Plan::Aggregate { .. } => Statement::new(sql.clone()),
         Plan::Recompute { .. } => stmt.clone(),
     };
     Ok(Analysis {
@@ -306,6 +328,7 @@ pub fn analyze(
         plan,
         query: Some(*query),
         family,
+        topk,
     })
 }
 
@@ -461,11 +484,26 @@ fn normalize(q: &Query) -> String {
     q.to_string()
 }
 
-/// Keyed maintenance applies to plain select-project-join queries.
-fn choose_plan(q: &Query, schema: &dyn Schema) -> Plan {
-    match keyed_sources(q, schema) {
-        Ok(sources) => Plan::Keyed { sources },
-        Err(reason) => Plan::Recompute { reason },
+/// Keyed maintenance applies to plain select-project-join queries, aggregate maintenance to
+/// aggregates and DISTINCT over one table; everything else is re-run.
+fn choose_plan(conn: &Connection, q: &Query, schema: &dyn Schema) -> Plan {
+    let keyed = match keyed_sources(q, schema) {
+        Ok(sources) => return Plan::Keyed { sources },
+        Err(reason) => reason,
+    };
+    match crate::aggregate::plan::detect(conn, q, schema) {
+        Ok(plan) => Plan::Aggregate {
+            plan: std::sync::Arc::new(plan),
+        },
+        // Say why the aggregate plan does not apply when that is the kind of query it is.
+        Err(reason)
+            if ["uses the aggregate", "uses GROUP BY", "uses DISTINCT"]
+                .iter()
+                .any(|p| keyed.starts_with(p)) =>
+        {
+            Plan::Recompute { reason }
+        }
+        Err(_) => Plan::Recompute { reason: keyed },
     }
 }
 

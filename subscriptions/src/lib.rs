@@ -7,12 +7,17 @@
 //!   depends on, and choose a maintenance [`analyze::Plan`].
 //! - [`keyed`]: incremental maintenance for select-project-join queries (inner and LEFT joins):
 //!   re-evaluate only the root rows related to the changed primary keys.
-//! - [`recompute`]: everything else (aggregates, DISTINCT, LIMIT, subqueries, compound
-//!   selects…): re-run and diff the result as a multiset.
+//! - [`aggregate`]: incremental `count`/`sum`/`total`/`avg`/`min`/`max` (with or without
+//!   `GROUP BY`) and `DISTINCT` over one table, in O(groups) state, from the changed rows'
+//!   before-images.
+//! - [`recompute`]: everything else (other aggregates, LIMIT, subqueries, joins under
+//!   aggregates, compound selects…): re-run and diff the result as a multiset.
+//! - [`topk`]: re-run `ORDER BY … LIMIT` only when a change reaches its window.
 //! - [`matview`]: the common interface over both, and row changes.
 //! - [`pack`], [`stmt`]: the packed primary-key format and client statements (shared with the
 //!   server).
 
+pub mod aggregate;
 pub mod analyze;
 pub mod family;
 pub mod keyed;
@@ -20,6 +25,7 @@ pub mod matview;
 pub mod pack;
 pub mod recompute;
 pub mod stmt;
+pub mod topk;
 
 pub use analyze::{analyze, Analysis, Plan, Schema, SubError};
 pub use matview::{ChangeKind, MatView, RowChange};

@@ -1,5 +1,6 @@
 //! A materialized subscription result and the row changes that keep it equal to a fresh run.
 
+use crate::aggregate::{Aggregate, Images};
 use crate::analyze::{Analysis, Plan};
 use crate::keyed::Keyed;
 use crate::recompute::Recompute;
@@ -62,6 +63,7 @@ pub type Result<T> = std::result::Result<T, rusqlite::Error>;
 #[derive(Debug)]
 pub enum MatView {
     Keyed(Keyed),
+    Aggregate(Aggregate),
     Recompute(Recompute),
 }
 
@@ -72,7 +74,14 @@ impl MatView {
                 a.query.as_ref().expect("keyed plans have a query"),
                 sources.clone(),
             )),
-            Plan::Recompute { .. } => MatView::Recompute(Recompute::new(a.exec.clone())),
+            Plan::Aggregate { plan } => MatView::Aggregate(Aggregate::new(plan.clone())),
+            Plan::Recompute { .. } => {
+                let r = Recompute::new(a.exec.clone());
+                MatView::Recompute(match &a.topk {
+                    Some(plan) => r.with_guard(plan.clone()),
+                    None => r,
+                })
+            }
         }
     }
 
@@ -80,7 +89,32 @@ impl MatView {
     pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
         match self {
             MatView::Keyed(k) => k.initial(conn),
+            MatView::Aggregate(g) => g.initial(conn),
             MatView::Recompute(r) => r.initial(conn),
+        }
+    }
+
+    /// Whether the view is maintained from before-images ([`MatView::refresh_images`]); its
+    /// [`MatView::refresh`] without them re-runs.
+    pub fn needs_images(&self) -> bool {
+        matches!(self, MatView::Aggregate(_))
+    }
+
+    /// The table whose before-images the view needs.
+    pub fn image_table(&self) -> Option<&str> {
+        match self {
+            MatView::Aggregate(g) => Some(&g.plan().table),
+            _ => None,
+        }
+    }
+
+    /// Brings an aggregate view up to date from the before-images of its table's changed
+    /// rows, on the database state the change set ends at (other views: [`MatView::refresh`]
+    /// with the changed keys).
+    pub fn refresh_images(&mut self, conn: &Connection, images: &Images) -> Result<Vec<RowChange>> {
+        match self {
+            MatView::Aggregate(g) => g.apply(conn, images),
+            _ => self.recompute(conn),
         }
     }
 
@@ -96,7 +130,9 @@ impl MatView {
         }
         match self {
             MatView::Keyed(k) => k.refresh(conn, changes),
-            MatView::Recompute(r) => r.recompute(conn),
+            // Without before-images an aggregate can only start over.
+            MatView::Aggregate(g) => g.recompute(conn),
+            MatView::Recompute(r) => r.refresh(conn, changes),
         }
     }
 
@@ -104,6 +140,7 @@ impl MatView {
     pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
         match self {
             MatView::Keyed(k) => k.recompute(conn),
+            MatView::Aggregate(g) => g.recompute(conn),
             MatView::Recompute(r) => r.recompute(conn),
         }
     }
@@ -112,6 +149,7 @@ impl MatView {
     pub fn snapshot(&self) -> Vec<(u64, Vec<Value>)> {
         let mut rows: Vec<(u64, Vec<Value>)> = match self {
             MatView::Keyed(k) => k.rows().map(|(id, c)| (id, c.clone())).collect(),
+            MatView::Aggregate(g) => g.rows().map(|(id, c)| (id, c.clone())).collect(),
             MatView::Recompute(r) => r.rows().map(|(id, c)| (id, c.clone())).collect(),
         };
         rows.sort_by_key(|r| r.0);
@@ -121,6 +159,7 @@ impl MatView {
     pub fn len(&self) -> usize {
         match self {
             MatView::Keyed(k) => k.len(),
+            MatView::Aggregate(g) => g.len(),
             MatView::Recompute(r) => r.len(),
         }
     }
@@ -132,6 +171,7 @@ impl MatView {
     pub fn export(&self) -> Vec<StoredRow> {
         match self {
             MatView::Keyed(k) => k.export(),
+            MatView::Aggregate(g) => g.export(),
             MatView::Recompute(r) => r.export(),
         }
     }
@@ -140,6 +180,7 @@ impl MatView {
     pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
         match self {
             MatView::Keyed(k) => k.import(rows, next_row_id),
+            MatView::Aggregate(g) => g.import(rows, next_row_id),
             MatView::Recompute(r) => r.import(rows, next_row_id),
         }
     }
@@ -147,6 +188,7 @@ impl MatView {
     pub fn next_row_id(&self) -> u64 {
         match self {
             MatView::Keyed(k) => k.next_row_id,
+            MatView::Aggregate(g) => g.next_row_id,
             MatView::Recompute(r) => r.next_row_id,
         }
     }

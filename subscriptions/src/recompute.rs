@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug)]
 pub struct Recompute {
     stmt: crate::stmt::Statement,
+    /// For `ORDER BY … LIMIT` over one table: skips re-runs no change can affect.
+    guard: Option<crate::topk::Guard>,
     rows: BTreeMap<u64, Vec<Value>>,
     by_content: HashMap<Vec<u8>, Vec<u64>>,
     pub next_row_id: u64,
@@ -25,10 +27,42 @@ impl Recompute {
     pub fn new(stmt: crate::stmt::Statement) -> Recompute {
         Recompute {
             stmt,
+            guard: None,
             rows: BTreeMap::new(),
             by_content: HashMap::new(),
             next_row_id: 1,
         }
+    }
+
+    /// Re-runs only when a change can reach the `ORDER BY … LIMIT` window of `plan`.
+    pub fn with_guard(mut self, plan: std::sync::Arc<crate::topk::TopKPlan>) -> Recompute {
+        self.guard = Some(crate::topk::Guard::new(plan));
+        self
+    }
+
+    /// After `changes`: a re-run, unless the guard shows none of them can change the result.
+    pub fn refresh(
+        &mut self,
+        conn: &Connection,
+        changes: &crate::matview::Changes,
+    ) -> Result<Vec<RowChange>> {
+        if let Some(g) = &self.guard {
+            if !g.affected(conn, changes)? {
+                return Ok(vec![]);
+            }
+        }
+        self.recompute(conn)
+    }
+
+    /// Records the guard's window on the snapshot the result was just read from.
+    fn capture(&mut self, conn: &Connection) -> Result<()> {
+        if let Some(g) = &mut self.guard {
+            if let Err(e) = g.capture(conn) {
+                g.forget();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn add(&mut self, cells: Vec<Value>) -> u64 {
@@ -51,6 +85,7 @@ impl Recompute {
 
     pub fn initial(&mut self, conn: &Connection) -> Result<Vec<(u64, Vec<Value>)>> {
         let rows = self.run(conn)?;
+        self.capture(conn)?;
         Ok(rows
             .into_iter()
             .map(|cells| (self.add(cells.clone()), cells))
@@ -59,6 +94,7 @@ impl Recompute {
 
     pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
         let fresh = self.run(conn)?;
+        self.capture(conn)?;
         let mut wanted: HashMap<Vec<u8>, Vec<Vec<Value>>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
         for cells in fresh {
@@ -158,6 +194,9 @@ impl Recompute {
     }
 
     pub fn import(&mut self, rows: Vec<StoredRow>, next_row_id: u64) {
+        if let Some(g) = &mut self.guard {
+            g.forget();
+        }
         self.rows.clear();
         self.by_content.clear();
         for r in rows {

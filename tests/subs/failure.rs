@@ -14,12 +14,12 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const FAIL: &str = "CREATE TRIGGER vd_test_fail BEFORE INSERT ON sub_changes \
+pub(crate) const FAIL: &str = "CREATE TRIGGER vd_test_fail BEFORE INSERT ON sub_changes \
                     BEGIN SELECT RAISE(ABORT, 'injected persist failure'); END;";
-const HEAL: &str = "DROP TRIGGER vd_test_fail;";
+pub(crate) const HEAL: &str = "DROP TRIGGER vd_test_fail;";
 const FAILED_LOG: &str = "subscription round failed";
 
-fn subs_db(dir: &Path) -> PathBuf {
+pub(crate) fn subs_db(dir: &Path) -> PathBuf {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)
@@ -37,14 +37,14 @@ fn subs_db(dir: &Path) -> PathBuf {
     panic!("no subscriptions.db under {}", dir.display());
 }
 
-fn exec(db: &Path, sql: &str) {
+pub(crate) fn exec(db: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(db).expect("opening subscriptions.db");
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn.execute_batch(sql).expect("changing subscriptions.db");
 }
 
 /// Waits until the node has logged `n` failed rounds.
-async fn await_failures(node: &Node, n: usize) {
+pub(crate) async fn await_failures(node: &Node, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while node.stderr().matches(FAILED_LOG).count() + node.stdout().matches(FAILED_LOG).count() < n
     {

@@ -14,6 +14,8 @@
 //! - [`queries`]: results stay equal to a fresh run of the query for LEFT JOIN, subqueries,
 //!   aggregates, GROUP BY, DISTINCT, ORDER BY … LIMIT and UNION under a pseudo-random workload;
 //!   parameters in every position; column names.
+//! - [`aggregates`]: aggregates and DISTINCT maintained from before-images stay exact under
+//!   random workloads on several seeds, a continuously committing writer, and a restart.
 //! - [`durability`]: resume after a graceful restart and after SIGKILL, the trimmed change log.
 //! - [`failure`]: a round whose persist fails publishes nothing, is retried, and loses
 //!   nothing across a crash.
@@ -26,6 +28,7 @@
 mod support;
 
 mod admin;
+mod aggregates;
 mod api;
 mod client;
 mod concurrency;

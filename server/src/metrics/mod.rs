@@ -43,6 +43,9 @@ pub struct Metrics {
     pub commit_to_event: Histogram,
     /// Subscription listeners dropped because they fell too far behind.
     pub slow_listener_drops: Counter,
+    /// Rounds of subscriptions kept from before-images (aggregates, DISTINCT) that re-ran
+    /// their query instead (images missing or dropped, a restore, a retry).
+    pub sub_image_reruns: Counter,
     watchdog_stalls: Family<RouteLabel, Counter>,
     snapshots: Family<RouteLabel, Counter>,
     snapshot_duration: Histogram,
@@ -57,6 +60,7 @@ impl Default for Metrics {
             sub_round: Histogram::new(latency_buckets()),
             commit_to_event: Histogram::new(latency_buckets()),
             slow_listener_drops: Counter::default(),
+            sub_image_reruns: Counter::default(),
             watchdog_stalls: Family::default(),
             snapshots: Family::default(),
             snapshot_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
@@ -123,6 +127,11 @@ impl Metrics {
             "subscription_slow_listener_drops",
             "Subscription listeners dropped for falling too far behind (they get too_slow and resume)",
             self.slow_listener_drops.clone(),
+        );
+        r.register(
+            "subscription_image_reruns",
+            "Rounds of aggregate/DISTINCT subscriptions that re-ran their query instead of applying before-images",
+            self.sub_image_reruns.clone(),
         );
         r.register(
             "watchdog_stalls",

@@ -43,18 +43,25 @@ impl Store {
     pub fn apply_changesets(&mut self, sets: &[ChangeSet]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         super::run_cached(&self.conn, "BEGIN IMMEDIATE")?;
+        let images = self.begin_images();
         let result = self.apply_sets_in_tx(sets, &mut report);
-        match result.and_then(|_| Ok(super::run_cached(&self.conn, "COMMIT")?)) {
-            Ok(()) => {
-                self.notify_commit(super::Committed {
-                    versions: report.applied.clone(),
-                    local: false,
-                    changed: report.impacted.clone(),
-                });
-                Ok(report)
-            }
+        let committed = result.and_then(|_| {
+            let c = super::Committed {
+                versions: report.applied.clone(),
+                local: false,
+                before: self.take_images(images, &report.impacted)?,
+                changed: report.impacted.clone(),
+                seq: 0,
+            };
+            Ok(self.commit_and_notify(Some(c))?)
+        });
+        match committed {
+            Ok(()) => Ok(report),
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                self.drop_images();
+                if let Err(e2) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::debug!(error = %e2, "rollback after a failed apply (nothing open)");
+                }
                 Err(e)
             }
         }

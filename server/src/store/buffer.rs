@@ -126,6 +126,7 @@ impl Store {
         report.dropped += before - chunks.len();
         let chunks = super::assemble::assemble(chunks);
         super::run_cached(&self.conn, "BEGIN IMMEDIATE")?;
+        let images = self.begin_images();
         let result = (|| -> Result<()> {
             for c in chunks {
                 let booked = book.entry(c.actor).or_insert_with(|| {
@@ -194,10 +195,27 @@ impl Store {
             }
             Ok(())
         })();
-        if let Err(e) = result.and_then(|_| Ok(super::run_cached(&self.conn, "COMMIT")?)) {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
+        // The before-images are read inside the transaction (rows whose base row was not
+        // written are read as they are); then COMMIT and notify under the commit gate (see
+        // `Shared::commit_gate`).
+        let result = result.and_then(|_| self.take_images(images, &report.apply.impacted));
+        let shared = self.shared.clone();
+        let mut gate = shared.commit_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let result = result.and_then(|before| {
+            super::run_cached(&self.conn, "COMMIT")?;
+            Ok(before)
+        });
+        let before = match result {
+            Ok(before) => before,
+            Err(e) => {
+                drop(gate);
+                self.drop_images();
+                if let Err(e2) = self.conn.execute_batch("ROLLBACK") {
+                    tracing::debug!(error = %e2, "rollback after a failed apply (nothing open)");
+                }
+                return Err(e);
+            }
+        };
         {
             let mut shared = self.shared.book.write().expect("book lock");
             for (actor, mut booked) in book {
@@ -212,11 +230,15 @@ impl Store {
                 *shared.entry(actor) = booked;
             }
         }
+        *gate += 1;
         self.notify_commit(super::Committed {
             versions: report.apply.applied.clone(),
             local: false,
             changed: report.apply.impacted.clone(),
+            seq: *gate,
+            before,
         });
+        drop(gate);
         Ok(report)
     }
 

@@ -5,7 +5,9 @@
 //! delete followed by a re-insert of the same values produce no change at all.
 //!
 //! The hook only reads values; the store writes clocks after the statements ran. Capture is
-//! off while the store itself writes (clocks, remote merges).
+//! off while the store itself writes (clocks, remote merges), except for *images* mode: while
+//! a remote merge runs and a subscription needs before-images ([`Capture::images`]), only each
+//! touched row's state when first touched is recorded.
 
 use super::catalog::Catalog;
 use crate::crdt::pack;
@@ -31,6 +33,9 @@ fn owned(v: ValueRef<'_>) -> Value {
     verdigris_subscriptions::stmt::owned(v).unwrap_or(Value::Null)
 }
 
+/// A row's key and its values before (`None`: it did not exist).
+type Image = (Vec<u8>, Option<Vec<Value>>);
+
 /// One row's net effect within the transaction.
 #[derive(Debug)]
 pub struct RowEffect {
@@ -55,6 +60,10 @@ struct CapturedTable {
 #[derive(Debug, Default)]
 pub struct Capture {
     pub enabled: bool,
+    /// Records only before-images (for the store's own merges; see the module docs), of the
+    /// tables in `image_tables`.
+    pub images: bool,
+    pub image_tables: std::collections::HashSet<u32>,
     /// Set when a write stored TEXT that is not UTF-8 in a replicated table (the transaction fails).
     pub invalid: Option<String>,
     /// The table the running statement inserts only given values into (see
@@ -102,6 +111,74 @@ impl Capture {
         self.effects.clear();
         self.invalid = None;
         self.trusted = None;
+    }
+
+    /// Images mode: records each touched row's values when first touched (`None`: the row
+    /// did not exist), nothing else.
+    fn on_image(&mut self, table: &str, case: &PreUpdateCase) {
+        let Some(t) = self.tables.get(table) else {
+            return;
+        };
+        if !self.image_tables.contains(&t.id) {
+            return;
+        }
+        let id = t.id;
+        // (key, values before) of the row, and the new key of a key-changing update (a row
+        // that did not exist).
+        let (first, second): (Image, Option<Vec<u8>>) = match case {
+            PreUpdateCase::Insert(new) => {
+                let pk = if t.rowid_key {
+                    pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
+                } else {
+                    let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                    pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)))
+                };
+                ((pk, None), None)
+            }
+            PreUpdateCase::Delete(old) => {
+                let n = old.get_column_count();
+                let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
+                ((pk, Some((0..n).map(|i| owned(get(i))).collect())), None)
+            }
+            PreUpdateCase::Update {
+                old_value_accessor: old,
+                new_value_accessor: new,
+            } => {
+                let n = old.get_column_count();
+                let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
+                let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
+                let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
+                let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
+                let moved = (new_pk != old_pk).then_some(new_pk);
+                (
+                    (old_pk, Some((0..n).map(|i| owned(get_old(i))).collect())),
+                    moved,
+                )
+            }
+            PreUpdateCase::Unknown => return,
+        };
+        let (pk, before) = first;
+        self.entry(id, pk, || before);
+        if let Some(pk) = second {
+            self.entry(id, pk, || None);
+        }
+    }
+
+    /// In images mode: the position of the before-image recorded for a row, if it was
+    /// touched.
+    pub fn image_of(&self, table: u32, pk: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one((table, pk));
+        self.index
+            .find(hash, |&i| {
+                self.effects[i].table == table && self.effects[i].pk == pk
+            })
+            .copied()
+    }
+
+    /// In images mode: takes the before-image at `i` (see [`Capture::image_of`]).
+    pub fn take_image(&mut self, i: usize) -> Option<Vec<Value>> {
+        self.effects[i].before.take()
     }
 
     fn entry(
@@ -219,6 +296,8 @@ pub fn install(conn: &Connection, capture: Arc<Mutex<Capture>>) -> rusqlite::Res
             let mut c = capture.lock().expect("capture lock");
             if c.enabled {
                 c.on_change(table, case);
+            } else if c.images {
+                c.on_image(table, case);
             }
         },
     ))

@@ -107,26 +107,37 @@ impl Store {
             }),
             (r, _) => r,
         };
+        // The capture knows every touched row's values before the transaction: handed to
+        // subscriptions that need them.
+        let mut before = self
+            .shared
+            .images_wanted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(Vec::new);
         let result = ran.and_then(|results| {
             let mut changed = Vec::new();
             let version = self
-                .record_local(effects, &mut changed)
+                .record_local(effects, &mut changed, &mut before)
                 .map_err(TxError::Internal)?;
             Ok((results, version, changed))
         });
         match result {
             Ok((results, version, changed)) => {
-                if let Err(e) = super::run_cached(&self.conn, "COMMIT") {
-                    let _ = self.conn.execute_batch("ROLLBACK");
+                let committed = version.map(|v| super::Committed {
+                    versions: vec![(self.actor, v)],
+                    local: true,
+                    changed,
+                    seq: 0,
+                    before: before.map(std::sync::Arc::new),
+                });
+                if let Err(e) = self.commit_and_notify(committed) {
+                    if let Err(e2) = self.conn.execute_batch("ROLLBACK") {
+                        tracing::debug!(error = %e2, "rollback after a failed COMMIT (nothing open)");
+                    }
                     return Err(TxError::Internal(anyhow!(e).context("committing")));
                 }
                 if let Some(v) = version {
                     self.local_max = v;
-                    self.notify_commit(super::Committed {
-                        versions: vec![(self.actor, v)],
-                        local: true,
-                        changed,
-                    });
                 }
                 Ok(TxOutcome {
                     results,
@@ -217,6 +228,7 @@ impl Store {
         &mut self,
         effects: Vec<super::capture::RowEffect>,
         changed: &mut ChangedRows,
+        images: &mut Option<Vec<Option<Vec<rusqlite::types::Value>>>>,
     ) -> Result<Option<u64>> {
         if effects.is_empty() {
             return Ok(None);
@@ -244,7 +256,7 @@ impl Store {
                 .context("captured a change for an unknown table")?;
             let row_event_needed = t.value_cols.is_empty();
             let seq_before = seq.get();
-            match (e.before, e.after) {
+            match (&e.before, e.after) {
                 (None, false) => {}
                 (None, true) => {
                     // Insert. Try the common case (never seen) first: one write.
@@ -280,7 +292,10 @@ impl Store {
                 }
                 (Some(before), true) => {
                     let pk = pack::unpack(&e.pk).context("captured key")?;
-                    let after = e.after_values.context("update without final values")?;
+                    let after = e
+                        .after_values
+                        .as_ref()
+                        .context("update without final values")?;
                     let old = load_clock(&self.conn, t, &pk)?.unwrap_or(RowClock {
                         cl: 1,
                         ..Default::default()
@@ -308,6 +323,9 @@ impl Store {
             if seq.get() != seq_before {
                 touched.push(t.id, &e.pk);
                 changed.push((t.shared_name.clone(), e.pk));
+                if let Some(images) = images {
+                    images.push(e.before);
+                }
             }
         }
         for (tid, batch) in &fresh {

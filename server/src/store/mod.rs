@@ -129,11 +129,43 @@ pub struct Shared {
     pub sites: RwLock<Sites>,
     /// Version bookkeeping ([`bookkeeping`]); updated by the writer after each commit.
     pub book: RwLock<bookkeeping::Bookie>,
+    /// The sequence number of the last commit notified ([`Committed::seq`]). The writer
+    /// holds this lock from COMMIT until its listeners have run, so a reader that starts its
+    /// read transaction under it knows exactly which commits its snapshot holds (all up to
+    /// the value, none after) — see [`Shared::positioned_snapshot`]. Held by a reader for a
+    /// `BEGIN` and one read of the schema page only.
+    pub commit_gate: Mutex<u64>,
+    /// Set while some subscription needs the before-images of changed rows
+    /// ([`Committed::before`]); remote merges record them only then, and only for the tables
+    /// in `image_tables`.
+    pub images_wanted: std::sync::atomic::AtomicBool,
+    /// Lower-case names of the tables whose before-images subscriptions need.
+    pub image_tables: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Starts a read transaction on `conn` and returns the sequence number of the last
+    /// commit its snapshot holds: every commit notified with a [`Committed::seq`] up to it
+    /// is visible, none after. The caller ends the transaction.
+    pub fn positioned_snapshot(&self, conn: &Connection) -> rusqlite::Result<u64> {
+        let gate = self.commit_gate.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute_batch("BEGIN")?;
+        // The snapshot is taken by the first read, not by BEGIN.
+        let read = conn
+            .prepare_cached("SELECT 1 FROM sqlite_schema LIMIT 1")
+            .and_then(|mut s| s.exists([]));
+        if let Err(e) = read {
+            drop(gate);
+            if let Err(e2) = conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e2, "rolling back a read transaction that failed to start");
+            }
+            return Err(e);
+        }
+        Ok(*gate)
     }
 }
 
@@ -189,7 +221,17 @@ pub struct Committed {
     pub local: bool,
     /// Rows whose replicated state changed: (table, packed primary key).
     pub changed: ChangedRows,
+    /// This commit's place in the node's order of commits (1, 2, …, per process), assigned
+    /// under [`Shared::commit_gate`].
+    pub seq: u64,
+    /// The values of each of `changed`'s rows before this commit (`None`: the row did not
+    /// exist), in the same order; `None` when not recorded (no subscription wanted them when
+    /// the transaction started). Shared: listeners keep it without copying.
+    pub before: Option<Images>,
 }
+
+/// Before-images of a commit's changed rows, in the order of [`Committed::changed`].
+pub type Images = Arc<Vec<Option<Vec<rusqlite::types::Value>>>>;
 
 impl Store {
     /// Opens (creating if needed) the database file at `path`.
@@ -308,6 +350,9 @@ impl Store {
             catalog: RwLock::new(Arc::new(catalog)),
             sites: RwLock::new(sites),
             book: RwLock::new(bookkeeping::Bookie::new()),
+            commit_gate: Mutex::new(0),
+            images_wanted: Default::default(),
+            image_tables: Default::default(),
         });
         let mut store = Store {
             conn,
@@ -397,6 +442,114 @@ impl Store {
     /// Registers a callback run after every commit that changed replicated state.
     pub fn on_commit(&mut self, f: Box<dyn FnMut(&Committed) + Send>) {
         self.commit_listeners.push(f);
+    }
+
+    /// Whether before-images are wanted; if so, the capture records them during the store's
+    /// own writes until [`Store::take_images`].
+    fn begin_images(&self) -> bool {
+        let want = self
+            .shared
+            .images_wanted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if want {
+            let catalog = self.shared.catalog();
+            let tables = self
+                .shared
+                .image_tables
+                .read()
+                .expect("image tables lock")
+                .iter()
+                .filter_map(|t| catalog.get(t).map(|t| t.id))
+                .collect();
+            let mut c = self.capture.lock().expect("capture lock");
+            c.clear();
+            c.images = true;
+            c.image_tables = tables;
+        }
+        want
+    }
+
+    /// Stops recording before-images; returns those of `changed`'s rows (`None` if not
+    /// recording; `None` for rows of tables no subscription needs them for). A changed row
+    /// whose base row was not written (only its clock changed, e.g.
+    /// a merged change that lost, or a delete of a row already gone) has the values it still
+    /// has.
+    fn take_images(&self, recording: bool, changed: &ChangedRows) -> Result<Option<Images>> {
+        if !recording {
+            return Ok(None);
+        }
+        let mut c = self.capture.lock().expect("capture lock");
+        c.images = false;
+        let catalog = self.shared.catalog();
+        let mut out: Vec<Option<Vec<rusqlite::types::Value>>> = Vec::with_capacity(changed.len());
+        // A row changed by several versions of one apply is listed once per version.
+        let mut taken: HashMap<usize, usize> = HashMap::new();
+        let mut last: Option<(&Arc<str>, u32, bool)> = None;
+        for (table, pk) in changed {
+            let (id, wanted) = match last {
+                Some((t, id, w)) if Arc::ptr_eq(t, table) => (id, w),
+                _ => {
+                    let id = catalog
+                        .get(table)
+                        .with_context(|| format!("changed row of unknown table {table}"))?
+                        .id;
+                    let w = c.image_tables.contains(&id);
+                    last = Some((table, id, w));
+                    (id, w)
+                }
+            };
+            if !wanted {
+                // No subscription follows this table's before-images.
+                out.push(None);
+                continue;
+            }
+            match c.image_of(id, pk) {
+                Some(i) => match taken.get(&i) {
+                    Some(&at) => out.push(out[at].clone()),
+                    None => {
+                        taken.insert(i, out.len());
+                        out.push(c.take_image(i));
+                    }
+                },
+                None => {
+                    let t = catalog.by_id(id).context("table vanished")?;
+                    let key = crate::crdt::pack::unpack(pk).context("changed row's key")?;
+                    let mut stmt = self.conn.prepare_cached(&t.sql.row_get)?;
+                    let n = stmt.column_count();
+                    let row = stmt
+                        .query_row(rusqlite::params_from_iter(&key), |r| {
+                            (0..n)
+                                .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                                .collect::<rusqlite::Result<Vec<_>>>()
+                        })
+                        .optional()?;
+                    out.push(row);
+                }
+            }
+        }
+        c.clear();
+        Ok(Some(Arc::new(out)))
+    }
+
+    /// Stops recording before-images after a failed transaction.
+    fn drop_images(&self) {
+        let mut c = self.capture.lock().expect("capture lock");
+        c.images = false;
+        c.clear();
+    }
+
+    /// Commits the open transaction and, if `changes` says something changed, notifies the
+    /// commit listeners — both under [`Shared::commit_gate`], with the next sequence number.
+    fn commit_and_notify(&mut self, changes: Option<Committed>) -> rusqlite::Result<()> {
+        let shared = self.shared.clone();
+        let mut gate = shared.commit_gate.lock().unwrap_or_else(|e| e.into_inner());
+        run_cached(&self.conn, "COMMIT")?;
+        if let Some(mut c) = changes {
+            *gate += 1;
+            c.seq = *gate;
+            self.notify_commit(c);
+        }
+        Ok(())
     }
 
     fn notify_commit(&mut self, c: Committed) {

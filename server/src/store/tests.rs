@@ -145,6 +145,88 @@ fn key_changing_update_is_delete_plus_insert() {
     assert_eq!(ch[0].cl, 2);
 }
 
+/// Commits as the store's listeners see them.
+fn listen(s: &mut Store) -> std::sync::Arc<std::sync::Mutex<Vec<Committed>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    s.on_commit(Box::new(move |c| out.lock().unwrap().push(c.clone())));
+    seen
+}
+
+/// Before-images reach commit listeners: always for local writes while wanted, and for remote
+/// merges of the wanted tables only; commits are numbered in order.
+#[test]
+fn before_images_come_with_local_and_merged_commits() {
+    let mut a = store();
+    let mut b = store();
+    let seen = listen(&mut b);
+    {
+        let shared = b.shared();
+        shared.image_tables.write().unwrap().insert("users".into());
+        shared
+            .images_wanted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    tx(&mut b, &["INSERT INTO users VALUES (1, 'a', 5)"]);
+    tx(&mut a, &["INSERT INTO users VALUES (1, 'a', 5)"]);
+    tx(
+        &mut a,
+        &[
+            "INSERT INTO users VALUES (2, 'x', 1)",
+            "INSERT INTO tags VALUES ('k', 'v')",
+        ],
+    );
+    tx(&mut a, &["UPDATE users SET score = 9 WHERE id = 1"]);
+    b.apply_changesets(&to_sets(&a)).unwrap();
+    tx(&mut b, &["DELETE FROM users WHERE id = 2"]);
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|c| c.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Local insert: the row did not exist.
+    assert_eq!(seen[0].before.as_deref(), Some(&vec![None]));
+    // The merge: users 1 existed (identical insert, then the update; the base row was
+    // written once, its value before is the local one), users 2 did not; tags are not wanted.
+    let merged = &seen[1];
+    let pk = |k: i64| pack::pack(std::iter::once(rusqlite::types::ValueRef::Integer(k)));
+    let image = |t: &str, k: &[u8]| {
+        merged
+            .changed
+            .iter()
+            .position(|(tt, kk)| &**tt == t && kk.as_slice() == k)
+            .map(|i| merged.before.as_ref().expect("recorded")[i].clone())
+    };
+    assert_eq!(
+        image("users", &pk(1)),
+        Some(Some(vec![
+            Value::Integer(1),
+            Value::Text("a".into()),
+            Value::Integer(5)
+        ]))
+    );
+    assert_eq!(image("users", &pk(2)), Some(None));
+    let tag_key = pack::pack(
+        [
+            rusqlite::types::ValueRef::Text(b"k"),
+            rusqlite::types::ValueRef::Text(b"v"),
+        ]
+        .into_iter(),
+    );
+    assert_eq!(
+        image("tags", &tag_key),
+        Some(None),
+        "not wanted: not recorded"
+    );
+    // Local delete: the row's values before.
+    assert_eq!(
+        seen[2].before.as_deref(),
+        Some(&vec![Some(vec![
+            Value::Integer(2),
+            Value::Text("x".into()),
+            Value::Integer(1)
+        ])])
+    );
+}
+
 #[test]
 fn key_only_tables_replicate_through_the_sentinel() {
     let mut a = store();

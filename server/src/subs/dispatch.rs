@@ -70,7 +70,7 @@ fn route(core: &Core, batch: &Arc<Changes>, whole: &BTreeSet<String>, since: Opt
         out
     };
     for (unit, all) in units.into_values() {
-        lock(&unit.queue).push(unit.lane, batch, all, since);
+        lock(&unit.queue).push(unit.queue_lane(), batch, all, since);
         schedule(core, &unit);
     }
 }

@@ -15,6 +15,7 @@
 //!   receives each change id exactly once, in order. A new subscription runs its initial
 //!   query holding no lock ([`registry`]).
 //!
+//! - [`images`]: before-images for aggregate and `DISTINCT` units, by commit position.
 //! - [`persist`]: the on-disk registry, rows and change logs.
 //! - [`attach`]: what a listener receives (the attach contract every transport uses).
 //! - [`events`]: event encoding.
@@ -22,6 +23,7 @@
 pub mod attach;
 mod dispatch;
 mod events;
+mod images;
 pub mod persist;
 mod registry;
 mod unit;
@@ -130,6 +132,8 @@ struct Core {
     /// per unit).
     retries: Mutex<Vec<(Instant, Arc<Unit>)>>,
     updates: Mutex<HashMap<String, UpdatesHandle>>,
+    /// Before-images for units maintained from them ([`images`]).
+    images: Mutex<images::ImageLog>,
     reads: Arc<ReadPool>,
     shared: Arc<Shared>,
     config: SubsConfig,
@@ -203,6 +207,7 @@ impl Manager {
             heavy: worker::LaneQueue::default(),
             retries: Mutex::default(),
             updates: Mutex::default(),
+            images: Mutex::default(),
             reads,
             shared,
             config,
@@ -250,8 +255,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Commit listener: merge the changed keys into the pending set and wake the dispatcher.
+    /// Commit listener: merge the changed keys into the pending set and wake the dispatcher;
+    /// keep the before-images units need.
     pub fn enqueue(&self, c: &Committed) {
+        lock(&self.core.images).record(c);
         let mut p = lock(&self.core.pending);
         p.since.get_or_insert_with(Instant::now);
         // Rows mostly come in runs of one table: lower-case each run's name once.

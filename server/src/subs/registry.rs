@@ -11,7 +11,7 @@
 use super::attach::Failure;
 use super::events::{change_event, snapshot_events};
 use super::unit::{merge, CatchUp, Kind, Lane, Queue, Sub, SubMeta, Unit, UnitState};
-use super::worker::{read_txn, schedule};
+use super::worker::{positioned_txn, read_txn, schedule};
 use super::{lock, query_hash, CatalogSchema, Core, Manager, SubsError};
 use crate::crdt::ActorId;
 use crate::store::Statement;
@@ -51,8 +51,12 @@ impl Registry {
 
     /// Registers `id` with a unit for `a`: the family's unit (created if needed) or a new one.
     /// Returns the unit and the member index.
-    fn reserve(&mut self, id: &str, a: &Analysis, live: bool) -> (Arc<Unit>, u64) {
+    fn reserve(&mut self, id: &str, a: &Analysis, live: bool, core: &Core) -> (Arc<Unit>, u64) {
         let keyed = matches!(a.plan, Plan::Keyed { .. });
+        let images = match &a.plan {
+            Plan::Aggregate { plan } => Some(plan.table.clone()),
+            _ => None,
+        };
         let family = a.family.as_ref().filter(|_| keyed);
         let existing = family
             .and_then(|f| self.families.get(&f.key))
@@ -65,11 +69,17 @@ impl Registry {
                     Some(f) => Kind::Family(Box::new(f.clone())),
                     None => Kind::Single,
                 },
-                lane: if keyed { Lane::Keyed } else { Lane::Rerun },
+                lane: if keyed || images.is_some() {
+                    Lane::Keyed
+                } else {
+                    Lane::Rerun
+                },
                 heavy: Default::default(),
                 avg_round_us: Default::default(),
                 plan: a.plan.describe().into(),
                 tables: Arc::new(a.tables.clone()),
+                images: images.clone(),
+                keys: a.topk.is_some(),
                 queue: Mutex::new(Queue {
                     // A family is live from the start: members join it when ready.
                     live: live || family.is_some(),
@@ -80,6 +90,10 @@ impl Registry {
             });
             if let Some(f) = family {
                 self.families.insert(f.key.clone(), unit.id);
+            }
+            if let Some(t) = &unit.images {
+                // Before-images are kept from now on; the initial query sets the position.
+                lock(&core.images).track(&core.shared, t, unit.id, 0);
             }
             for t in unit.tables.iter() {
                 self.by_table
@@ -106,7 +120,7 @@ impl Registry {
     }
 
     /// Removes `id`; drops its unit when no entry is left.
-    fn remove(&mut self, id: &str) {
+    fn remove(&mut self, id: &str, core: &Core) {
         let Some(e) = self.subs.remove(id) else {
             return;
         };
@@ -119,6 +133,9 @@ impl Registry {
             let u = e.unit;
             self.refs.remove(&u.id);
             self.units.remove(&u.id);
+            if let Some(t) = &u.images {
+                lock(&core.images).untrack(&core.shared, t, u.id);
+            }
             if let Kind::Family(f) = &u.kind {
                 if self.families.get(&f.key) == Some(&u.id) {
                     self.families.remove(&f.key);
@@ -165,7 +182,7 @@ fn new_sub(meta: Arc<SubMeta>, a: &Analysis, mv: MatView) -> Sub {
 impl Core {
     /// Removes a subscription from the registry (its unit state is already updated).
     pub(super) fn forget(&self, id: &str) {
-        lock(&self.registry).remove(id);
+        lock(&self.registry).remove(id, self);
         self.registered.notify_all();
     }
 }
@@ -203,7 +220,7 @@ impl Manager {
                 ));
             }
             let id = ActorId::random().hyphenated();
-            let (unit, idx) = reg.reserve(&id, &analysis, false);
+            let (unit, idx) = reg.reserve(&id, &analysis, false, core);
             if matches!(unit.kind, Kind::Family(_)) {
                 lock(&unit.queue).joining.insert(idx, CatchUp::default());
             }
@@ -230,10 +247,19 @@ impl Manager {
         let core = &self.core;
         let start = Instant::now();
         let mut mv = MatView::new(analysis);
-        let rows = read_txn(conn, |c| Ok(mv.initial(c)?))
-            .map_err(|e| SubsError::BadRequest(format!("query failed: {e:#}")))?;
+        // A unit kept from before-images needs to know which commits its state includes.
+        let (pos, rows) = if unit.images.is_some() {
+            positioned_txn(&core.shared, conn, |c, _| Ok(mv.initial(c)?))
+        } else {
+            read_txn(conn, |c| Ok(mv.initial(c)?)).map(|r| (0, r))
+        }
+        .map_err(|e| SubsError::BadRequest(format!("query failed: {e:#}")))?;
         let meta = new_meta(id, analysis, unit);
         let mut st = lock(&unit.state);
+        if let Some(t) = &unit.images {
+            st.image_pos = pos;
+            lock(&core.images).advance(t, unit.id, pos);
+        }
         let rows = if matches!(unit.kind, Kind::Family(_)) {
             // Change sets the family processed since this member's reservation.
             let catch = lock(&unit.queue).joining.remove(&idx).unwrap_or_default();
@@ -368,7 +394,7 @@ impl Manager {
             }
             let mut mv = MatView::new(&analysis);
             mv.import(rows, s.next_row_id);
-            let changes = read_txn(&conn, |c| Ok(mv.recompute(c)?))?;
+            let (pos, changes) = positioned_txn(&core.shared, &conn, |c, _| Ok(mv.recompute(c)?))?;
             let mut last_change_id = s.last_change_id;
             if !changes.is_empty() {
                 let first = last_change_id + 1;
@@ -383,12 +409,21 @@ impl Manager {
             }
             tracing::info!(id = %s.id, rows = mv.len(), caught_up = changes.len(), "restored subscription");
             let mut reg = lock(&core.registry);
-            let (unit, idx) = reg.reserve(&s.id, &analysis, true);
+            let (unit, idx) = reg.reserve(&s.id, &analysis, true, core);
             let meta = new_meta(&s.id, &analysis, &unit);
             let mut sub = new_sub(meta.clone(), &analysis, mv);
             sub.last_change_id = last_change_id;
             sub.sync_meta();
+            if let Some(t) = &unit.images {
+                lock(&unit.state).image_pos = pos;
+                lock(&core.images).advance(t, unit.id, pos);
+                // Commits between the re-run and following the table: start over once.
+                if *lock(&core.shared.commit_gate) != pos {
+                    lock(&unit.queue).whole = true;
+                }
+            }
             lock(&unit.state).add_member(idx, sub);
+            schedule(core, &unit);
             if let Some(e) = reg.subs.get_mut(&s.id) {
                 e.meta = Some(meta);
             }

@@ -30,7 +30,8 @@ const MAX_MEMBER_OPS: usize = 4096;
 /// Which workers run a unit: cheap incremental work never queues behind re-runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lane {
-    /// Keyed subscriptions and families: cost proportional to the rows changed.
+    /// Keyed subscriptions and families, aggregate and `DISTINCT` subscriptions kept from
+    /// before-images: cost proportional to the rows changed.
     Keyed,
     /// Subscriptions maintained by re-running their query (see `docs/subscriptions.md`)
     /// whose last round was cheap (e.g. `ORDER BY … LIMIT` read from an index).
@@ -107,6 +108,12 @@ pub(super) struct Unit {
     /// How the unit is maintained, for admin views (the same for every member).
     pub plan: Arc<str>,
     pub tables: Arc<BTreeSet<String>>,
+    /// The table whose before-images maintain the unit (aggregates and `DISTINCT`; see
+    /// [`super::images`]); such a unit only needs to know that its table changed.
+    pub images: Option<String>,
+    /// A re-run unit that needs the changed keys (an `ORDER BY … LIMIT` guard decides from
+    /// them whether to re-run).
+    pub keys: bool,
     pub queue: Mutex<Queue>,
     pub state: Mutex<UnitState>,
     /// The next member index (a single subscription is member 0).
@@ -141,8 +148,25 @@ pub(super) struct CatchUp {
 impl Unit {
     /// The lane the unit runs in now.
     pub fn lane_now(&self) -> Lane {
-        if self.lane == Lane::Rerun && self.heavy.load(Ordering::Relaxed) {
+        if self.moves() && self.heavy.load(Ordering::Relaxed) {
             Lane::Heavy
+        } else {
+            self.lane
+        }
+    }
+
+    /// Whether slow rounds move the unit to the heavy lane: re-run units, and units kept from
+    /// before-images (cheap, but they re-run their query after a failure or a gap).
+    fn moves(&self) -> bool {
+        self.lane == Lane::Rerun || self.images.is_some()
+    }
+
+    /// How a change set is queued for the unit.
+    pub fn queue_lane(&self) -> Lane {
+        if self.images.is_some() {
+            Lane::Rerun
+        } else if self.keys {
+            Lane::Keyed
         } else {
             self.lane
         }
@@ -152,7 +176,7 @@ impl Unit {
     /// average of their rounds (`avg += (d - avg) / 4`), so one round slowed by a busy host
     /// does not send a cheap unit behind the heavy ones.
     pub fn round_took(&self, d: std::time::Duration) {
-        if self.lane != Lane::Rerun {
+        if !self.moves() {
             return;
         }
         let d = d.as_micros().min(u64::MAX as u128) as u64;
@@ -211,6 +235,14 @@ impl Queue {
         }
     }
 
+    /// Takes the queued work of a unit kept from before-images: (re-run in full, oldest
+    /// commit); that its table changed (`dirty`) is all it needs to know.
+    pub fn take_images(&mut self) -> (bool, Option<Instant>) {
+        self.dirty = false;
+        self.batches.clear();
+        (std::mem::take(&mut self.whole), self.since.take())
+    }
+
     /// Takes the queued work: (change sets, re-run in full, oldest commit).
     pub fn take(&mut self) -> (Vec<Arc<Changes>>, bool, Option<Instant>) {
         let whole = std::mem::take(&mut self.whole) || std::mem::take(&mut self.dirty);
@@ -246,6 +278,8 @@ pub(super) struct UnitState {
     pub member_ops: VecDeque<(u64, u64, Option<rusqlite::types::Value>)>,
     /// Consecutive failed rounds (for the retry backoff).
     pub failures: u32,
+    /// A unit kept from before-images: the last commit its state includes.
+    pub image_pos: u64,
 }
 
 impl UnitState {
@@ -365,6 +399,8 @@ mod tests {
             avg_round_us: Default::default(),
             plan: "re-run".into(),
             tables: Arc::default(),
+            images: None,
+            keys: false,
             queue: Mutex::default(),
             state: Mutex::default(),
             next_idx: AtomicU64::new(0),

@@ -12,6 +12,7 @@
 
 use super::attach::{publish, Published};
 use super::events::change_events;
+use super::images::Taken;
 use super::persist::RoundWrite;
 use super::unit::{merge, Kind, Lane, Unit, UnitState};
 use super::Core;
@@ -166,26 +167,55 @@ pub(super) fn read_txn<T>(
     }
 }
 
+/// Like [`read_txn`], on a snapshot whose position in the commit order is known: `f` gets it
+/// (see [`crate::store::Shared::positioned_snapshot`]).
+pub(super) fn positioned_txn<T>(
+    shared: &crate::store::Shared,
+    conn: &rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Connection, u64) -> Result<T>,
+) -> Result<(u64, T)> {
+    let pos = shared
+        .positioned_snapshot(conn)
+        .context("starting a read transaction")?;
+    let out = f(conn, pos);
+    let end = conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    match (out, end) {
+        (Ok(v), Ok(())) => Ok((pos, v)),
+        (Ok(_), Err(e)) => Err(anyhow::Error::from(e).context("ending a read transaction")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(e2)) => Err(e.context(format!("and rolling back failed too: {e2}"))),
+    }
+}
+
 type Produced = Vec<(u64, u64, Vec<RowChange>)>;
 
 impl Worker {
     /// One round of `unit`; returns the delay before a retry if it failed.
     fn round(&mut self, core: &Core, unit: &Arc<Unit>) -> Option<Duration> {
-        let (batches, whole, since) = super::lock(&unit.queue).take();
+        let (batches, whole, since) = match unit.images {
+            // A unit kept from before-images runs whenever its table changed.
+            Some(_) => {
+                let (whole, since) = super::lock(&unit.queue).take_images();
+                (vec![], whole, since)
+            }
+            None => super::lock(&unit.queue).take(),
+        };
         let changes = merge(&batches, Some(&*unit.tables));
         drop(batches);
-        if !whole && changes.is_empty() {
+        if !whole && changes.is_empty() && unit.images.is_none() {
             return None;
         }
         let started = Instant::now();
         let mut st = super::lock(&unit.state);
         let _timing = RoundTimer(unit, started);
-        let result = self
-            .refresh(unit, &mut st, &changes, whole)
-            .and_then(|produced| {
-                persist(core, &st, &produced)?;
-                Ok(produced)
-            });
+        let refreshed = match &unit.images {
+            Some(table) => self.refresh_images(core, unit, table, &mut st, whole),
+            None => self.refresh(unit, &mut st, &changes, whole),
+        };
+        let result = refreshed.and_then(|produced| {
+            persist(core, &st, &produced)?;
+            Ok(produced)
+        });
         match result {
             Ok(produced) => {
                 st.failures = 0;
@@ -234,6 +264,45 @@ impl Worker {
                 )
             }
         }
+    }
+
+    /// Refreshes a unit kept from before-images: on a positioned snapshot, with the images of
+    /// the commits since its last position (a re-run if some are missing or `whole`).
+    fn refresh_images(
+        &mut self,
+        core: &Core,
+        unit: &Unit,
+        table: &str,
+        st: &mut UnitState,
+        whole: bool,
+    ) -> Result<Produced> {
+        let from = st.image_pos;
+        let subs = &mut st.subs;
+        let (pos, out) = positioned_txn(&core.shared, &self.conn, |conn, to| {
+            let taken = if whole {
+                Taken::Missing
+            } else {
+                super::lock(&core.images).take(table, from, to)
+            };
+            if matches!(taken, Taken::Missing) {
+                core.config.metrics.sub_image_reruns.inc();
+            }
+            let mut out: Vec<(u64, Vec<RowChange>)> = Vec::new();
+            for (idx, sub) in subs.iter_mut() {
+                let r = match &taken {
+                    Taken::Images(images) => sub.mv.refresh_images(conn, images),
+                    Taken::Missing => sub.mv.recompute(conn),
+                };
+                let ch = r.with_context(|| format!("refreshing {}", sub.meta.id))?;
+                if !ch.is_empty() {
+                    out.push((*idx, ch));
+                }
+            }
+            Ok(out)
+        })?;
+        st.image_pos = pos;
+        super::lock(&core.images).advance(table, unit.id, pos);
+        Ok(assign_ids(st, out))
     }
 
     /// Refreshes the unit's subscriptions; assigns change ids to what changed.
@@ -287,16 +356,21 @@ impl Worker {
             }
             Ok(out)
         })?;
-        let mut produced = Vec::with_capacity(out.len());
-        for (idx, ch) in out {
-            if let Some(sub) = st.subs.get_mut(&idx) {
-                let first = sub.last_change_id + 1;
-                sub.last_change_id += ch.len() as u64;
-                produced.push((idx, first, ch));
-            }
-        }
-        Ok(produced)
+        Ok(assign_ids(st, out))
     }
+}
+
+/// Gives each subscription's changes their change ids.
+fn assign_ids(st: &mut UnitState, out: Vec<(u64, Vec<RowChange>)>) -> Produced {
+    let mut produced = Vec::with_capacity(out.len());
+    for (idx, ch) in out {
+        if let Some(sub) = st.subs.get_mut(&idx) {
+            let first = sub.last_change_id + 1;
+            sub.last_change_id += ch.len() as u64;
+            produced.push((idx, first, ch));
+        }
+    }
+    produced
 }
 
 /// Writes a round to disk in one transaction.
