@@ -295,6 +295,17 @@ pub fn analyze(
     }
     let plan = choose_plan(conn, &query, schema);
     let normalized = normalize(&query);
+    // `x IN (SELECT pk …)` filters become joins, so the keyed plan maintains them.
+    let (plan, query, sql) = match plan {
+        Plan::Recompute { .. } => match semi_joined(conn, &query, schema, columns.len()) {
+            Some((q, sources)) => {
+                let sql = q.to_string();
+                (Plan::Keyed { sources }, Box::new(q), sql)
+            }
+            None => (plan, query, sql),
+        },
+        plan => (plan, query, sql),
+    };
     let family = match &plan {
         Plan::Keyed { sources } => {
             let refs: Vec<String> = sources.iter().map(|s| s.reference.clone()).collect();
@@ -482,6 +493,37 @@ fn normalize(q: &Query) -> String {
         ControlFlow::<()>::Continue(())
     });
     q.to_string()
+}
+
+/// `q` with its `IN (SELECT pk …)` filters as joins ([`crate::semijoin`]), if that makes it a
+/// select-project-join query SQLite accepts with the same number of columns.
+fn semi_joined(
+    conn: &Connection,
+    q: &Query,
+    schema: &dyn Schema,
+    columns: usize,
+) -> Option<(Query, Vec<Source>)> {
+    let rewritten = crate::semijoin::rewrite(q, schema, &|t| rowid_key(conn, t))?;
+    let sources = keyed_sources(&rewritten, schema).ok()?;
+    let p = conn.prepare(&rewritten.to_string()).ok()?;
+    (p.parameter_count() == 0 && p.column_count() == columns).then_some((rewritten, sources))
+}
+
+/// Whether `table`'s primary key is its rowid: one `INTEGER PRIMARY KEY` column of a rowid
+/// table (a `WITHOUT ROWID` table's key, like any other key, has an index of origin `pk`).
+fn rowid_key(conn: &Connection, table: &str) -> bool {
+    let check = || -> rusqlite::Result<bool> {
+        let pk_types: Vec<String> = conn
+            .prepare("SELECT type FROM pragma_table_info(?1) WHERE pk > 0")?
+            .query_map([table], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let pk_index: bool = conn
+            .prepare("SELECT count(*) > 0 FROM pragma_index_list(?1) WHERE origin = 'pk'")?
+            .query_row([table], |r| r.get(0))?;
+        Ok(matches!(pk_types.as_slice(), [t] if t.eq_ignore_ascii_case("INTEGER")) && !pk_index)
+    };
+    // A failed look-up only means the rewrite is not used: the query is re-run instead.
+    check().unwrap_or(false)
 }
 
 /// Keyed maintenance applies to plain select-project-join queries, aggregate maintenance to

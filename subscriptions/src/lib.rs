@@ -10,6 +10,8 @@
 //! - [`aggregate`]: incremental `count`/`sum`/`total`/`avg`/`min`/`max` (with or without
 //!   `GROUP BY`) and `DISTINCT` over one table, in O(groups) state, from the changed rows'
 //!   before-images.
+//! - [`semijoin`]: `x IN (SELECT pk FROM t WHERE …)` rewritten as a join, so [`keyed`]
+//!   maintains it.
 //! - [`recompute`]: everything else (other aggregates, LIMIT, subqueries, joins under
 //!   aggregates, compound selects…): re-run and diff the result as a multiset.
 //! - [`topk`]: re-run `ORDER BY … LIMIT` only when a change reaches its window.
@@ -24,6 +26,7 @@ pub mod keyed;
 pub mod matview;
 pub mod pack;
 pub mod recompute;
+pub mod semijoin;
 pub mod stmt;
 pub mod topk;
 

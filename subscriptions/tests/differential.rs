@@ -50,6 +50,17 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT p.id, q.id FROM a p JOIN a q ON q.x = p.x AND q.id <> p.id", true),
     ("SELECT b.id, c.k2 FROM b JOIN c ON c.b_id = b.id ORDER BY c.k2", true),
     ("SELECT a.id FROM a WHERE a.id IN (SELECT a_id FROM b WHERE z > 1)", false),
+    // IN (SELECT pk …) becomes a join (unqualified names on both sides, `*`, extra filters).
+    ("SELECT id, z FROM b WHERE a_id IN (SELECT id FROM a WHERE x > 0)", true),
+    ("SELECT * FROM b WHERE z >= 1 AND a_id IN (SELECT a.id FROM a WHERE a.y = 'p')", true),
+    ("SELECT b.id FROM b WHERE b.a_id IN (SELECT id FROM a) AND b.a_id IN (SELECT id FROM a WHERE y IS NOT NULL) ORDER BY z", true),
+    ("SELECT k1, k2, w FROM c WHERE b_id IN (SELECT q.id FROM b AS q WHERE q.z = 2 OR q.a_id IS NULL)", true),
+    ("SELECT id FROM b WHERE a_id + 1 IN (SELECT id FROM a WHERE x IS NULL)", true),
+    // Correlated, NOT IN, or not the key: re-run.
+    ("SELECT id FROM b WHERE a_id IN (SELECT id FROM a WHERE a.x = b.z)", false),
+    ("SELECT id FROM b WHERE a_id NOT IN (SELECT id FROM a WHERE x > 0)", false),
+    ("SELECT id FROM b WHERE a_id IN (SELECT x FROM a)", false),
+    ("SELECT id FROM b WHERE z = 1 OR a_id IN (SELECT id FROM a)", false),
     ("SELECT * FROM a WHERE EXISTS (SELECT 1 FROM c WHERE c.w = a.y)", false),
     ("SELECT b.id, (SELECT y FROM a WHERE a.id = b.a_id) FROM b", false),
     ("SELECT DISTINCT x FROM a", false),
