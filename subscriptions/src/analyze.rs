@@ -77,10 +77,11 @@ impl Plan {
 
 #[derive(Debug, Clone)]
 pub struct Analysis {
-    /// The query as executed by keyed plans (parameters inlined), or as written.
+    /// The query as written, parameters inlined (or as written, if it could not be parsed):
+    /// what is stored, restored and shown.
     pub sql: String,
     /// What re-run plans execute: the client's statement with its parameters (keyed plans:
-    /// `sql` without parameters).
+    /// `query` as SQL, without parameters).
     pub exec: Statement,
     /// Normalized text: the dedupe key (same query, different spacing or keyword case → same key).
     pub normalized: String,
@@ -295,16 +296,14 @@ pub fn analyze(
     }
     let plan = choose_plan(conn, &query, schema);
     let normalized = normalize(&query);
-    // `x IN (SELECT pk …)` filters become joins, so the keyed plan maintains them.
-    let (plan, query, sql) = match plan {
+    // `x IN (SELECT pk …)` filters become joins, so the keyed plan maintains them. `sql`
+    // stays the query as the client wrote it (what is stored and restored, and shown).
+    let (plan, query) = match plan {
         Plan::Recompute { .. } => match semi_joined(conn, &query, schema, columns.len()) {
-            Some((q, sources)) => {
-                let sql = q.to_string();
-                (Plan::Keyed { sources }, Box::new(q), sql)
-            }
-            None => (plan, query, sql),
+            Some((q, sources)) => (Plan::Keyed { sources }, Box::new(q)),
+            None => (plan, query),
         },
-        plan => (plan, query, sql),
+        plan => (plan, query),
     };
     let family = match &plan {
         Plan::Keyed { sources } => {
@@ -327,7 +326,8 @@ pub fn analyze(
     };
     // Re-run plans execute the query exactly as the client wrote it.
     let exec = match plan {
-        Plan::Keyed { .. } | Plan::Aggregate { .. } => Statement::new(sql.clone()),
+        Plan::Keyed { .. } => Statement::new(query.to_string()),
+        Plan::Aggregate { .. } => Statement::new(sql.clone()),
         Plan::Recompute { .. } => stmt.clone(),
     };
     Ok(Analysis {

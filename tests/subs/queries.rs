@@ -99,6 +99,14 @@ async fn subquery_tracks_other_table(proto: Proto) {
     );
     let mut s = Sub::post(&node.api(proto).with_nodelay(), &q).await;
     assert_eq!(s.state(), rows(json!([[1, "ann"]])));
+    // `team IN (SELECT id …)` over the rowid key is maintained as a join, not re-run.
+    let out = dir.cli(&["subs", "list"]);
+    let list: Vec<Value> = serde_json::from_str(out.ok()).expect("subs list prints JSON");
+    let plan = list.iter().find(|v| v["id"] == s.id).expect("listed")["plan"].clone();
+    assert!(
+        plan.as_str().is_some_and(|p| p.starts_with("incremental")),
+        "{plan}"
+    );
 
     // Only the subquery's table changes.
     w.write(&json!(["UPDATE teams SET title = 'rust' WHERE id = 2"]))

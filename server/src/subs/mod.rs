@@ -154,7 +154,7 @@ pub struct Manager {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// Primary keys from the store's catalog.
+/// Primary keys and columns from the store's catalog.
 struct CatalogSchema(Arc<crate::store::catalog::Catalog>);
 
 impl Schema for CatalogSchema {
@@ -166,6 +166,11 @@ impl Schema for CatalogSchema {
                 .map(|i| t.columns[*i].name.clone())
                 .collect(),
         )
+    }
+
+    fn columns(&self, table: &str) -> Option<Vec<String>> {
+        let t = self.0.get(table)?;
+        Some(t.columns.iter().map(|c| c.name.clone()).collect())
     }
 }
 
