@@ -15,7 +15,6 @@
 //! (default 100), `VERDIGRIS_BENCH_SUBS` the fleet size (default 10000; 0 skips it).
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use serde_json::{json, Value};

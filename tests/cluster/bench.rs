@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_replication_latency() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dirs, [a, b, c]) = three_nodes().await;
     let rate = 1000u64;
     let secs = 10u64;
@@ -74,7 +74,7 @@ fn raw_sqlite_insert(rows: i64, per_tx: i64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_catch_up_one_million_rows() {
-    let _serial = serial();
+    let _serial = serial().await;
     let total: i64 = std::env::var("VERDIGRIS_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())

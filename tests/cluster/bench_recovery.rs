@@ -55,7 +55,7 @@ fn four_rows(t: i64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_recovery_burst_on_a_new_cluster() {
-    let _serial = serial();
+    let _serial = serial().await;
     let n = env("VERDIGRIS_BENCH_NODES", 10);
     let runs = env("VERDIGRIS_BENCH_RUNS", 3);
     let mut figures = Vec::new();
@@ -84,7 +84,7 @@ async fn bench_recovery_burst_on_a_new_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_recovery_kill9_restart_under_load() {
-    let _serial = serial();
+    let _serial = serial().await;
     let runs = env("VERDIGRIS_BENCH_RUNS", 3);
     for run in 0..runs {
         let ([_da, _db, dc], [a, b, mut c]) = three_nodes().await;
@@ -143,7 +143,7 @@ async fn bench_recovery_kill9_restart_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn bench_recovery_partition_heal() {
-    let _serial = serial();
+    let _serial = serial().await;
     let runs = env("VERDIGRIS_BENCH_RUNS", 4);
     for run in 0..runs {
         let dirs: Vec<NodeDir> = (0..4).map(|_| default_dir()).collect();

@@ -37,7 +37,7 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peer_input_is_rejected_and_counted() {
-    let _serial = serial();
+    let _serial = serial().await;
     let d = NodeDir::new();
     let node = d.start(&[]);
     let conn = Arc::new(hostile_connection(node.gossip).await);

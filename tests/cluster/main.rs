@@ -17,7 +17,7 @@ const ALL: &str = "SELECT id, owner, val, n FROM items ORDER BY id";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dirs, [a, b, c]) = three_nodes().await;
     // Writes on every node, including overlapping keys (concurrent updates of row 1).
     for (i, n) in [&a, &b, &c].iter().enumerate() {
@@ -84,7 +84,7 @@ async fn three_nodes_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_catches_up_by_sync_including_big_transactions() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (da, db, dc) = (NodeDir::new(), NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);
@@ -118,7 +118,7 @@ async fn late_joiner_catches_up_by_sync_including_big_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
-    let _serial = serial();
+    let _serial = serial().await;
     let ([_da, _db, dc], [a, b, mut c]) = three_nodes().await;
     // C restarts below without a bootstrap list: wait until it has persisted its members.
     eventually(30, "C to persist its two peers", || async {
@@ -166,7 +166,7 @@ async fn sigkilled_node_restarts_and_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_heals_and_converges() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dirs, [a, b, c]) = three_nodes().await;
     // Cut C off from A and B (both directions, enforced on C's side).
     c.admin(json!({"Cluster": {"Partition": [a.gossip.to_string(), b.gossip.to_string()]}}))
@@ -192,7 +192,7 @@ async fn partition_heals_and_converges() {
 /// cannot apply on a node that lacks the table, and arrive there once that node reloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_a_table_another_node_lacks_arrive_after_its_reload() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (da, db) = (NodeDir::new(), NodeDir::new());
     let late = "CREATE TABLE late (id INTEGER NOT NULL PRIMARY KEY, note TEXT);\n";
     std::fs::write(da.path().join("schema.sql"), format!("{SCHEMA}{late}")).unwrap();
@@ -226,7 +226,7 @@ async fn rows_of_a_table_another_node_lacks_arrive_after_its_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_settles_after_a_partition_heals() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dirs, [a, b, c]) = three_nodes().await;
     let nodes = [&a, &b, &c];
     // A short partition (members only suspected), then a long one (members declared down,

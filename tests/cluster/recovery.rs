@@ -52,7 +52,7 @@ where
 /// blocked the membership loop until the lock was released).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_keeps_its_timing_while_the_writer_is_held() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dirs, [a, b, mut c]) = three_nodes().await;
     const HOLD: u64 = 60;
     a.admin(json!({"Debug": {"Stall": {"what": "writer", "secs": HOLD}}}))
@@ -123,7 +123,7 @@ async fn time_to_converge(nodes: &[&TestNode], secs: f64, what: &str) -> Duratio
 /// Then the restarted node is brought level with the others at once, and they with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_peers_keep_converging_while_a_killed_peer_is_undetected_and_after_its_restart() {
-    let _serial = serial();
+    let _serial = serial().await;
     let ([_da, _db, dc], [a, b, mut c]) = three_nodes().await;
     let c_port = c.gossip.port();
     c.kill();
@@ -156,7 +156,7 @@ async fn live_peers_keep_converging_while_a_killed_peer_is_undetected_and_after_
 /// arrival.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_last_write_arrives_without_waiting_for_a_sync_round() {
-    let _serial = serial();
+    let _serial = serial().await;
     let slow = "min_sync_backoff = 30\nmax_sync_backoff = 30";
     let dirs: Vec<NodeDir> = (0..3)
         .map(|_| NodeDir {
@@ -192,7 +192,7 @@ async fn a_missed_last_write_arrives_without_waiting_for_a_sync_round() {
 /// and sync at once (member up → sync with that member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healed_two_two_partition_converges_within_two_seconds() {
-    let _serial = serial();
+    let _serial = serial().await;
     let dirs = [
         NodeDir::new(),
         NodeDir::new(),
@@ -255,7 +255,7 @@ async fn a_healed_two_two_partition_converges_within_two_seconds() {
 /// broadcasts arriving meanwhile were dropped, left for a later sync round).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_does_not_crowd_out_live_broadcasts() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (da, db) = (NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);

@@ -15,7 +15,7 @@ fn env_or(name: &str, default: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_nodes_converge_under_random_multi_row_writes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let n = env_or("VERDIGRIS_STRESS_NODES", 10);
     let txs = env_or("VERDIGRIS_STRESS_TXS", 300);
     let seed: u64 = rand::random();

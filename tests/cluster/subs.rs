@@ -73,7 +73,7 @@ async fn follow(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_see_writes_from_other_nodes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (da, db) = (NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);
@@ -114,7 +114,7 @@ async fn subscribers_see_writes_from_other_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_bootstraps_from_a_snapshot_and_its_subscriptions_follow() {
-    let _serial = serial();
+    let _serial = serial().await;
     let da = NodeDir::new();
     let a = da.start(&[]);
     for t in 0..2 {
@@ -206,7 +206,7 @@ fn multiset(rows: impl IntoIterator<Item = Value>) -> Vec<String> {
 /// the cluster converged, without re-running the queries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregate_subscriptions_follow_remote_and_merged_writes() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (da, db) = (NodeDir::new(), NodeDir::new());
     let a = da.start(&[]);
     let b = db.start(&[a.gossip]);

@@ -18,9 +18,9 @@ pub const SCHEMA: &str = "CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, o
 /// A node's directory; outlives restarts of its process.
 /// Multi-process scenarios run one at a time: each starts several nodes, and on a 2-core
 /// machine running them side by side measures the scheduler more than the cluster.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 pub struct NodeDir {

@@ -32,7 +32,7 @@ fn tls_section(certs: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_cluster_converges_and_rejects_strangers() {
-    let _serial = serial();
+    let _serial = serial().await;
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path().to_str().unwrap();
     let key = certs.path().join("ca_key.pem");

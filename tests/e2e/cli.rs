@@ -159,31 +159,31 @@ fn bookkeeping_membership_and_log_commands() {
         serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     };
 
-    let state = json(&node.cli(&["sync", "generate"]).ok());
+    let state = json(node.cli(&["sync", "generate"]).ok());
     assert_eq!(state["actor_id"], me.as_str(), "{state}");
     assert_eq!(state["heads"][&me], 2, "{state}");
     assert_eq!(state["need"], serde_json::json!({}), "{state}");
 
     // Version 1's only change was overwritten by version 2.
-    let v = |n: &str| json(&node.cli(&["actor", "version", &me, n]).ok());
+    let v = |n: &str| json(node.cli(&["actor", "version", &me, n]).ok());
     assert_eq!(v("1"), "cleared");
     assert_eq!(v("2")["current"]["db_version"], 2);
     assert!(v("9").is_null());
     let out = node.cli(&["actor", "version", "not-an-actor", "1"]);
     assert!(out.failed().contains("actor_id"), "{}", out.stderr);
 
-    let ok = json(&node.cli(&["sync", "check-bookie-consistency"]).ok());
+    let ok = json(node.cli(&["sync", "check-bookie-consistency"]).ok());
     assert_eq!(ok["consistent"], true);
-    let r = json(&node.cli(&["sync", "reconcile-gaps"]).ok());
+    let r = json(node.cli(&["sync", "reconcile-gaps"]).ok());
     assert_eq!(
         (r["gaps_before"].as_u64(), r["gaps_after"].as_u64()),
         (Some(0), Some(0))
     );
 
-    let states = json(&node.cli(&["cluster", "membership-states"]).ok());
+    let states = json(node.cli(&["cluster", "membership-states"]).ok());
     assert_eq!(states["identity"]["actor_id"], me.as_str(), "{states}");
     let bump = states["identity"]["bump"].as_u64().expect("a bump");
-    let rejoined = json(&node.cli(&["cluster", "rejoin"]).ok());
+    let rejoined = json(node.cli(&["cluster", "rejoin"]).ok());
     assert_eq!(rejoined["rejoined"]["actor_id"], me.as_str(), "{rejoined}");
     assert!(
         rejoined["rejoined"]["bump"].as_u64() > Some(bump),
@@ -191,7 +191,7 @@ fn bookkeeping_membership_and_log_commands() {
     );
 
     assert_eq!(
-        json(&node.cli(&["log", "set", "debug,hyper=info"]).ok())["filter"],
+        json(node.cli(&["log", "set", "debug,hyper=info"]).ok())["filter"],
         "debug,hyper=info"
     );
     let out = node.cli(&["log", "set", "verdigris=notalevel"]);

@@ -91,7 +91,8 @@ struct Driver {
 pub const STUCK_SUSPICION: Duration = Duration::from_secs(4);
 
 /// Starts the membership task. `seeds` are announced to at start and whenever this node
-/// knows no member.
+/// knows no member. (The agent's composition root hands over each part separately.)
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     node: Arc<Node>,
     me: Actor,

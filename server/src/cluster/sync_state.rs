@@ -22,8 +22,11 @@ pub struct ActorState {
     /// Missing version ranges below `head`.
     pub needed: Vec<(u64, u64)>,
     /// Partially received versions: (version, last_seq, seq ranges present).
-    pub partials: Vec<(u64, u64, Vec<(u64, u64)>)>,
+    pub partials: Vec<Partial>,
 }
+
+/// A partially received version: (version, last_seq, seq ranges present).
+pub type Partial = (u64, u64, Vec<(u64, u64)>);
 
 /// A node's bookkeeping summary, sent at the start of a sync session.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -192,7 +195,7 @@ pub fn compute_needs(ours: &Bookie, me: ActorId, theirs: &SyncState) -> Vec<Need
             }
         }
     }
-    out.sort_by(|a, b| b.newest().cmp(&a.newest()));
+    out.sort_by_key(|a| std::cmp::Reverse(a.newest()));
     out
 }
 

@@ -205,11 +205,14 @@ pub struct Store {
     hlc: Hlc,
     guard: guard::Guard,
     _checkpointer: Option<checkpoint::Checkpointer>,
-    commit_listeners: Vec<Box<dyn FnMut(&Committed) + Send>>,
+    commit_listeners: Vec<CommitListener>,
 }
 
 /// Rows whose replicated state changed: (table, packed primary key).
 pub type ChangedRows = Vec<(Arc<str>, Vec<u8>)>;
+
+/// Called by the writer after each commit that changed something.
+type CommitListener = Box<dyn FnMut(&Committed) + Send>;
 
 /// What a committed transaction changed: delivered to commit listeners (subscriptions,
 /// gossip) right after COMMIT, on the writer's thread — listeners must only enqueue work.

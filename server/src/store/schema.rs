@@ -82,8 +82,11 @@ struct TableDef {
     column_sql: BTreeMap<String, String>,
 }
 
+/// An index of the schema file: (index name, table name, its CREATE INDEX statement).
+type IndexDef = (String, String, String);
+
 /// Splits and classifies the statements; returns table defs, index SQL and dropped index names.
-fn parse(sql: &str) -> Result<(Vec<TableDef>, Vec<(String, String, String)>, Vec<String>)> {
+fn parse(sql: &str) -> Result<(Vec<TableDef>, Vec<IndexDef>, Vec<String>)> {
     let stmts = Parser::parse_sql(&SQLiteDialect {}, sql)
         .map_err(|e| anyhow!("schema does not parse: {e}"))?;
     let mut tables = Vec::new();
