@@ -4,8 +4,8 @@ use crate::stmt::{Params, Statement};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, visit_relations, Expr, FunctionArguments,
-    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr,
+    visit_expressions, visit_expressions_mut, visit_relations, Expr, FunctionArguments, Ident,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Query, Select, SelectItem, SetExpr,
     Statement as Ast, TableFactor,
 };
 use sqlparser::dialect::SQLiteDialect;
@@ -98,7 +98,50 @@ pub struct Analysis {
     pub topk: Option<std::sync::Arc<crate::topk::TopKPlan>>,
 }
 
-const AGGREGATES: &[&str] = &[
+/// `reference.k1 = ?1 AND reference.k2 = ?2 …`: one row by its primary key `pk`.
+pub(crate) fn key_condition(reference: &str, pk: &[String]) -> String {
+    pk.iter()
+        .enumerate()
+        .map(|(i, c)| format!("{reference}.{} = ?{}", quote(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The one plain table a `SELECT` reads — no join, subquery, table-valued function, index
+/// hint, schema name or column renames — as its name and its alias, if any.
+pub(crate) fn one_table(sel: &Select) -> Result<(&Ident, Option<&Ident>), &'static str> {
+    let [twj] = sel.from.as_slice() else {
+        return Err("does not read exactly one table");
+    };
+    if !twj.joins.is_empty() {
+        return Err("uses joins");
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        with_hints,
+        index_hints,
+        ..
+    } = &twj.relation
+    else {
+        return Err("reads from a subquery or table-valued function");
+    };
+    if !with_hints.is_empty() || !index_hints.is_empty() {
+        return Err("uses index hints");
+    }
+    let [ObjectNamePart::Identifier(table)] = name.0.as_slice() else {
+        return Err("names a table with its schema");
+    };
+    match alias {
+        Some(a) if !a.columns.is_empty() => Err("renames the table's columns"),
+        a => Ok((table, a.as_ref().map(|a| &a.name))),
+    }
+}
+
+/// Aggregate functions besides `min`/`max` (which are aggregates with one argument): a query
+/// using one is not select-project-join.
+pub(crate) const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "total",

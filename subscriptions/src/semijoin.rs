@@ -159,40 +159,10 @@ fn has<S: AsRef<str>>(names: &[S], name: &str) -> bool {
 
 /// The outer query's one table (no joins): how its columns are qualified, and its columns.
 fn single_table(sel: &Select, schema: &dyn Schema) -> Option<(Ident, Vec<String>)> {
-    let [twj] = sel.from.as_slice() else {
-        return None;
-    };
-    if !twj.joins.is_empty() {
-        return None;
-    }
-    let (name, alias) = plain_table(&twj.relation)?;
-    let table = name.0.last()?.as_ident()?.clone();
+    let (table, alias) = crate::analyze::one_table(sel).ok()?;
     schema.primary_key(&table.value)?;
     let cols = schema.columns(&table.value)?;
-    Some((alias.unwrap_or(table), cols))
-}
-
-fn plain_table(tf: &TableFactor) -> Option<(&ObjectName, Option<Ident>)> {
-    match tf {
-        TableFactor::Table {
-            name,
-            alias,
-            args: None,
-            with_hints,
-            version: None,
-            partitions,
-            json_path: None,
-            sample: None,
-            index_hints,
-            ..
-        } if with_hints.is_empty() && partitions.is_empty() && index_hints.is_empty() => {
-            if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
-                return None;
-            }
-            Some((name, alias.as_ref().map(|a| a.name.clone())))
-        }
-        _ => None,
-    }
+    Some((alias.unwrap_or(table).clone(), cols))
 }
 
 /// A subquery that selects the primary key of its one table.
@@ -219,14 +189,9 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
     if grouped || sel.having.is_some() || !sel.named_window.is_empty() || sel.top.is_some() {
         return None;
     }
-    let [twj] = sel.from.as_slice() else {
-        return None;
-    };
-    if !twj.joins.is_empty() {
-        return None;
-    }
-    let (name, alias) = plain_table(&twj.relation)?;
-    let table = name.0.last()?.as_ident()?.clone();
+    let (table, alias) = crate::analyze::one_table(sel).ok()?;
+    let table = table.clone();
+    let alias = alias.cloned();
     let pk = schema.primary_key(&table.value)?;
     let [pk] = pk.as_slice() else {
         return None;
@@ -278,7 +243,7 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
         return None;
     }
     Some(Semi {
-        relation: twj.relation.clone(),
+        relation: sel.from[0].relation.clone(),
         pk: key.clone(),
         filter,
         columns,

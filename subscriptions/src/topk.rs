@@ -16,9 +16,7 @@ use crate::matview::{read_rows, Result};
 use crate::pack;
 use rusqlite::types::Value;
 use rusqlite::Connection;
-use sqlparser::ast::{
-    visit_expressions, Expr, LimitClause, ObjectNamePart, OrderByKind, Query, SetExpr, TableFactor,
-};
+use sqlparser::ast::{visit_expressions, Expr, LimitClause, OrderByKind, Query, SetExpr};
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -134,36 +132,10 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Option<TopKP
     {
         return None;
     }
-    let [twj] = sel.from.as_slice() else {
-        return None;
-    };
-    if !twj.joins.is_empty() {
-        return None;
-    }
-    let TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        with_hints,
-        index_hints,
-        ..
-    } = &twj.relation
-    else {
-        return None;
-    };
-    if !with_hints.is_empty() || !index_hints.is_empty() {
-        return None;
-    }
-    let table = match name.0.as_slice() {
-        [ObjectNamePart::Identifier(i)] => i.value.clone(),
-        _ => return None,
-    };
+    let (table, alias) = crate::analyze::one_table(sel).ok()?;
+    let table = table.value.clone();
     let pk = schema.primary_key(&table)?;
-    let reference = match alias {
-        Some(a) if a.columns.is_empty() => quote(&a.name.value),
-        Some(_) => return None,
-        None => quote(&table),
-    };
+    let reference = quote(&alias.map_or(&table, |a| &a.value));
     for p in &sel.projection {
         if let sqlparser::ast::SelectItem::UnnamedExpr(e)
         | sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. } = p
@@ -289,13 +261,7 @@ impl TopKPlan {
 
     /// The sort key of one row, if it passes the filter (primary key bound as `?1..`).
     fn key_sql(&self) -> String {
-        let cond = self
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{}.{} = ?{}", self.reference, quote(c), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let cond = crate::analyze::key_condition(&self.reference, &self.pk);
         self.select(&self.keys(), &cond)
     }
 

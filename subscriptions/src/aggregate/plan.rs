@@ -20,8 +20,7 @@ use crate::analyze::{quote, Schema};
 use rusqlite::Connection;
 use sqlparser::ast::{
     visit_expressions, BinaryOperator, Distinct, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, ObjectNamePart, Query, SelectItem, SetExpr, TableFactor,
-    VisitMut, VisitorMut,
+    FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr, VisitMut, VisitorMut,
 };
 use sqlparser::dialect::SQLiteDialect;
 use sqlparser::parser::Parser;
@@ -92,20 +91,6 @@ const TIME_FUNCTIONS: &[&str] = &[
     "strftime",
     "timediff",
 ];
-/// Aggregates this plan does not maintain.
-const OTHER_AGGREGATES: &[&str] = &[
-    "group_concat",
-    "string_agg",
-    "json_group_array",
-    "json_group_object",
-    "jsonb_group_array",
-    "jsonb_group_object",
-    "median",
-    "percentile",
-    "percentile_cont",
-    "percentile_disc",
-];
-
 fn fn_name(f: &sqlparser::ast::Function) -> String {
     f.name.to_string().to_ascii_lowercase()
 }
@@ -120,10 +105,10 @@ fn arg_count(f: &sqlparser::ast::Function) -> usize {
 /// The aggregate `f` is, if it is one this plan maintains (`Err`: an aggregate it does not).
 fn aggregate_of(f: &sqlparser::ast::Function) -> Result<Option<(AggKind, Option<Expr>)>, String> {
     let name = fn_name(f);
-    if OTHER_AGGREGATES.contains(&name.as_str()) {
-        return Err(format!("uses the aggregate {name}()"));
-    }
     let Some(mut kind) = AggKind::parse(&name) else {
+        if crate::analyze::AGGREGATES.contains(&name.as_str()) {
+            return Err(format!("uses the aggregate {name}()"));
+        }
         return Ok(None);
     };
     if matches!(kind, AggKind::Min | AggKind::Max) && arg_count(f) != 1 {
@@ -203,6 +188,48 @@ fn placeholder(n: usize) -> Expr {
         .try_with_sql(&format!("?{n}"))
         .and_then(|mut p| p.parse_expr())
         .expect("a placeholder parses")
+}
+
+/// Why an expression cannot be computed from its group's values and aggregates.
+enum Lift {
+    Problem(String),
+    /// It reads a column outside every aggregate and group expression.
+    Column,
+    /// It compares a group value, whose column affinity a placeholder would not carry.
+    ComparesGroup,
+}
+
+/// `e` with its aggregates and group expressions replaced by placeholders ([`Rewrite`]),
+/// registering the aggregates and their arguments.
+fn lift(
+    e: &Expr,
+    groups: &[String],
+    aggs: &mut Vec<AggFn>,
+    args: &mut Vec<String>,
+) -> Result<Expr, Lift> {
+    let mut x = e.clone();
+    let mut rw = Rewrite {
+        groups,
+        aggs,
+        args,
+        problem: None,
+        used_group: false,
+    };
+    let _ = x.visit(&mut rw);
+    if let Some(p) = rw.problem {
+        return Err(Lift::Problem(p));
+    }
+    let used_group = rw.used_group;
+    if has_column(&x) {
+        return Err(Lift::Column);
+    }
+    if let Some(p) = row_problem(&x) {
+        return Err(Lift::Problem(p));
+    }
+    if used_group && compares(&x) {
+        return Err(Lift::ComparesGroup);
+    }
+    Ok(x)
 }
 
 /// Replaces aggregates and group expressions in a result column by placeholders.
@@ -331,38 +358,12 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
     if sel.top.is_some() || sel.into.is_some() || !sel.lateral_views.is_empty() {
         return Err("uses syntax SQLite does not have".into());
     }
-    let [twj] = sel.from.as_slice() else {
-        return Err("does not read exactly one table".into());
-    };
-    if !twj.joins.is_empty() {
-        return Err("uses joins".into());
-    }
-    let TableFactor::Table {
-        name,
-        alias,
-        args: None,
-        with_hints,
-        index_hints,
-        ..
-    } = &twj.relation
-    else {
-        return Err("reads from a subquery or table-valued function".into());
-    };
-    if !with_hints.is_empty() || !index_hints.is_empty() {
-        return Err("uses index hints".into());
-    }
-    let table = match name.0.as_slice() {
-        [ObjectNamePart::Identifier(i)] => i.value.clone(),
-        _ => return Err("names a table with its schema".into()),
-    };
+    let (table, alias) = crate::analyze::one_table(sel).map_err(String::from)?;
+    let table = table.value.clone();
     let pk = schema
         .primary_key(&table)
         .ok_or_else(|| format!("reads non-replicated table {table}"))?;
-    let reference = match alias {
-        Some(a) if a.columns.is_empty() => quote(&a.name.value),
-        Some(_) => return Err("renames the table's columns".into()),
-        None => quote(&table),
-    };
+    let reference = quote(&alias.map_or(&table, |a| &a.value));
     let columns = table_columns(conn, &table)?;
     let filter = match &sel.selection {
         Some(w) => {
@@ -441,32 +442,15 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
             groups.push(g.to_string());
         }
         for e in &items {
-            let mut x = (*e).clone();
-            let mut rw = Rewrite {
-                groups: &groups,
-                aggs: &mut aggs,
-                args: &mut args,
-                problem: None,
-                used_group: false,
-            };
-            let _ = x.visit(&mut rw);
-            if let Some(p) = rw.problem {
-                return Err(p);
-            }
-            let used_group = rw.used_group;
-            if has_column(&x) {
-                return Err(format!(
-                    "selects {e}, which is neither an aggregate nor a GROUP BY expression"
-                ));
-            }
-            if let Some(p) = row_problem(&x) {
-                return Err(p);
-            }
-            if used_group && compares(&x) {
-                return Err(format!(
-                    "compares a GROUP BY value in the result column {e}"
-                ));
-            }
+            let x = lift(e, &groups, &mut aggs, &mut args).map_err(|w| match w {
+                Lift::Problem(p) => p,
+                Lift::Column => {
+                    format!("selects {e}, which is neither an aggregate nor a GROUP BY expression")
+                }
+                Lift::ComparesGroup => {
+                    format!("compares a GROUP BY value in the result column {e}")
+                }
+            })?;
             let k = groups.len();
             outputs.push(match &x {
                 Expr::Value(v) => match &v.value {
@@ -484,30 +468,13 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
             });
         }
         if let Some(h) = &sel.having {
-            let mut x = h.clone();
-            let mut rw = Rewrite {
-                groups: &groups,
-                aggs: &mut aggs,
-                args: &mut args,
-                problem: None,
-                used_group: false,
-            };
-            let _ = x.visit(&mut rw);
-            if let Some(p) = rw.problem {
-                return Err(p);
-            }
-            let used_group = rw.used_group;
-            if has_column(&x) {
-                return Err(format!(
+            let x = lift(h, &groups, &mut aggs, &mut args).map_err(|w| match w {
+                Lift::Problem(p) => p,
+                Lift::Column => format!(
                     "uses HAVING {h}, which reads a column outside an aggregate and GROUP BY"
-                ));
-            }
-            if let Some(p) = row_problem(&x) {
-                return Err(p);
-            }
-            if used_group && compares(&x) {
-                return Err(format!("compares a GROUP BY value in HAVING {h}"));
-            }
+                ),
+                Lift::ComparesGroup => format!("compares a GROUP BY value in HAVING {h}"),
+            })?;
             having = Some(format!("SELECT CASE WHEN ({x}) THEN 1 ELSE 0 END"));
         }
         if aggs.is_empty() {
@@ -616,13 +583,7 @@ impl AggPlan {
 
     /// The rows of one primary key (bound as `?1..`).
     pub fn by_key_sql(&self) -> String {
-        let cond = self
-            .pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{}.{} = ?{}", self.reference, quote(c), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let cond = crate::analyze::key_condition(&self.reference, &self.pk);
         self.scan_sql(&self.table_sql, &cond)
     }
 
