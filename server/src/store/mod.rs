@@ -22,7 +22,7 @@ pub mod bookkeeping;
 pub mod buffer;
 pub mod capture;
 pub mod catalog;
-mod checkpoint;
+pub mod checkpoint;
 /// Statements and parameter binding (shared with the subscription engine).
 pub use verdigris_subscriptions::stmt as exec;
 pub mod feed;
