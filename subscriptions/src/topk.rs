@@ -135,7 +135,7 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Option<TopKP
     let (table, alias) = crate::analyze::one_table(sel).ok()?;
     let table = table.value.clone();
     let pk = schema.primary_key(&table)?;
-    let reference = quote(&alias.map_or(&table, |a| &a.value));
+    let reference = quote(alias.map_or(&table, |a| &a.value));
     for p in &sel.projection {
         if let sqlparser::ast::SelectItem::UnnamedExpr(e)
         | sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. } = p

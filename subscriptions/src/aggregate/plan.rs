@@ -363,7 +363,7 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Result<AggPl
     let pk = schema
         .primary_key(&table)
         .ok_or_else(|| format!("reads non-replicated table {table}"))?;
-    let reference = quote(&alias.map_or(&table, |a| &a.value));
+    let reference = quote(alias.map_or(&table, |a| &a.value));
     let columns = table_columns(conn, &table)?;
     let filter = match &sel.selection {
         Some(w) => {
