@@ -23,20 +23,7 @@ pub const AGGREGATES: &[&str] = &[
     "SELECT team, count(*) FROM users GROUP BY team HAVING count(*) >= 2 AND max(score) > 20",
 ];
 
-/// A small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::queries::Rng;
 
 fn score(r: &mut Rng) -> Value {
     match r.below(8) {
