@@ -129,6 +129,7 @@ impl Store {
                     changed,
                     seq: 0,
                     before: before.map(std::sync::Arc::new),
+                    imaged: None,
                 });
                 if let Err(e) = self.commit_and_notify(committed) {
                     if let Err(e2) = self.conn.execute_batch("ROLLBACK") {

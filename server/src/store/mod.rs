@@ -231,7 +231,14 @@ pub struct Committed {
     /// exist), in the same order; `None` when not recorded (no subscription wanted them when
     /// the transaction started). Shared: listeners keep it without copying.
     pub before: Option<Images>,
+    /// The tables (as named in [`Shared::image_tables`]) whose rows' images `before` holds;
+    /// `None`: every table's (a local transaction's capture sees every row). A row of another
+    /// table has `None` in `before` without having been absent: its image was not recorded.
+    pub imaged: Option<ImagedTables>,
 }
+
+/// Names of the tables whose before-images a commit recorded ([`Committed::imaged`]).
+pub type ImagedTables = Arc<std::collections::BTreeSet<String>>;
 
 /// Before-images of a commit's changed rows, in the order of [`Committed::changed`].
 pub type Images = Arc<Vec<Option<Vec<rusqlite::types::Value>>>>;
@@ -449,27 +456,32 @@ impl Store {
 
     /// Whether before-images are wanted; if so, the capture records them during the store's
     /// own writes until [`Store::take_images`].
-    fn begin_images(&self) -> bool {
+    /// Returns the tables whose images it records (`None`: not recording).
+    fn begin_images(&self) -> Option<ImagedTables> {
         let want = self
             .shared
             .images_wanted
             .load(std::sync::atomic::Ordering::Relaxed);
-        if want {
-            let catalog = self.shared.catalog();
-            let tables = self
-                .shared
+        if !want {
+            return None;
+        }
+        let names: ImagedTables = Arc::new(
+            self.shared
                 .image_tables
                 .read()
                 .expect("image tables lock")
-                .iter()
-                .filter_map(|t| catalog.get(t).map(|t| t.id))
-                .collect();
-            let mut c = self.capture.lock().expect("capture lock");
-            c.clear();
-            c.images = true;
-            c.image_tables = tables;
-        }
-        want
+                .clone(),
+        );
+        let catalog = self.shared.catalog();
+        let tables = names
+            .iter()
+            .filter_map(|t| catalog.get(t).map(|t| t.id))
+            .collect();
+        let mut c = self.capture.lock().expect("capture lock");
+        c.clear();
+        c.images = true;
+        c.image_tables = tables;
+        Some(names)
     }
 
     /// Stops recording before-images; returns those of `changed`'s rows (`None` if not
@@ -477,8 +489,12 @@ impl Store {
     /// whose base row was not written (only its clock changed, e.g.
     /// a merged change that lost, or a delete of a row already gone) has the values it still
     /// has.
-    fn take_images(&self, recording: bool, changed: &ChangedRows) -> Result<Option<Images>> {
-        if !recording {
+    fn take_images(
+        &self,
+        recording: &Option<ImagedTables>,
+        changed: &ChangedRows,
+    ) -> Result<Option<Images>> {
+        if recording.is_none() {
             return Ok(None);
         }
         let mut c = self.capture.lock().expect("capture lock");

@@ -128,8 +128,11 @@ impl ImageLog {
             let Some(name) = name else {
                 continue;
             };
+            // A table this commit recorded no images for (it was followed only after the
+            // transaction began): its `None`s mean "not recorded", so the commit is missing.
+            let recorded = c.imaged.as_ref().is_none_or(|t| t.contains(&name));
             let e = per_table.entry(name).or_insert_with(|| {
-                c.before.as_ref().map(|images| Rows {
+                c.before.as_ref().filter(|_| recorded).map(|images| Rows {
                     keys: Vec::new(),
                     images: images.clone(),
                 })
@@ -215,6 +218,7 @@ mod tests {
                         .collect(),
                 )
             }),
+            imaged: None,
         }
     }
 
@@ -258,12 +262,22 @@ mod tests {
         log.track(&s, "t", 1, 0);
         log.record(&commit(1, &[(1, Some(1))], false));
         assert!(matches!(log.take("t", 0, 1), Taken::Missing));
+        // A merge that began before `t` was followed recorded images for other tables only:
+        // its `None` for `t`'s row is "not recorded", not "did not exist".
+        let mut merge = commit(2, &[(1, None)], true);
+        merge.imaged = Some(Arc::new(["u".to_string()].into()));
+        log.record(&merge);
+        assert!(matches!(log.take("t", 1, 2), Taken::Missing));
+        let mut merge = commit(3, &[(1, Some(5))], true);
+        merge.imaged = Some(Arc::new(["t".to_string()].into()));
+        log.record(&merge);
+        assert!(matches!(log.take("t", 2, 3), Taken::Images(_)));
         assert!(
-            matches!(log.take("t", 1, 1), Taken::Images(_)),
-            "after it: fine"
+            matches!(log.take("t", 3, 3), Taken::Images(_)),
+            "after them: fine"
         );
         // A reader far behind: the log stays bounded and it learns it missed some.
-        for seq in 2..(MAX_ROWS as u64 / 1000 + 10) {
+        for seq in 4..(MAX_ROWS as u64 / 1000 + 10) {
             let rows: Vec<(i64, Option<i64>)> = (0..1000).map(|k| (k, Some(k))).collect();
             log.record(&commit(seq, &rows, true));
             assert!(log.len("t") <= MAX_ROWS + 1000);
