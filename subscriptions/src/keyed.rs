@@ -211,19 +211,27 @@ impl Keyed {
         (identity, root, cells)
     }
 
-    fn index_row(&mut self, identity: &[u8], root: &[u8]) {
+    /// The packed key of each joined source (not the root) a result row was built from, by
+    /// source index; a source a LEFT JOIN left out (all NULL) has none.
+    fn source_keys(&self, identity: &[u8]) -> Vec<(usize, Vec<u8>)> {
         let Ok(vals) = pack::unpack(identity) else {
-            return;
+            return Vec::new();
         };
+        let mut out = Vec::with_capacity(self.sources.len() - 1);
         let mut off = self.widths[0];
         for s in 1..self.sources.len() {
             let w = self.widths[s];
             let key = &vals[off..off + w];
             off += w;
-            if key.iter().all(|v| *v == Value::Null) {
-                continue;
+            if !key.iter().all(|v| *v == Value::Null) {
+                out.push((s, pack::pack(key.iter().map(ValueRef::from))));
             }
-            let k = pack::pack(key.iter().map(ValueRef::from));
+        }
+        out
+    }
+
+    fn index_row(&mut self, identity: &[u8], root: &[u8]) {
+        for (s, k) in self.source_keys(identity) {
             self.by_source[s]
                 .entry(k)
                 .or_default()
@@ -233,14 +241,7 @@ impl Keyed {
 
     fn unindex_root(&mut self, root: &[u8], identities: &[Vec<u8>]) {
         for identity in identities {
-            let Ok(vals) = pack::unpack(identity) else {
-                continue;
-            };
-            let mut off = self.widths[0];
-            for s in 1..self.sources.len() {
-                let w = self.widths[s];
-                let k = pack::pack(vals[off..off + w].iter().map(ValueRef::from));
-                off += w;
+            for (s, k) in self.source_keys(identity) {
                 if let Some(set) = self.by_source[s].get_mut(&k) {
                     set.remove(root);
                     if set.is_empty() {
@@ -431,18 +432,7 @@ impl Keyed {
             out.push((0, root.clone()));
             let mut seen: HashSet<(usize, Vec<u8>)> = HashSet::new();
             for identity in ids {
-                let Ok(vals) = pack::unpack(identity) else {
-                    continue;
-                };
-                let mut off = self.widths[0];
-                for s in 1..self.sources.len() {
-                    let w = self.widths[s];
-                    let key = &vals[off..off + w];
-                    off += w;
-                    if key.iter().all(|v| *v == Value::Null) {
-                        continue;
-                    }
-                    let k = pack::pack(key.iter().map(ValueRef::from));
+                for (s, k) in self.source_keys(identity) {
                     if seen.insert((s, k.clone())) {
                         out.push((s, k));
                     }
