@@ -33,6 +33,11 @@ fn owned(v: ValueRef<'_>) -> Value {
     verdigris_subscriptions::stmt::owned(v).unwrap_or(Value::Null)
 }
 
+/// A row's values, `n` columns read through `get`.
+fn row_values<'a>(n: i32, get: impl Fn(i32) -> ValueRef<'a>) -> Vec<Value> {
+    (0..n).map(|i| owned(get(i))).collect()
+}
+
 /// A row's key and its values before (`None`: it did not exist).
 type Image = (Vec<u8>, Option<Vec<Value>>);
 
@@ -55,6 +60,13 @@ struct CapturedTable {
     pk_positions: Vec<usize>,
     /// The key is the rowid, which the hook gets without reading the row.
     rowid_key: bool,
+}
+
+impl CapturedTable {
+    /// The packed primary key of a row whose columns are read through `get`.
+    fn key<'a>(&self, get: impl Fn(i32) -> ValueRef<'a>) -> Vec<u8> {
+        pack::pack(self.pk_positions.iter().map(|p| get(*p as i32)))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -131,15 +143,15 @@ impl Capture {
                     pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
                 } else {
                     let get = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                    pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)))
+                    t.key(get)
                 };
                 ((pk, None), None)
             }
             PreUpdateCase::Delete(old) => {
                 let n = old.get_column_count();
                 let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
-                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
-                ((pk, Some((0..n).map(|i| owned(get(i))).collect())), None)
+                let pk = t.key(get);
+                ((pk, Some(row_values(n, get))), None)
             }
             PreUpdateCase::Update {
                 old_value_accessor: old,
@@ -148,13 +160,10 @@ impl Capture {
                 let n = old.get_column_count();
                 let get_old = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
                 let get_new = |i: i32| new.get_new_column_value(i).unwrap_or(ValueRef::Null);
-                let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
-                let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
+                let old_pk = t.key(get_old);
+                let new_pk = t.key(get_new);
                 let moved = (new_pk != old_pk).then_some(new_pk);
-                (
-                    (old_pk, Some((0..n).map(|i| owned(get_old(i))).collect())),
-                    moved,
-                )
+                ((old_pk, Some(row_values(n, get_old))), moved)
             }
             PreUpdateCase::Unknown => return,
         };
@@ -235,19 +244,19 @@ impl Capture {
                 let pk = if t.rowid_key {
                     pack::pack(std::iter::once(ValueRef::Integer(new.get_new_row_id())))
                 } else {
-                    pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)))
+                    t.key(get)
                 };
                 let e = self.entry(id, pk, || None);
                 e.after = true;
                 if e.before.is_some() {
-                    e.after_values = Some((0..n).map(|i| owned(get(i))).collect());
+                    e.after_values = Some(row_values(n, get));
                 }
             }
             PreUpdateCase::Delete(old) => {
                 let n = old.get_column_count();
                 let get = |i: i32| old.get_old_column_value(i).unwrap_or(ValueRef::Null);
-                let pk = pack::pack(t.pk_positions.iter().map(|p| get(*p as i32)));
-                let e = self.entry(id, pk, || Some((0..n).map(|i| owned(get(i))).collect()));
+                let pk = t.key(get);
+                let e = self.entry(id, pk, || Some(row_values(n, get)));
                 e.after = false;
                 e.after_values = None;
             }
@@ -261,12 +270,10 @@ impl Capture {
                 if self.invalid.is_none() {
                     self.invalid = check_text(table, n, get_new);
                 }
-                let old_pk = pack::pack(t.pk_positions.iter().map(|p| get_old(*p as i32)));
-                let new_pk = pack::pack(t.pk_positions.iter().map(|p| get_new(*p as i32)));
+                let old_pk = t.key(get_old);
+                let new_pk = t.key(get_new);
                 let moved = old_pk != new_pk;
-                let e = self.entry(id, old_pk, || {
-                    Some((0..n).map(|i| owned(get_old(i))).collect())
-                });
+                let e = self.entry(id, old_pk, || Some(row_values(n, get_old)));
                 if moved {
                     // A key change is a delete of the old key and an insert of the new one.
                     e.after = false;
@@ -274,11 +281,11 @@ impl Capture {
                     let e = self.entry(id, new_pk, || None);
                     e.after = true;
                     if e.before.is_some() {
-                        e.after_values = Some((0..n).map(|i| owned(get_new(i))).collect());
+                        e.after_values = Some(row_values(n, get_new));
                     }
                 } else {
                     e.after = true;
-                    e.after_values = Some((0..n).map(|i| owned(get_new(i))).collect());
+                    e.after_values = Some(row_values(n, get_new));
                 }
             }
             PreUpdateCase::Unknown => {}
