@@ -16,6 +16,7 @@
 use crate::store::{Committed, Shared};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use verdigris_subscriptions::aggregate::Images;
 
 /// Before-images kept per table before the oldest commits are dropped.
@@ -31,7 +32,7 @@ struct Rows {
 #[derive(Default)]
 struct TableLog {
     /// (commit seq, its rows of this table with their before-images; `None`: not recorded).
-    entries: VecDeque<(u64, Option<Rows>)>,
+    entries: VecDeque<(u64, Option<Arc<Rows>>)>,
     rows: usize,
     /// Commits up to this one may have been dropped.
     dropped_through: u64,
@@ -60,6 +61,29 @@ impl TableLog {
 #[derive(Default)]
 pub(super) struct ImageLog {
     tables: HashMap<String, TableLog>,
+}
+
+/// The commits a round needs, gathered under the log's lock: shared with the log, not
+/// copied, so the writer (which records under the same lock) is not held up.
+pub(super) struct Needed(Option<Vec<Arc<Rows>>>);
+
+impl Needed {
+    /// Each changed row's first before-image, built with no lock held.
+    pub fn images(self) -> Taken {
+        let Some(commits) = self.0 else {
+            return Taken::Missing;
+        };
+        let mut images = Images::new();
+        for rows in commits {
+            for (pk, i) in &rows.keys {
+                let Some(before) = rows.images.get(*i) else {
+                    return Taken::Missing;
+                };
+                images.entry(pk.clone()).or_insert_with(|| before.clone());
+            }
+        }
+        Taken::Images(images)
+    }
 }
 
 /// What a unit's round gets from the log.
@@ -110,11 +134,11 @@ impl ImageLog {
             return;
         }
         let mut per_table: HashMap<String, Option<Rows>> = HashMap::new();
-        let mut last: Option<(&std::sync::Arc<str>, Option<String>)> = None;
+        let mut last: Option<(&Arc<str>, Option<String>)> = None;
         for (i, (table, pk)) in c.changed.iter().enumerate() {
             // Rows come in runs of one table: match each run's name once.
             let name = match &last {
-                Some((t, name)) if std::sync::Arc::ptr_eq(t, table) => name.clone(),
+                Some((t, name)) if Arc::ptr_eq(t, table) => name.clone(),
                 _ => {
                     let name = self
                         .tables
@@ -144,23 +168,23 @@ impl ImageLog {
         for (name, rows) in per_table {
             let t = self.tables.get_mut(&name).expect("found above");
             t.rows += rows.as_ref().map_or(0, |r| r.keys.len());
-            t.entries.push_back((c.seq, rows));
+            t.entries.push_back((c.seq, rows.map(Arc::new)));
             if t.rows > MAX_ROWS {
                 t.trim();
             }
         }
     }
 
-    /// The before-images of `table`'s rows changed by commits after `from` up to `to`: each
-    /// row's values before the first of those commits that changed it.
-    pub fn take(&self, table: &str, from: u64, to: u64) -> Taken {
+    /// The commits after `from` up to `to` that changed `table`'s rows, for
+    /// [`Needed::images`]: each row's values before the first of them that changed it.
+    pub fn take(&self, table: &str, from: u64, to: u64) -> Needed {
         let Some(t) = self.tables.get(table) else {
-            return Taken::Missing;
+            return Needed(None);
         };
         if t.dropped_through > from {
-            return Taken::Missing;
+            return Needed(None);
         }
-        let mut images = Images::new();
+        let mut commits = Vec::new();
         for (seq, rows) in &t.entries {
             if *seq <= from {
                 continue;
@@ -169,16 +193,11 @@ impl ImageLog {
                 break;
             }
             let Some(rows) = rows else {
-                return Taken::Missing;
+                return Needed(None);
             };
-            for (pk, i) in &rows.keys {
-                let Some(before) = rows.images.get(*i) else {
-                    return Taken::Missing;
-                };
-                images.entry(pk.clone()).or_insert_with(|| before.clone());
-            }
+            commits.push(rows.clone());
         }
-        Taken::Images(images)
+        Needed(Some(commits))
     }
 
     /// `unit` has applied every commit up to `pos`: entries every follower has applied go.
@@ -202,7 +221,6 @@ impl ImageLog {
 mod tests {
     use super::*;
     use rusqlite::types::Value;
-    use std::sync::Arc;
 
     fn commit(seq: u64, rows: &[(i64, Option<i64>)], recorded: bool) -> Committed {
         let pk = |k: i64| verdigris_subscriptions::pack::pack_owned(&[Value::Integer(k)]);
@@ -235,7 +253,7 @@ mod tests {
         log.record(&commit(1, &[(1, None)], true));
         log.record(&commit(2, &[(1, Some(10)), (2, Some(20))], true));
         log.record(&commit(3, &[(2, Some(21))], true));
-        let Taken::Images(i) = log.take("t", 1, 3) else {
+        let Taken::Images(i) = log.take("t", 1, 3).images() else {
             panic!("recorded")
         };
         let pk = |k: i64| verdigris_subscriptions::pack::pack_owned(&[Value::Integer(k)]);
@@ -245,7 +263,7 @@ mod tests {
             Some(vec![Value::Integer(20)]),
             "the first before-image"
         );
-        let Taken::Images(i) = log.take("t", 0, 1) else {
+        let Taken::Images(i) = log.take("t", 0, 1).images() else {
             panic!("recorded")
         };
         assert_eq!(i[&pk(1)], None, "did not exist before commit 1");
@@ -261,19 +279,19 @@ mod tests {
         let mut log = ImageLog::default();
         log.track(&s, "t", 1, 0);
         log.record(&commit(1, &[(1, Some(1))], false));
-        assert!(matches!(log.take("t", 0, 1), Taken::Missing));
+        assert!(matches!(log.take("t", 0, 1).images(), Taken::Missing));
         // A merge that began before `t` was followed recorded images for other tables only:
         // its `None` for `t`'s row is "not recorded", not "did not exist".
         let mut merge = commit(2, &[(1, None)], true);
         merge.imaged = Some(Arc::new(["u".to_string()].into()));
         log.record(&merge);
-        assert!(matches!(log.take("t", 1, 2), Taken::Missing));
+        assert!(matches!(log.take("t", 1, 2).images(), Taken::Missing));
         let mut merge = commit(3, &[(1, Some(5))], true);
         merge.imaged = Some(Arc::new(["t".to_string()].into()));
         log.record(&merge);
-        assert!(matches!(log.take("t", 2, 3), Taken::Images(_)));
+        assert!(matches!(log.take("t", 2, 3).images(), Taken::Images(_)));
         assert!(
-            matches!(log.take("t", 3, 3), Taken::Images(_)),
+            matches!(log.take("t", 3, 3).images(), Taken::Images(_)),
             "after them: fine"
         );
         // A reader far behind: the log stays bounded and it learns it missed some.
@@ -282,6 +300,9 @@ mod tests {
             log.record(&commit(seq, &rows, true));
             assert!(log.len("t") <= MAX_ROWS + 1000);
         }
-        assert!(matches!(log.take("t", 1, u64::MAX), Taken::Missing));
+        assert!(matches!(
+            log.take("t", 1, u64::MAX).images(),
+            Taken::Missing
+        ));
     }
 }

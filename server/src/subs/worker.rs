@@ -282,7 +282,8 @@ impl Worker {
             let taken = if whole {
                 Taken::Missing
             } else {
-                super::lock(&core.images).take(table, from, to)
+                let needed = super::lock(&core.images).take(table, from, to);
+                needed.images()
             };
             if matches!(taken, Taken::Missing) {
                 core.config.metrics.sub_image_reruns.inc();
