@@ -408,8 +408,9 @@ impl Manager {
                 }])?;
             }
             tracing::info!(id = %s.id, rows = mv.len(), caught_up = changes.len(), "restored subscription");
-            let mut reg = lock(&core.registry);
-            let (unit, idx) = reg.reserve(&s.id, &analysis, true, core);
+            // Lock order: the writer takes the image log under the commit gate, so the gate
+            // is never taken here with the registry or the image log held.
+            let (unit, idx) = lock(&core.registry).reserve(&s.id, &analysis, true, core);
             let meta = new_meta(&s.id, &analysis, &unit);
             let mut sub = new_sub(meta.clone(), &analysis, mv);
             sub.last_change_id = last_change_id;
@@ -417,16 +418,18 @@ impl Manager {
             if let Some(t) = &unit.images {
                 lock(&unit.state).image_pos = pos;
                 lock(&core.images).advance(t, unit.id, pos);
-                // Commits between the re-run and following the table: start over once.
+                // Restore runs before the node listens for commits, so none can land between
+                // the re-run and following the table; should one, the unit starts over once.
                 if *lock(&core.shared.commit_gate) != pos {
                     lock(&unit.queue).whole = true;
                 }
             }
             lock(&unit.state).add_member(idx, sub);
             schedule(core, &unit);
-            if let Some(e) = reg.subs.get_mut(&s.id) {
+            if let Some(e) = lock(&core.registry).subs.get_mut(&s.id) {
                 e.meta = Some(meta);
             }
+            core.registered.notify_all();
         }
         Ok(())
     }
