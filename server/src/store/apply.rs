@@ -49,7 +49,7 @@ impl Store {
             let c = super::Committed {
                 versions: report.applied.clone(),
                 local: false,
-                before: self.take_images(&images, &report.impacted)?,
+                before: self.take_images(&images, &report.impacted),
                 imaged: images.clone(),
                 changed: report.impacted.clone(),
                 seq: 0,

@@ -198,7 +198,7 @@ impl Store {
         // The before-images are read inside the transaction (rows whose base row was not
         // written are read as they are); then COMMIT and notify under the commit gate (see
         // `Shared::commit_gate`).
-        let result = result.and_then(|_| self.take_images(&images, &report.apply.impacted));
+        let result = result.map(|_| self.take_images(&images, &report.apply.impacted));
         let shared = self.shared.clone();
         let mut gate = shared.commit_gate.lock().unwrap_or_else(|e| e.into_inner());
         let result = result.and_then(|before| {

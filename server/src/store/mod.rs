@@ -489,16 +489,33 @@ impl Store {
     /// whose base row was not written (only its clock changed, e.g.
     /// a merged change that lost, or a delete of a row already gone) has the values it still
     /// has.
+    ///
+    /// Never fails the write: images that cannot be read are "not recorded" (logged), and
+    /// the subscriptions that needed them re-run their queries once.
     fn take_images(
         &self,
         recording: &Option<ImagedTables>,
         changed: &ChangedRows,
-    ) -> Result<Option<Images>> {
-        if recording.is_none() {
-            return Ok(None);
-        }
+    ) -> Option<Images> {
+        recording.as_ref()?;
         let mut c = self.capture.lock().expect("capture lock");
         c.images = false;
+        let images = self.read_images(&mut c, changed);
+        c.clear();
+        match images {
+            Ok(images) => Some(Arc::new(images)),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "before-images not recorded for a commit; subscriptions kept from them re-run");
+                None
+            }
+        }
+    }
+
+    fn read_images(
+        &self,
+        c: &mut capture::Capture,
+        changed: &ChangedRows,
+    ) -> Result<Vec<Option<Vec<rusqlite::types::Value>>>> {
         let catalog = self.shared.catalog();
         let mut out: Vec<Option<Vec<rusqlite::types::Value>>> = Vec::with_capacity(changed.len());
         // A row changed by several versions of one apply is listed once per version.
@@ -546,8 +563,7 @@ impl Store {
                 }
             }
         }
-        c.clear();
-        Ok(Some(Arc::new(out)))
+        Ok(out)
     }
 
     /// Stops recording before-images after a failed transaction.
