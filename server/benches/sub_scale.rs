@@ -2,7 +2,7 @@
 //! 127.0.0.1 (release build), over NDJSON HTTP:
 //! - classes: a `machines` table of 10k, 100k and 1M rows, one subscription of every query
 //!   class present at once (keyed filter, join, GROUP BY aggregate, count/max, DISTINCT,
-//!   IN (subquery), ORDER BY … LIMIT). Each write updates one row so that every class's
+//!   IN (subquery), EXISTS (subquery), LEFT JOIN, ORDER BY … LIMIT). Each write updates one row so that every class's
 //!   result changes by exactly one row; per class, p50/p99 over the writes of the time from
 //!   sending the write until that class's event arrives. Also the node's RSS growth when the
 //!   GROUP BY subscription is added and its result size (groups).
@@ -43,6 +43,14 @@ const CLASSES: &[(&str, &str)] = &[
     (
         "IN (subquery)",
         "SELECT id, cpu FROM machines WHERE app_id IN (SELECT id FROM apps WHERE name = 'a7')",
+    ),
+    (
+        "EXISTS",
+        "SELECT id, cpu FROM machines m WHERE EXISTS (SELECT 1 FROM apps a WHERE a.id = m.app_id AND a.name = 'a7')",
+    ),
+    (
+        "LEFT JOIN",
+        "SELECT m.id, m.cpu, a.name FROM machines m LEFT JOIN apps a ON a.id = m.app_id WHERE m.app_id = 7",
     ),
     (
         "ORDER BY LIMIT",

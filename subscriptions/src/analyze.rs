@@ -538,8 +538,9 @@ fn normalize(q: &Query) -> String {
     q.to_string()
 }
 
-/// `q` with its `IN (SELECT pk …)` filters as joins ([`crate::semijoin`]), if that makes it a
-/// select-project-join query SQLite accepts with the same number of columns.
+/// `q` with its `IN (SELECT pk …)` and `EXISTS` filters over a key as joins
+/// ([`crate::semijoin`]), if that makes it a select-project-join query SQLite accepts with
+/// the same number of columns.
 fn semi_joined(
     conn: &Connection,
     q: &Query,

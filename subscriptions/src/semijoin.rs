@@ -1,5 +1,6 @@
-//! `x IN (SELECT pk FROM t WHERE …)` as an inner join, so that select-project-join
-//! maintenance ([`crate::keyed`]) applies instead of a re-run.
+//! `x IN (SELECT pk FROM t WHERE …)` and `EXISTS (SELECT … FROM t WHERE t.pk = x AND …)` as
+//! inner joins, so that select-project-join maintenance ([`crate::keyed`]) applies instead of
+//! a re-run.
 //!
 //! The rewrite is exact only when the subquery selects the whole primary key of its one
 //! table and that key is the table's rowid (`INTEGER PRIMARY KEY`), so that each outer row
@@ -9,8 +10,12 @@
 //! `o.x IN (SELECT t.pk FROM t WHERE c)` in the top-level conjunction of `WHERE` keeps the
 //! same outer rows, once each, as `JOIN t AS __vd_inN ON o.x = __vd_inN.pk AND (c)`
 //! (the comparison is written `x = pk`, the way SQLite compares for `IN`: the subquery
-//! column's affinity, `x`'s collation). Everything else is left to the re-run plan: `NOT IN`,
-//! a subquery that is correlated, reads several tables, groups, limits or nests subqueries,
+//! column's affinity, `x`'s collation). An `EXISTS` whose subquery's `WHERE` conjunction holds
+//! `t.pk = x` (`x` a column of the outer table) and otherwise names only `t`'s columns is the
+//! same filter, and its comparison already is `=`; it must select only names or literals (an
+//! aggregate would yield a row whatever matched). Everything else is left to the re-run
+//! plan: `NOT IN`, `NOT EXISTS`, a subquery correlated any other way or that reads several
+//! tables, groups, limits or nests subqueries,
 //! and an outer query with joins or with result aliases that share a column's name (where
 //! qualifying a name could change what it means).
 
@@ -56,6 +61,18 @@ pub fn rewrite(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool)
                     negated: false,
                 }),
             },
+            Expr::Exists {
+                subquery,
+                negated: false,
+            } if semis.len() < MAX_JOINS => {
+                match exists(&subquery, schema, rowid_key, &outer_ref, &outer_cols) {
+                    Some((x, s)) => semis.push((x, s)),
+                    None => keep.push(Expr::Exists {
+                        subquery,
+                        negated: false,
+                    }),
+                }
+            }
             c => keep.push(c),
         }
     }
@@ -175,7 +192,21 @@ struct Semi {
     columns: Vec<String>,
 }
 
-fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Option<Semi> {
+/// The subquery's table when it is a plain one-table `SELECT` over a rowid-keyed table (no
+/// grouping, ordering, limit or CTE): the table, how its columns are qualified, its key and
+/// its columns.
+struct Inner<'a> {
+    sel: &'a Select,
+    reference: Ident,
+    pk: String,
+    columns: Vec<String>,
+}
+
+fn inner<'a>(
+    q: &'a Query,
+    schema: &dyn Schema,
+    rowid_key: &dyn Fn(&str) -> bool,
+) -> Option<Inner<'a>> {
     if q.with.is_some() || q.limit_clause.is_some() || q.fetch.is_some() || q.order_by.is_some() {
         return None;
     }
@@ -190,8 +221,6 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
         return None;
     }
     let (table, alias) = crate::analyze::one_table(sel).ok()?;
-    let table = table.clone();
-    let alias = alias.cloned();
     let pk = schema.primary_key(&table.value)?;
     let [pk] = pk.as_slice() else {
         return None;
@@ -199,36 +228,48 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
     if !rowid_key(&table.value) {
         return None;
     }
-    let columns = schema.columns(&table.value)?;
-    let reference = alias.unwrap_or_else(|| table.clone());
-    let is_ref = |q: &Ident| q.value.eq_ignore_ascii_case(&reference.value);
-    let [item] = sel.projection.as_slice() else {
-        return None;
-    };
-    let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item else {
-        return None;
-    };
-    let key = match e {
-        Expr::Identifier(id) => id,
-        Expr::CompoundIdentifier(ids) if ids.len() == 2 && is_ref(&ids[0]) => &ids[1],
-        _ => return None,
-    };
-    if !key.value.eq_ignore_ascii_case(pk) {
-        return None;
+    Some(Inner {
+        sel,
+        reference: alias.unwrap_or(table).clone(),
+        pk: pk.clone(),
+        columns: schema.columns(&table.value)?,
+    })
+}
+
+impl Inner<'_> {
+    fn is_ref(&self, q: &Ident) -> bool {
+        q.value.eq_ignore_ascii_case(&self.reference.value)
     }
-    // Every column of the filter must be the subquery table's own (not correlated).
-    let mut filter = sel.selection.clone();
-    let mut ok = true;
-    if let Some(f) = &mut filter {
-        let _ = visit_expressions_mut(f, |e: &mut Expr| {
+
+    /// The column of the subquery's own table that `e` names, if it names one (an
+    /// unqualified name finds the subquery's table first, as in SQL).
+    fn own_column<'e>(&self, e: &'e Expr) -> Option<&'e Ident> {
+        match e {
+            Expr::Identifier(id) if has(&self.columns, &id.value) => Some(id),
+            Expr::CompoundIdentifier(ids)
+                if ids.len() == 2 && self.is_ref(&ids[0]) && has(&self.columns, &ids[1].value) =>
+            {
+                Some(&ids[1])
+            }
+            _ => None,
+        }
+    }
+
+    /// `filter` with every column qualified, or `None` when it names anything but the
+    /// subquery table's own columns (correlated) or nests a subquery.
+    fn own_filter(&self, filter: Option<Expr>) -> Option<Option<Expr>> {
+        let Some(mut f) = filter else {
+            return Some(None);
+        };
+        let mut ok = true;
+        let _ = visit_expressions_mut(&mut f, |e: &mut Expr| {
             match e {
                 Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ok = false,
-                Expr::Identifier(id) if has(&columns, &id.value) => {
-                    *e = Expr::CompoundIdentifier(vec![reference.clone(), id.clone()]);
+                Expr::Identifier(id) if has(&self.columns, &id.value) => {
+                    *e = Expr::CompoundIdentifier(vec![self.reference.clone(), id.clone()]);
                 }
                 Expr::Identifier(_) => ok = false,
-                Expr::CompoundIdentifier(ids)
-                    if ids.len() == 2 && is_ref(&ids[0]) && has(&columns, &ids[1].value) => {}
+                Expr::CompoundIdentifier(_) if self.own_column(e).is_some() => {}
                 Expr::CompoundIdentifier(_) => ok = false,
                 _ => {}
             }
@@ -238,16 +279,102 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
                 ControlFlow::Break(())
             }
         });
+        ok.then_some(Some(f))
     }
-    if !ok {
+
+    fn into_semi(self, pk: Ident, filter: Option<Expr>) -> Semi {
+        Semi {
+            relation: self.sel.from[0].relation.clone(),
+            pk,
+            filter,
+            columns: self.columns,
+        }
+    }
+}
+
+/// `x IN (SELECT pk FROM t WHERE c)` with `c` naming only `t`'s columns.
+fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Option<Semi> {
+    let inner = inner(q, schema, rowid_key)?;
+    let [item] = inner.sel.projection.as_slice() else {
+        return None;
+    };
+    let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item else {
+        return None;
+    };
+    let key = inner.own_column(e)?.clone();
+    if !key.value.eq_ignore_ascii_case(&inner.pk) {
         return None;
     }
-    Some(Semi {
-        relation: sel.from[0].relation.clone(),
-        pk: key.clone(),
-        filter,
-        columns,
-    })
+    let filter = inner.own_filter(inner.sel.selection.clone())?;
+    Some(inner.into_semi(key, filter))
+}
+
+/// `EXISTS (SELECT … FROM t WHERE t.pk = x AND c)` where `x` is a column of the outer
+/// table and `c` names only `t`'s columns: the same outer rows as `x IN (SELECT pk FROM t
+/// WHERE c)` (both compare with `=`; a rowid key equals at most one row). Returns `x` too.
+fn exists(
+    q: &Query,
+    schema: &dyn Schema,
+    rowid_key: &dyn Fn(&str) -> bool,
+    outer_ref: &Ident,
+    outer_cols: &[String],
+) -> Option<(Expr, Semi)> {
+    let inner = inner(q, schema, rowid_key)?;
+    // What it selects is never read, but an aggregate would make one row whatever matched.
+    let plain = inner.sel.projection.iter().all(|p| match p {
+        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => true,
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => matches!(
+            e,
+            Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
+        ),
+    });
+    if !plain {
+        return None;
+    }
+    // An outer column: a name the subquery's table lacks, or one qualified by the outer table.
+    let outer = |e: &Expr| match e {
+        Expr::Identifier(id) => !has(&inner.columns, &id.value) && has(outer_cols, &id.value),
+        Expr::CompoundIdentifier(ids) => {
+            ids.len() == 2
+                && !inner.is_ref(&ids[0])
+                && ids[0].value.eq_ignore_ascii_case(&outer_ref.value)
+                && has(outer_cols, &ids[1].value)
+        }
+        _ => false,
+    };
+    let is_key = |e: &Expr| {
+        inner
+            .own_column(e)
+            .is_some_and(|c| c.value.eq_ignore_ascii_case(&inner.pk))
+    };
+    let mut conjuncts = Vec::new();
+    split_and(inner.sel.selection.clone()?, &mut conjuncts);
+    let mut link = None;
+    let mut rest = Vec::new();
+    for c in conjuncts {
+        if link.is_none() {
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = &c
+            {
+                if is_key(left) && outer(right) {
+                    link = Some((**right).clone());
+                    continue;
+                }
+                if is_key(right) && outer(left) {
+                    link = Some((**left).clone());
+                    continue;
+                }
+            }
+        }
+        rest.push(c);
+    }
+    let x = link?;
+    let filter = inner.own_filter(join_and(rest))?;
+    let pk = Ident::new(inner.pk.clone());
+    Some((x, inner.into_semi(pk, filter)))
 }
 
 fn split_and(e: Expr, out: &mut Vec<Expr>) {
@@ -336,6 +463,19 @@ mod tests {
     }
 
     #[test]
+    fn exists_over_a_key_correlated_by_it_becomes_the_same_join() {
+        assert_eq!(
+            rw("SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id AND name = 'a7')").as_deref(),
+            Some("SELECT machines.id FROM machines JOIN apps AS __vd_in1 ON machines.app_id = __vd_in1.id AND (__vd_in1.name = 'a7')")
+        );
+        // Either side of `=`, unqualified names on both sides, `*`.
+        assert_eq!(
+            rw("SELECT * FROM machines m WHERE cpu > 1 AND EXISTS (SELECT * FROM apps WHERE app_id = id)").as_deref(),
+            Some("SELECT m.* FROM machines AS m JOIN apps AS __vd_in1 ON m.app_id = __vd_in1.id WHERE m.cpu > 1")
+        );
+    }
+
+    #[test]
     fn anything_that_could_change_the_result_is_left_alone() {
         for sql in [
             // Not the whole key, a composite key, NOT IN, under OR, correlated, nested.
@@ -354,6 +494,16 @@ mod tests {
             "SELECT cpu AS name FROM machines WHERE app_id IN (SELECT id FROM apps) ORDER BY name",
             // A name only the subquery's table has would change meaning once it is joined.
             "SELECT id FROM machines WHERE app_id IN (SELECT id FROM apps) AND name = 'x'",
+            // EXISTS: not correlated, correlated by a non-key column or by more than the key,
+            // an aggregate (one row whatever matched), NOT EXISTS, under OR, a self-reference.
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM apps WHERE id = 1)",
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM apps WHERE apps.name = machines.cpu)",
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id AND apps.name = machines.cpu)",
+            "SELECT id FROM machines WHERE EXISTS (SELECT count(*) FROM apps WHERE apps.id = machines.app_id)",
+            "SELECT id FROM machines WHERE NOT EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id)",
+            "SELECT id FROM machines WHERE cpu = 1 OR EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id)",
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM machines WHERE machines.id = machines.app_id)",
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM texts WHERE texts.id = machines.app_id)",
         ] {
             assert_eq!(rw(sql), None, "{sql}");
         }

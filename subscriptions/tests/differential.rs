@@ -56,6 +56,14 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT b.id FROM b WHERE b.a_id IN (SELECT id FROM a) AND b.a_id IN (SELECT id FROM a WHERE y IS NOT NULL) ORDER BY z", true),
     ("SELECT k1, k2, w FROM c WHERE b_id IN (SELECT q.id FROM b AS q WHERE q.z = 2 OR q.a_id IS NULL)", true),
     ("SELECT id FROM b WHERE a_id + 1 IN (SELECT id FROM a WHERE x IS NULL)", true),
+    // EXISTS over the key, correlated by `pk = outer column`, becomes a join too.
+    ("SELECT id, z FROM b WHERE EXISTS (SELECT 1 FROM a WHERE a.id = b.a_id AND x > 0)", true),
+    ("SELECT * FROM b WHERE z >= 1 AND EXISTS (SELECT * FROM a WHERE b.a_id = id AND y = 'p')", true),
+    ("SELECT k1, k2, w FROM c WHERE EXISTS (SELECT id FROM b AS q WHERE q.id = b_id AND (q.z = 2 OR q.a_id IS NULL))", true),
+    ("SELECT id FROM b WHERE EXISTS (SELECT count(*) FROM a WHERE a.id = b.a_id)", false),
+    ("SELECT id FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.id = b.a_id)", false),
+    ("SELECT id FROM b WHERE EXISTS (SELECT 1 FROM a WHERE a.x = b.a_id)", false),
+    ("SELECT id FROM b WHERE EXISTS (SELECT 1 FROM a WHERE a.id = b.a_id AND a.x = b.z)", false),
     // Correlated, NOT IN, or not the key: re-run.
     ("SELECT id FROM b WHERE a_id IN (SELECT id FROM a WHERE a.x = b.z)", false),
     ("SELECT id FROM b WHERE a_id NOT IN (SELECT id FROM a WHERE x > 0)", false),

@@ -100,13 +100,8 @@ async fn subquery_tracks_other_table(proto: Proto) {
     let mut s = Sub::post(&node.api(proto).with_nodelay(), &q).await;
     assert_eq!(s.state(), rows(json!([[1, "ann"]])));
     // `team IN (SELECT id …)` over the rowid key is maintained as a join, not re-run.
-    let out = dir.cli(&["subs", "list"]);
-    let list: Vec<Value> = serde_json::from_str(out.ok()).expect("subs list prints JSON");
-    let plan = list.iter().find(|v| v["id"] == s.id).expect("listed")["plan"].clone();
-    assert!(
-        plan.as_str().is_some_and(|p| p.starts_with("incremental")),
-        "{plan}"
-    );
+    let plan = plan_of(&dir, &s.id);
+    assert!(plan.starts_with("incremental"), "{plan}");
 
     // Only the subquery's table changes.
     w.write(&json!(["UPDATE teams SET title = 'rust' WHERE id = 2"]))
@@ -134,6 +129,37 @@ async fn subquery_tracks_other_table(proto: Proto) {
     e.sync(&w, &q2).await;
     assert!(e.rows.is_empty(), "{:?}", e.rows);
     s.sync(&w, &q).await;
+
+    // EXISTS correlated by the other table's rowid key: maintained as a join too.
+    let q3 = json!("SELECT u.id, u.name FROM users u WHERE EXISTS (SELECT 1 FROM teams t WHERE t.id = u.team AND t.title LIKE 'r%')");
+    let mut k = Sub::post(&node.api(proto).with_nodelay(), &q3).await;
+    assert_eq!(k.state(), rows(json!([[2, "bob"]])));
+    let plan = plan_of(&dir, &k.id);
+    assert!(plan.starts_with("incremental"), "{plan}");
+    w.write(&json!(["UPDATE teams SET title = 'blue' WHERE id = 2"]))
+        .await;
+    let c = k.change().await;
+    assert_eq!(
+        (c.kind.as_str(), c.cells),
+        ("delete", vec![json!(2), json!("bob")])
+    );
+    w.write(&json!(["INSERT INTO teams VALUES (1, 'rose')"]))
+        .await;
+    let c = k.change().await;
+    assert_eq!(
+        (c.kind.as_str(), c.cells),
+        ("insert", vec![json!(1), json!("ann")])
+    );
+    k.sync(&w, &q3).await;
+    assert_eq!(k.state(), rows(json!([[1, "ann"]])));
+}
+
+/// The plan `verdigris subs list` reports for a subscription.
+fn plan_of(dir: &NodeDir, id: &str) -> String {
+    let out = dir.cli(&["subs", "list"]);
+    let list: Vec<Value> = serde_json::from_str(out.ok()).expect("subs list prints JSON");
+    let sub = list.iter().find(|v| v["id"] == id).expect("listed");
+    sub["plan"].as_str().expect("a plan").to_string()
 }
 
 async fn aggregate_updates_same_row(proto: Proto) {
@@ -194,6 +220,7 @@ pub const QUERIES: &[&str] = &[
     "SELECT u.name, t.title FROM users u JOIN teams t ON t.id = u.team WHERE u.score > 50",
     "SELECT id, name FROM users WHERE team IN (SELECT id FROM teams WHERE title LIKE 'r%')",
     "SELECT t.id FROM teams t WHERE EXISTS (SELECT 1 FROM users u WHERE u.team = t.id AND u.score > 50)",
+    "SELECT u.id, u.score FROM users u WHERE EXISTS (SELECT 1 FROM teams t WHERE t.id = u.team AND t.title LIKE 'b%')",
     "SELECT u.id, (SELECT title FROM teams WHERE id = u.team) FROM users u",
     "SELECT count(*), sum(score), max(name) FROM users",
     "SELECT team, count(*), max(score) FROM users GROUP BY team",
