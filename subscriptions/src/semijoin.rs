@@ -13,7 +13,12 @@
 //! column's affinity, `x`'s collation). An `EXISTS` whose subquery's `WHERE` conjunction holds
 //! `t.pk = x` (`x` a column of the outer table) and otherwise names only `t`'s columns is the
 //! same filter, and its comparison already is `=`; it must select only names or literals (an
-//! aggregate would yield a row whatever matched). Everything else is left to the re-run
+//! aggregate would yield a row whatever matched) and no result alias (found before an outer
+//! column). Either way `c` must not be able to fail (only operators and functions that take
+//! any value): joined, it may be evaluated on rows the subquery never read; and the rowid's
+//! names (`rowid`, `oid`, `_rowid_`) are never taken for an outer column or allowed as a
+//! result alias, since they resolve differently once there are two tables. Everything else
+//! is left to the re-run
 //! plan: `NOT IN`, `NOT EXISTS`, a subquery correlated any other way or that reads several
 //! tables, groups, limits or nests subqueries,
 //! and an outer query with joins or with result aliases that share a column's name (where
@@ -81,7 +86,9 @@ pub fn rewrite(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool)
     }
     // Result aliases that are also column names: qualifying such a name could change what
     // it refers to (SQLite resolves ORDER BY names to aliases first).
+    // So are the rowid's names: one table's `oid` is its rowid, two tables' is the alias.
     let mut names: Vec<&str> = outer_cols.iter().map(String::as_str).collect();
+    names.extend(ROWID_NAMES);
     for (_, s) in &semis {
         names.extend(s.columns.iter().map(String::as_str));
     }
@@ -305,6 +312,11 @@ fn semi(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Opt
     if !key.value.eq_ignore_ascii_case(&inner.pk) {
         return None;
     }
+    // Joined, the filter may run on rows the subquery never read (SQLite runs an `IN`
+    // subquery only when a row needs it).
+    if !inner.sel.selection.as_ref().is_none_or(cannot_fail) {
+        return None;
+    }
     let filter = inner.own_filter(inner.sel.selection.clone())?;
     Some(inner.into_semi(key, filter))
 }
@@ -320,20 +332,32 @@ fn exists(
     outer_cols: &[String],
 ) -> Option<(Expr, Semi)> {
     let inner = inner(q, schema, rowid_key)?;
-    // What it selects is never read, but an aggregate would make one row whatever matched.
+    // What it selects is never read, but an aggregate would make one row whatever matched,
+    // and a result alias would be found before an outer column of the same name.
     let plain = inner.sel.projection.iter().all(|p| match p {
         SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => true,
-        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => matches!(
+        SelectItem::UnnamedExpr(e) => matches!(
             e,
             Expr::Value(_) | Expr::Identifier(_) | Expr::CompoundIdentifier(_)
         ),
+        SelectItem::ExprWithAlias { .. } => false,
     });
     if !plain {
         return None;
     }
-    // An outer column: a name the subquery's table lacks, or one qualified by the outer table.
+    // The filter runs only on the row the key finds, in the subquery; joined, it may run on
+    // every row of `t`: it must not be able to fail where the subquery would not.
+    if !inner.sel.selection.as_ref().is_some_and(cannot_fail) {
+        return None;
+    }
+    // An outer column: a name the subquery's table lacks (not even as its rowid), or one
+    // qualified by the outer table.
     let outer = |e: &Expr| match e {
-        Expr::Identifier(id) => !has(&inner.columns, &id.value) && has(outer_cols, &id.value),
+        Expr::Identifier(id) => {
+            !has(&inner.columns, &id.value)
+                && !has(ROWID_NAMES, &id.value)
+                && has(outer_cols, &id.value)
+        }
         Expr::CompoundIdentifier(ids) => {
             ids.len() == 2
                 && !inner.is_ref(&ids[0])
@@ -342,10 +366,11 @@ fn exists(
         }
         _ => false,
     };
-    let is_key = |e: &Expr| {
+    let key = |e: &Expr| {
         inner
             .own_column(e)
-            .is_some_and(|c| c.value.eq_ignore_ascii_case(&inner.pk))
+            .filter(|c| c.value.eq_ignore_ascii_case(&inner.pk))
+            .cloned()
     };
     let mut conjuncts = Vec::new();
     split_and(inner.sel.selection.clone()?, &mut conjuncts);
@@ -359,22 +384,75 @@ fn exists(
                 right,
             } = &c
             {
-                if is_key(left) && outer(right) {
-                    link = Some((**right).clone());
-                    continue;
-                }
-                if is_key(right) && outer(left) {
-                    link = Some((**left).clone());
+                let linked = match (key(left), key(right)) {
+                    (Some(k), _) if outer(right) => Some((k, (**right).clone())),
+                    (_, Some(k)) if outer(left) => Some((k, (**left).clone())),
+                    _ => None,
+                };
+                if linked.is_some() {
+                    link = linked;
                     continue;
                 }
             }
         }
         rest.push(c);
     }
-    let x = link?;
+    let (pk, x) = link?;
     let filter = inner.own_filter(join_and(rest))?;
-    let pk = Ident::new(inner.pk.clone());
     Some((x, inner.into_semi(pk, filter)))
+}
+
+/// Names SQLite resolves to a table's rowid when no column has them.
+const ROWID_NAMES: &[&str] = &["rowid", "oid", "_rowid_"];
+
+/// Scalar functions that return a value for any arguments (no error), allowed in a filter
+/// that the rewrite may evaluate on more rows than the query did.
+const TOTAL_FUNCTIONS: &[&str] = &[
+    "lower",
+    "upper",
+    "length",
+    "coalesce",
+    "ifnull",
+    "nullif",
+    "typeof",
+    "trim",
+    "ltrim",
+    "rtrim",
+    "instr",
+    "substr",
+    "substring",
+    "replace",
+    "iif",
+];
+
+/// Whether `e` cannot raise an error for any row: only columns, literals, operators and
+/// [`TOTAL_FUNCTIONS`] (SQLite's arithmetic does not fail: overflow becomes a real, division
+/// by zero NULL), no `LIKE … ESCAPE` (a bad escape fails) and no subquery (refused anyway).
+fn cannot_fail(e: &Expr) -> bool {
+    let mut ok = true;
+    let _ = sqlparser::ast::visit_expressions(e, |e: &Expr| {
+        match e {
+            Expr::Function(f) => {
+                let name = f.name.to_string();
+                ok &= has(TOTAL_FUNCTIONS, &name)
+                    && matches!(f.args, sqlparser::ast::FunctionArguments::List(_))
+                    && f.filter.is_none()
+                    && f.over.is_none()
+            }
+            Expr::Like { escape_char, .. } | Expr::ILike { escape_char, .. } => {
+                ok &= escape_char.is_none()
+            }
+            Expr::Cast { .. } | Expr::Collate { .. } => {}
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ok = false,
+            _ => {}
+        }
+        if ok {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    });
+    ok
 }
 
 fn split_and(e: Expr, out: &mut Vec<Expr>) {
@@ -427,7 +505,7 @@ mod tests {
     impl Schema for Fleet {
         fn primary_key(&self, table: &str) -> Option<Vec<String>> {
             match table {
-                "machines" | "apps" | "texts" => Some(vec!["id".into()]),
+                "machines" | "apps" | "texts" | "items" => Some(vec!["id".into()]),
                 "pairs" => Some(vec!["a".into(), "b".into()]),
                 _ => None,
             }
@@ -436,6 +514,7 @@ mod tests {
             let c: &[&str] = match table {
                 "machines" => &["id", "app_id", "cpu"],
                 "apps" | "texts" => &["id", "name"],
+                "items" => &["id", "oid"],
                 "pairs" => &["a", "b"],
                 _ => return None,
             };
@@ -470,8 +549,8 @@ mod tests {
         );
         // Either side of `=`, unqualified names on both sides, `*`.
         assert_eq!(
-            rw("SELECT * FROM machines m WHERE cpu > 1 AND EXISTS (SELECT * FROM apps WHERE app_id = id)").as_deref(),
-            Some("SELECT m.* FROM machines AS m JOIN apps AS __vd_in1 ON m.app_id = __vd_in1.id WHERE m.cpu > 1")
+            rw("SELECT * FROM machines m WHERE cpu > 1 AND EXISTS (SELECT * FROM apps WHERE app_id = id AND lower(name) LIKE 'a%')").as_deref(),
+            Some("SELECT m.* FROM machines AS m JOIN apps AS __vd_in1 ON m.app_id = __vd_in1.id AND (lower(__vd_in1.name) LIKE 'a%') WHERE m.cpu > 1")
         );
     }
 
@@ -504,6 +583,17 @@ mod tests {
             "SELECT id FROM machines WHERE cpu = 1 OR EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id)",
             "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM machines WHERE machines.id = machines.app_id)",
             "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM texts WHERE texts.id = machines.app_id)",
+            // Found in review. `oid` in the subquery is `apps`' rowid, not the outer column.
+            "SELECT id FROM items WHERE EXISTS (SELECT 1 FROM apps WHERE apps.id = oid)",
+            // A result alias is found before an outer column.
+            "SELECT id FROM machines WHERE EXISTS (SELECT 5 AS app_id FROM apps WHERE apps.id = app_id)",
+            // `oid` is the rowid in a one-table query and the result alias in a join.
+            "SELECT cpu AS oid FROM machines WHERE oid > 2 AND EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id)",
+            "SELECT id, cpu AS rowid FROM machines WHERE rowid <= 2 AND app_id IN (SELECT id FROM apps)",
+            // A filter that can fail, run on rows the subquery would not have read.
+            "SELECT id FROM machines WHERE EXISTS (SELECT 1 FROM apps WHERE apps.id = machines.app_id AND json_extract(name, '$.a') = 1)",
+            "SELECT id FROM machines WHERE app_id IN (SELECT id FROM apps WHERE abs(name) > 1)",
+            "SELECT id FROM machines WHERE app_id IN (SELECT id FROM apps WHERE name LIKE 'a!%' ESCAPE '!')",
         ] {
             assert_eq!(rw(sql), None, "{sql}");
         }
