@@ -46,9 +46,12 @@ impl Recompute {
         conn: &Connection,
         changes: &crate::matview::Changes,
     ) -> Result<Vec<RowChange>> {
-        if let Some(g) = &self.guard {
+        if let Some(g) = &mut self.guard {
             if !g.affected(conn, changes)? {
                 return Ok(vec![]);
+            }
+            if let Some(fresh) = g.slide(conn, changes)? {
+                return Ok(self.diff(fresh));
             }
         }
         self.recompute(conn)
@@ -95,6 +98,11 @@ impl Recompute {
     pub fn recompute(&mut self, conn: &Connection) -> Result<Vec<RowChange>> {
         let fresh = self.run(conn)?;
         self.capture(conn)?;
+        Ok(self.diff(fresh))
+    }
+
+    /// Replaces the result with `fresh`: the changes, as a multiset diff.
+    fn diff(&mut self, fresh: Vec<Vec<Value>>) -> Vec<RowChange> {
         let mut wanted: HashMap<Vec<u8>, Vec<Vec<Value>>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
         for cells in fresh {
@@ -167,7 +175,7 @@ impl Recompute {
                 identity,
             });
         }
-        Ok(changes)
+        changes
     }
 
     pub fn rows(&self) -> impl Iterator<Item = (u64, &Vec<Value>)> {

@@ -1,14 +1,25 @@
-//! `ORDER BY … LIMIT` over one table: the query is still re-run (its result among rows that tie
-//! on the sort key is SQLite's scan order), but only when a change can reach its window.
+//! `ORDER BY … LIMIT` over one table: a window of the first rows, slid by the changed rows,
+//! and the query re-run only when the window cannot say the result.
 //!
 //! After each run the guard records, on the same snapshot, the window: the primary keys of
-//! every row that sorts at or before the last row of `LIMIT + OFFSET` (ties included), and
-//! that last row's sort key (the *boundary*). A change set leaves the result as it is when
-//! none of its rows was in the window and none now passes the filter with a sort key at or
-//! before the boundary: the first `LIMIT + OFFSET` rows are then the same rows with the same
-//! values. Otherwise, when the table has fewer rows than the window (every row counts), or when
-//! the state is unknown, it re-runs. Sort keys are compared as SQLite's `ORDER BY` does under
-//! the BINARY collation (queries with `COLLATE` are not guarded).
+//! every row that sorts at or before the last of the first `LIMIT + OFFSET` rows plus a slack
+//! of as many again (ties included), and that last row's sort key (the *boundary*; none when
+//! the table has fewer rows: every row is in the window). The invariant: every row outside
+//! the window that passes the filter sorts strictly after the boundary.
+//!
+//! - A change set none of whose rows was in the window and none of which now passes the
+//!   filter at or before the boundary leaves the result as it is ([`Guard::affected`]).
+//! - Otherwise the window's rows and the changed rows are read by key ([`Guard::slide`]);
+//!   those that pass the filter at or before the boundary are, by the invariant, every such
+//!   row of the table, so when at least `LIMIT + OFFSET` remain, sorted, rows `OFFSET ..
+//!   LIMIT + OFFSET` are the result, and they become the window (rows that moved past the
+//!   boundary leave it). A tie across the `OFFSET` or the `LIMIT + OFFSET` cut would leave
+//!   the choice to SQLite's scan order, which only a run of the query reproduces: re-run.
+//! - Re-run too when fewer rows remain (more rows left the window than its slack), or when
+//!   the state is unknown.
+//!
+//! Sort keys are compared as SQLite's `ORDER BY` does under the BINARY collation (queries
+//! with `COLLATE` are not guarded).
 
 use crate::aggregate::acc::compare;
 use crate::analyze::{quote, Schema};
@@ -33,10 +44,13 @@ pub struct TopKPlan {
     reference: String,
     pk: Vec<String>,
     filter: Option<String>,
+    /// The query's result columns, as written.
+    projection: String,
     /// Sort expressions with (descending, NULLS FIRST/LAST as written).
     order: Vec<(String, bool, Option<bool>)>,
     /// `LIMIT + OFFSET`.
     window: u64,
+    offset: u64,
 }
 
 fn literal_u64(e: &Expr) -> Option<u64> {
@@ -175,11 +189,23 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Option<TopKP
         reference,
         pk,
         filter: sel.selection.as_ref().map(|w| w.to_string()),
+        projection: sel
+            .projection
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         order,
         window: limit.checked_add(offset)?,
+        offset,
     };
     // Sort expressions naming result aliases do not resolve against the table: not guarded.
-    for sql in [plan.window_sql(), plan.ties_sql(), plan.key_sql()] {
+    for sql in [
+        plan.window_sql(),
+        plan.ties_sql(),
+        plan.key_sql(),
+        plan.row_sql(),
+    ] {
         conn.prepare(&sql).ok()?;
     }
     Some(plan)
@@ -218,7 +244,13 @@ impl TopKPlan {
             .join(", ")
     }
 
-    /// The first `window` rows: primary key, then sort keys.
+    /// Rows the window holds: `LIMIT + OFFSET` and as many again (at least 16), so that rows
+    /// may leave it without a re-run.
+    fn captured(&self) -> u64 {
+        self.window.saturating_add(self.window.max(16))
+    }
+
+    /// The first [`TopKPlan::captured`] rows: primary key, then sort keys.
     fn window_sql(&self) -> String {
         let order = self
             .order
@@ -239,7 +271,7 @@ impl TopKPlan {
         format!(
             "{} ORDER BY {order} LIMIT {}",
             self.select(&format!("{}, {}", self.pk_cols(), self.keys()), ""),
-            self.window
+            self.captured()
         )
     }
 
@@ -263,6 +295,13 @@ impl TopKPlan {
     fn key_sql(&self) -> String {
         let cond = crate::analyze::key_condition(&self.reference, &self.pk);
         self.select(&self.keys(), &cond)
+    }
+
+    /// The sort key and the result columns of one row, if it passes the filter (primary key
+    /// bound as `?1..`).
+    fn row_sql(&self) -> String {
+        let cond = crate::analyze::key_condition(&self.reference, &self.pk);
+        self.select(&format!("{}, {}", self.keys(), self.projection), &cond)
     }
 
     /// How two sort keys compare in the query's order.
@@ -330,7 +369,7 @@ impl Guard {
         drop(stmt);
         let mut members: HashSet<Vec<u8>> =
             rows.iter().map(|r| pack::pack_owned(&r[..k])).collect();
-        let full = rows.len() as u64 >= self.plan.window;
+        let full = rows.len() as u64 >= self.plan.captured();
         let boundary = match rows.last() {
             Some(r) if full => r[k..].to_vec(),
             _ => Vec::new(),
@@ -376,6 +415,76 @@ impl Guard {
         }
         Ok(false)
     }
+
+    /// The result after `changes` (which [`Guard::affected`] found can change it), from the
+    /// window's rows and the changed rows alone, when that is exact (module docs); slides the
+    /// window. `None`: re-run.
+    pub fn slide(
+        &mut self,
+        conn: &Connection,
+        changes: &crate::matview::Changes,
+    ) -> Result<Option<Vec<Vec<Value>>>> {
+        let Some(w) = &self.window else {
+            return Ok(None);
+        };
+        let Some(changed) = changes.get(&self.plan.table) else {
+            return Ok(None);
+        };
+        if w.members.len() + changed.len() > MAX_WINDOW {
+            return Ok(None);
+        }
+        let plan = &self.plan;
+        let n = plan.order.len();
+        let mut stmt = conn.prepare_cached(&plan.row_sql())?;
+        // (packed key, sort key, result cells) of every candidate at or before the boundary.
+        let mut rows: Vec<(Vec<u8>, Vec<Value>, Vec<Value>)> = Vec::new();
+        let fresh = changed.iter().filter(|pk| !w.members.contains(*pk));
+        for pk in w.members.iter().chain(fresh) {
+            let vals = pack::unpack(pk)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let Some(mut row) = read_rows(&mut stmt, &vals)?.into_iter().next() else {
+                continue; // gone, or filtered out
+            };
+            let cells = row.split_off(n);
+            if w.full && plan.cmp(&row, &w.boundary) == Ordering::Greater {
+                continue; // past the boundary: rows outside the window may come first
+            }
+            rows.push((pk.clone(), row, cells));
+        }
+        drop(stmt);
+        rows.sort_by(|a, b| plan.cmp(&a.1, &b.1));
+        let (window, offset) = (plan.window as usize, plan.offset as usize);
+        if w.full && rows.len() < window {
+            return Ok(None); // more rows left than the slack: refill from the table
+        }
+        let tied = |i: usize| {
+            i > 0 && i < rows.len() && plan.cmp(&rows[i - 1].1, &rows[i].1) == Ordering::Equal
+        };
+        if tied(window) || tied(offset) {
+            return Ok(None);
+        }
+        let result: Vec<Vec<Value>> = rows[offset.min(rows.len())..window.min(rows.len())]
+            .iter()
+            .map(|r| r.2.clone())
+            .collect();
+        // Rows that entered grow the window: past twice its size, cut it where two rows
+        // differ (every row after the cut sorts after the new boundary).
+        let (mut full, mut boundary) = (w.full, w.boundary.clone());
+        let captured = plan.captured() as usize;
+        if rows.len() > 2 * captured {
+            if let Some(cut) = (captured..rows.len()).find(|i| !tied(*i)) {
+                full = true;
+                boundary = rows[cut - 1].1.clone();
+                rows.truncate(cut);
+            }
+        }
+        self.window = Some(Window {
+            full,
+            boundary,
+            members: rows.into_iter().map(|r| r.0).collect(),
+        });
+        Ok(Some(result))
+    }
 }
 
 #[cfg(test)]
@@ -404,7 +513,9 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER);
-             INSERT INTO t VALUES (1, 10), (2, 20), (3, 30), (4, 30), (5, 50);",
+             INSERT INTO t VALUES (1, 10), (2, 20), (3, 30), (4, 30), (5, 50);
+             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 15)
+             INSERT INTO t SELECT 100 + i, 100 + i FROM n;",
         )
         .unwrap();
         let a = crate::analyze(
@@ -420,7 +531,8 @@ mod tests {
             "unknown window: re-run"
         );
         g.capture(&conn).unwrap();
-        // Window: 5 (50) and one of the tied 30s: both 30s are in it.
+        // Window (LIMIT 2 and a slack of 16): the 16 rows above 50, 5 (50) and one of the
+        // tied 30s: both 30s are in it.
         assert!(!g.affected(&conn, &key(1)).unwrap(), "10 → 10, far below");
         assert!(g.affected(&conn, &key(3)).unwrap(), "a tied boundary row");
         conn.execute("UPDATE t SET v = 25 WHERE id = 1", [])
@@ -443,5 +555,119 @@ mod tests {
         g.capture(&conn).unwrap();
         conn.execute("INSERT INTO t VALUES (9, 1)", []).unwrap();
         assert!(g.affected(&conn, &key(9)).unwrap());
+    }
+
+    #[test]
+    fn a_window_grown_by_entering_rows_is_cut_where_rows_differ() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER);
+             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99)
+             INSERT INTO t SELECT i, 100 + i FROM n;",
+        )
+        .unwrap();
+        let sql = "SELECT id, v FROM t ORDER BY v LIMIT 1";
+        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
+        let mut g = Guard::new(a.topk.clone().expect("guarded"));
+        g.capture(&conn).unwrap();
+        let captured = g.plan.captured() as usize;
+        // Rows entering below the boundary, lowest last: each is the new first row.
+        for i in 0..60i64 {
+            let id = 1000 + i;
+            conn.execute("INSERT INTO t VALUES (?1, ?2)", [id, 99 - i])
+                .unwrap();
+            assert!(g.affected(&conn, &key(id)).unwrap());
+            let r = g.slide(&conn, &key(id)).unwrap().expect("slid");
+            assert_eq!(r, vec![vec![Value::Integer(id), Value::Integer(99 - i)]]);
+            let w = g.window.as_ref().expect("a window");
+            assert!(
+                w.full && w.members.len() <= 2 * captured,
+                "{}",
+                w.members.len()
+            );
+        }
+        // The first rows to enter were cut off with the rest past the new boundary.
+        conn.execute("UPDATE t SET v = 98 WHERE id = 1000", [])
+            .unwrap();
+        assert!(!g.affected(&conn, &key(1000)).unwrap(), "cut off: outside");
+        conn.execute("UPDATE t SET v = 0 WHERE id = 1000", [])
+            .unwrap();
+        assert!(g.affected(&conn, &key(1000)).unwrap());
+        let r = g.slide(&conn, &key(1000)).unwrap().expect("slid");
+        assert_eq!(r, vec![vec![Value::Integer(1000), Value::Integer(0)]]);
+    }
+
+    /// Random single-row writes (ties, NULLs, deletes, inserts): after each, the slid window's
+    /// result, or a re-run where it declines, equals a fresh run of the query.
+    #[test]
+    fn the_slid_window_gives_the_fresh_result() {
+        // (query, rows, a value that sorts after every other)
+        for (sql, rows, last) in [
+            ("SELECT id, v FROM t ORDER BY v DESC LIMIT 3", 40, -100),
+            (
+                "SELECT id, v * 2 AS w FROM t WHERE v IS NOT NULL ORDER BY v, id LIMIT 2 OFFSET 2",
+                40,
+                100,
+            ),
+            ("SELECT * FROM t ORDER BY v NULLS LAST LIMIT 4", 6, 100),
+        ] {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+                .unwrap();
+            for i in 0..rows {
+                conn.execute("INSERT INTO t VALUES (?1, ?2)", [i, i * 7 % 23])
+                    .unwrap();
+            }
+            let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
+            let mut g = Guard::new(a.topk.clone().expect("guarded"));
+            g.capture(&conn).unwrap();
+            let fresh = || {
+                let mut stmt = conn.prepare(sql).unwrap();
+                let mut r = read_rows(&mut stmt, &[]).unwrap();
+                r.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                r
+            };
+            let mut held = fresh();
+            let mut seed: u64 = 7;
+            let mut slid = 0;
+            for k in 0..600 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let mut id = (seed >> 33) as i64 % (rows + 5);
+                let v = (seed >> 45) as i64 % 30;
+                match (seed >> 20) % 6 {
+                    0 => conn.execute("DELETE FROM t WHERE id = ?1", [id]),
+                    1 => conn.execute("UPDATE t SET v = NULL WHERE id = ?1", [id]),
+                    // A row of the result moves past every other: the window drains.
+                    2 | 3 if k % 200 > 150 && !held.is_empty() => {
+                        let Value::Integer(first) = held[0][0] else {
+                            panic!("an id")
+                        };
+                        id = first;
+                        conn.execute("UPDATE t SET v = ?1 WHERE id = ?2", [last, id])
+                    }
+                    _ => conn.execute("INSERT OR REPLACE INTO t VALUES (?1, ?2)", [id, v]),
+                }
+                .unwrap();
+                if !g.affected(&conn, &key(id)).unwrap() {
+                    assert_eq!(held, fresh(), "{sql}: skipped a change that mattered");
+                    continue;
+                }
+                match g.slide(&conn, &key(id)).unwrap() {
+                    Some(mut r) => {
+                        slid += 1;
+                        r.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                        assert_eq!(r, fresh(), "{sql}: slid to a wrong result");
+                        held = r;
+                    }
+                    None => {
+                        g.capture(&conn).unwrap();
+                        held = fresh();
+                    }
+                }
+            }
+            assert!(slid > 50, "{sql}: the window slid only {slid} times");
+        }
     }
 }
