@@ -29,7 +29,7 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 use sqlparser::ast::{visit_expressions, Expr, LimitClause, OrderByKind, Query, SetExpr};
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -250,7 +250,7 @@ impl TopKPlan {
         self.window.saturating_add(self.window.max(16))
     }
 
-    /// The first [`TopKPlan::captured`] rows: primary key, then sort keys.
+    /// The first [`TopKPlan::captured`] rows ([`TopKPlan::member_cols`]).
     fn window_sql(&self) -> String {
         let order = self
             .order
@@ -270,12 +270,17 @@ impl TopKPlan {
             .join(", ");
         format!(
             "{} ORDER BY {order} LIMIT {}",
-            self.select(&format!("{}, {}", self.pk_cols(), self.keys()), ""),
+            self.select(&self.member_cols(), ""),
             self.captured()
         )
     }
 
-    /// Primary keys of the rows whose sort key equals the boundary (bound as `?1..`).
+    /// A window row's columns: primary key, sort keys, result columns.
+    fn member_cols(&self) -> String {
+        format!("{}, {}, {}", self.pk_cols(), self.keys(), self.projection)
+    }
+
+    /// The rows whose sort key equals the boundary (bound as `?1..`).
     fn ties_sql(&self) -> String {
         let cond = self
             .order
@@ -286,7 +291,7 @@ impl TopKPlan {
             .join(" AND ");
         format!(
             "{} LIMIT {}",
-            self.select(&self.pk_cols(), &cond),
+            self.select(&self.member_cols(), &cond),
             MAX_WINDOW + 1
         )
     }
@@ -336,11 +341,18 @@ impl TopKPlan {
 
 #[derive(Debug)]
 struct Window {
-    /// Fewer rows than `LIMIT + OFFSET`: every row counts.
+    /// Fewer rows than the window: every row counts.
     full: bool,
     boundary: Vec<Value>,
-    /// Packed primary keys of the rows at or before the boundary.
-    members: HashSet<Vec<u8>>,
+    /// The rows at or before the boundary, by packed primary key. A row that no change
+    /// names is as it was read, so only changed rows are read again.
+    members: HashMap<Vec<u8>, Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    key: Vec<Value>,
+    cells: Vec<Value>,
 }
 
 /// Decides whether a change set can change an `ORDER BY … LIMIT` result.
@@ -363,15 +375,22 @@ impl Guard {
     /// Records the window after a run, on the same snapshot.
     pub fn capture(&mut self, conn: &Connection) -> Result<()> {
         self.window = None;
-        let k = self.plan.pk.len();
+        let (k, n) = (self.plan.pk.len(), self.plan.order.len());
+        let member = |mut r: Vec<Value>| {
+            let cells = r.split_off(k + n);
+            let key = r.split_off(k);
+            (pack::pack_owned(&r), Member { key, cells })
+        };
         let mut stmt = conn.prepare_cached(&self.plan.window_sql())?;
         let rows = read_rows(&mut stmt, &[])?;
         drop(stmt);
-        let mut members: HashSet<Vec<u8>> =
-            rows.iter().map(|r| pack::pack_owned(&r[..k])).collect();
         let full = rows.len() as u64 >= self.plan.captured();
-        let boundary = match rows.last() {
-            Some(r) if full => r[k..].to_vec(),
+        let mut members: HashMap<Vec<u8>, Member> = rows.into_iter().map(member).collect();
+        let boundary = match members
+            .values()
+            .max_by(|a, b| self.plan.cmp(&a.key, &b.key))
+        {
+            Some(m) if full => m.key.clone(),
             _ => Vec::new(),
         };
         if full {
@@ -380,7 +399,7 @@ impl Guard {
             if tied.len() > MAX_WINDOW {
                 return Ok(());
             }
-            members.extend(tied.iter().map(|r| pack::pack_owned(r)));
+            members.extend(tied.into_iter().map(member));
         }
         self.window = Some(Window {
             full,
@@ -400,7 +419,7 @@ impl Guard {
         };
         let mut stmt = conn.prepare_cached(&self.plan.key_sql())?;
         for pk in keys {
-            if w.members.contains(pk) {
+            if w.members.contains_key(pk) {
                 return Ok(true);
             }
             let vals = pack::unpack(pk)
@@ -418,16 +437,16 @@ impl Guard {
 
     /// The result after `changes` (which [`Guard::affected`] found can change it), from the
     /// window's rows and the changed rows alone, when that is exact (module docs); slides the
-    /// window. `None`: re-run.
+    /// window. `None`: re-run (the window is then unknown until the re-run records one).
     pub fn slide(
         &mut self,
         conn: &Connection,
         changes: &crate::matview::Changes,
     ) -> Result<Option<Vec<Vec<Value>>>> {
-        let Some(w) = &self.window else {
+        let Some(changed) = changes.get(&self.plan.table) else {
             return Ok(None);
         };
-        let Some(changed) = changes.get(&self.plan.table) else {
+        let Some(mut w) = self.window.take() else {
             return Ok(None);
         };
         if w.members.len() + changed.len() > MAX_WINDOW {
@@ -436,53 +455,58 @@ impl Guard {
         let plan = &self.plan;
         let n = plan.order.len();
         let mut stmt = conn.prepare_cached(&plan.row_sql())?;
-        // (packed key, sort key, result cells) of every candidate at or before the boundary.
-        let mut rows: Vec<(Vec<u8>, Vec<Value>, Vec<Value>)> = Vec::new();
-        let fresh = changed.iter().filter(|pk| !w.members.contains(*pk));
-        for pk in w.members.iter().chain(fresh) {
+        for pk in changed {
+            w.members.remove(pk);
             let vals = pack::unpack(pk)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let Some(mut row) = read_rows(&mut stmt, &vals)?.into_iter().next() else {
+            let Some(mut key) = read_rows(&mut stmt, &vals)?.into_iter().next() else {
                 continue; // gone, or filtered out
             };
-            let cells = row.split_off(n);
-            if w.full && plan.cmp(&row, &w.boundary) == Ordering::Greater {
+            let cells = key.split_off(n);
+            if w.full && plan.cmp(&key, &w.boundary) == Ordering::Greater {
                 continue; // past the boundary: rows outside the window may come first
             }
-            rows.push((pk.clone(), row, cells));
+            w.members.insert(pk.clone(), Member { key, cells });
         }
         drop(stmt);
-        rows.sort_by(|a, b| plan.cmp(&a.1, &b.1));
+        let mut rows: Vec<(&Vec<u8>, &Member)> = w.members.iter().collect();
+        rows.sort_by(|a, b| plan.cmp(&a.1.key, &b.1.key));
         let (window, offset) = (plan.window as usize, plan.offset as usize);
         if w.full && rows.len() < window {
             return Ok(None); // more rows left than the slack: refill from the table
         }
         let tied = |i: usize| {
-            i > 0 && i < rows.len() && plan.cmp(&rows[i - 1].1, &rows[i].1) == Ordering::Equal
+            i > 0
+                && i < rows.len()
+                && plan.cmp(&rows[i - 1].1.key, &rows[i].1.key) == Ordering::Equal
         };
         if tied(window) || tied(offset) {
             return Ok(None);
         }
         let result: Vec<Vec<Value>> = rows[offset.min(rows.len())..window.min(rows.len())]
             .iter()
-            .map(|r| r.2.clone())
+            .map(|r| r.1.cells.clone())
             .collect();
         // Rows that entered grow the window: past twice its size, cut it where two rows
         // differ (every row after the cut sorts after the new boundary).
-        let (mut full, mut boundary) = (w.full, w.boundary.clone());
         let captured = plan.captured() as usize;
-        if rows.len() > 2 * captured {
-            if let Some(cut) = (captured..rows.len()).find(|i| !tied(*i)) {
-                full = true;
-                boundary = rows[cut - 1].1.clone();
-                rows.truncate(cut);
+        let cut = (rows.len() > 2 * captured)
+            .then(|| (captured..rows.len()).find(|i| !tied(*i)))
+            .flatten()
+            .map(|cut| {
+                let boundary = rows[cut - 1].1.key.clone();
+                let gone: Vec<Vec<u8>> = rows[cut..].iter().map(|r| r.0.clone()).collect();
+                (boundary, gone)
+            });
+        drop(rows);
+        if let Some((boundary, gone)) = cut {
+            for pk in gone {
+                w.members.remove(&pk);
             }
+            w.full = true;
+            w.boundary = boundary;
         }
-        self.window = Some(Window {
-            full,
-            boundary,
-            members: rows.into_iter().map(|r| r.0).collect(),
-        });
+        self.window = Some(w);
         Ok(Some(result))
     }
 }
