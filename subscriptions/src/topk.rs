@@ -9,9 +9,9 @@
 //!
 //! - A change set none of whose rows was in the window and none of which now passes the
 //!   filter at or before the boundary leaves the result as it is ([`Guard::affected`]).
-//! - Otherwise the window's rows and the changed rows are read by key ([`Guard::slide`]);
-//!   those that pass the filter at or before the boundary are, by the invariant, every such
-//!   row of the table, so when at least `LIMIT + OFFSET` remain, sorted, rows `OFFSET ..
+//! - Otherwise the changed rows are read by key ([`Guard::slide`]); the window keeps its
+//!   other rows as they were read (sort keys and result columns). Those that pass the filter
+//!   at or before the boundary are, by the invariant, every such row of the table, so when at least `LIMIT + OFFSET` remain, sorted, rows `OFFSET ..
 //!   LIMIT + OFFSET` are the result, and they become the window (rows that moved past the
 //!   boundary leave it). A tie across the `OFFSET` or the `LIMIT + OFFSET` cut would leave
 //!   the choice to SQLite's scan order, which only a run of the query reproduces: re-run.
