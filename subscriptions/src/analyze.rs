@@ -158,6 +158,23 @@ pub(crate) const AGGREGATES: &[&str] = &[
     "percentile_disc",
 ];
 
+/// A function's name as SQLite resolves it: unquoted (`"count"(*)` is `count`), lower-case.
+pub(crate) fn function_name(f: &sqlparser::ast::Function) -> String {
+    ident_of(&f.name)
+        .unwrap_or_else(|| f.name.to_string())
+        .to_ascii_lowercase()
+}
+
+/// Whether a call is an aggregate: one of [`AGGREGATES`], or `min`/`max` with one argument.
+pub(crate) fn is_aggregate(f: &sqlparser::ast::Function) -> bool {
+    let name = function_name(f);
+    let nargs = match &f.args {
+        FunctionArguments::List(l) => l.args.len(),
+        _ => 0,
+    };
+    AGGREGATES.contains(&name.as_str()) || (matches!(name.as_str(), "min" | "max") && nargs == 1)
+}
+
 fn ident_of(name: &ObjectName) -> Option<String> {
     match name.0.last()? {
         ObjectNamePart::Identifier(i) => Some(i.value.clone()),
@@ -727,17 +744,10 @@ fn keyed_sources(q: &Query, schema: &dyn Schema) -> Result<Vec<Source>, String> 
                 reason = Some("uses a subquery".to_string())
             }
             Expr::Function(f) => {
-                let name = f.name.to_string().to_ascii_lowercase();
-                let nargs = match &f.args {
-                    FunctionArguments::List(l) => l.args.len(),
-                    _ => 0,
-                };
                 if f.over.is_some() {
                     reason = Some("uses window functions".into());
-                } else if AGGREGATES.contains(&name.as_str())
-                    || (matches!(name.as_str(), "min" | "max") && nargs == 1)
-                {
-                    reason = Some(format!("uses the aggregate {name}()"));
+                } else if is_aggregate(f) {
+                    reason = Some(format!("uses the aggregate {}()", function_name(f)));
                 }
             }
             _ => {}

@@ -433,7 +433,7 @@ fn cannot_fail(e: &Expr) -> bool {
     let _ = sqlparser::ast::visit_expressions(e, |e: &Expr| {
         match e {
             Expr::Function(f) => {
-                let name = f.name.to_string();
+                let name = crate::analyze::function_name(f);
                 ok &= has(TOTAL_FUNCTIONS, &name)
                     && matches!(f.args, sqlparser::ast::FunctionArguments::List(_))
                     && f.filter.is_none()

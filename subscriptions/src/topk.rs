@@ -71,8 +71,9 @@ fn row_only(e: &Expr) -> bool {
             Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => false,
             Expr::Collate { .. } => false,
             Expr::Function(f) => {
-                let name = f.name.to_string().to_ascii_lowercase();
+                let name = crate::analyze::function_name(f);
                 f.over.is_none()
+                    && !crate::analyze::is_aggregate(f)
                     && !matches!(
                         name.as_str(),
                         "random"
@@ -80,12 +81,6 @@ fn row_only(e: &Expr) -> bool {
                             | "changes"
                             | "total_changes"
                             | "last_insert_rowid"
-                            | "count"
-                            | "sum"
-                            | "total"
-                            | "avg"
-                            | "group_concat"
-                            | "string_agg"
                             | "date"
                             | "time"
                             | "datetime"
@@ -97,8 +92,6 @@ fn row_only(e: &Expr) -> bool {
                             | "current_date"
                             | "current_timestamp"
                     )
-                    && !(matches!(name.as_str(), "min" | "max")
-                        && matches!(&f.args, sqlparser::ast::FunctionArguments::List(l) if l.args.len() == 1))
             }
             _ => true,
         };
@@ -162,9 +155,34 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Option<TopKP
     if sel.selection.as_ref().is_some_and(|w| !row_only(w)) {
         return None;
     }
+    // A bare name in ORDER BY finds a result alias before a column; the window reads sort
+    // keys without the result columns, so such a query is not guarded.
+    let aliases: Vec<&str> = sel
+        .projection
+        .iter()
+        .filter_map(|p| match p {
+            sqlparser::ast::SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut order = Vec::new();
     for o in items {
-        if o.with_fill.is_some() || !row_only(&o.expr) || literal_u64(&o.expr).is_some() {
+        // `ORDER BY 2`, `(2)` or `+2` is a result column's position.
+        let mut bare = &o.expr;
+        while let Expr::Nested(e)
+        | Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Plus,
+            expr: e,
+        } = bare
+        {
+            bare = e;
+        }
+        let aliased = match bare {
+            Expr::Identifier(id) => aliases.iter().any(|a| a.eq_ignore_ascii_case(&id.value)),
+            _ => false,
+        };
+        if o.with_fill.is_some() || !row_only(&o.expr) || matches!(bare, Expr::Value(_)) || aliased
+        {
             return None;
         }
         order.push((
@@ -245,9 +263,19 @@ impl TopKPlan {
     }
 
     /// Rows the window holds: `LIMIT + OFFSET` and as many again (at least 16), so that rows
-    /// may leave it without a re-run.
+    /// may leave it without a re-run. A window past [`MAX_WINDOW`] does not slide: it holds
+    /// `LIMIT + OFFSET` rows (at most `i64::MAX`, SQLite's largest `LIMIT`).
     fn captured(&self) -> u64 {
-        self.window.saturating_add(self.window.max(16))
+        if self.slides() {
+            self.window + self.window.max(16)
+        } else {
+            self.window.min(i64::MAX as u64)
+        }
+    }
+
+    /// Whether the window slides (else a change that reaches it re-runs the query).
+    fn slides(&self) -> bool {
+        self.window <= MAX_WINDOW as u64
     }
 
     /// The first [`TopKPlan::captured`] rows ([`TopKPlan::member_cols`]).
@@ -341,6 +369,9 @@ impl TopKPlan {
 
 #[derive(Debug)]
 struct Window {
+    /// `PRAGMA schema_version` when captured: a schema change (a column added under
+    /// `SELECT *`) makes the kept result columns stale, so the window is unknown again.
+    schema: i64,
     /// Fewer rows than the window: every row counts.
     full: bool,
     boundary: Vec<Value>,
@@ -375,9 +406,17 @@ impl Guard {
     /// Records the window after a run, on the same snapshot.
     pub fn capture(&mut self, conn: &Connection) -> Result<()> {
         self.window = None;
+        let schema = schema_version(conn)?;
         let (k, n) = (self.plan.pk.len(), self.plan.order.len());
+        let slides = self.plan.slides();
         let member = |mut r: Vec<Value>| {
-            let cells = r.split_off(k + n);
+            // A window that does not slide never reads its rows' result columns.
+            let cells = if slides {
+                r.split_off(k + n)
+            } else {
+                Vec::new()
+            };
+            r.truncate(k + n);
             let key = r.split_off(k);
             (pack::pack_owned(&r), Member { key, cells })
         };
@@ -402,6 +441,7 @@ impl Guard {
             members.extend(tied.into_iter().map(member));
         }
         self.window = Some(Window {
+            schema,
             full,
             boundary,
             members,
@@ -417,6 +457,9 @@ impl Guard {
         let Some(keys) = changes.get(&self.plan.table) else {
             return Ok(false);
         };
+        if schema_version(conn)? != w.schema {
+            return Ok(true);
+        }
         let mut stmt = conn.prepare_cached(&self.plan.key_sql())?;
         for pk in keys {
             if w.members.contains_key(pk) {
@@ -449,7 +492,10 @@ impl Guard {
         let Some(mut w) = self.window.take() else {
             return Ok(None);
         };
-        if w.members.len() + changed.len() > MAX_WINDOW {
+        if !self.plan.slides()
+            || w.members.len() + changed.len() > MAX_WINDOW
+            || schema_version(conn)? != w.schema
+        {
             return Ok(None);
         }
         let plan = &self.plan;
@@ -509,6 +555,10 @@ impl Guard {
         self.window = Some(w);
         Ok(Some(result))
     }
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?)
 }
 
 #[cfg(test)]
@@ -579,6 +629,53 @@ mod tests {
         g.capture(&conn).unwrap();
         conn.execute("INSERT INTO t VALUES (9, 1)", []).unwrap();
         assert!(g.affected(&conn, &key(9)).unwrap());
+    }
+
+    /// Found in review: each of these would slide to a wrong result or fail.
+    #[test]
+    fn queries_the_window_cannot_follow_are_not_slid() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, w INTEGER);
+             INSERT INTO t VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3);",
+        )
+        .unwrap();
+        for sql in [
+            // ORDER BY finds the alias `v` (`-v`), the window would read the column.
+            "SELECT id, -v AS v FROM t ORDER BY v LIMIT 2",
+            "SELECT id, -v AS \"V\" FROM t ORDER BY (v) LIMIT 2",
+            // Result column positions, however written.
+            "SELECT id, v, w FROM t ORDER BY (3), id LIMIT 2",
+            "SELECT id, v FROM t ORDER BY +2 LIMIT 2",
+            // Quoted names are the same functions: an aggregate, a volatile one.
+            "SELECT id, \"json_group_array\"(v) FROM t ORDER BY id LIMIT 1",
+            "SELECT id, [random]() FROM t ORDER BY id LIMIT 1",
+        ] {
+            let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
+            assert!(a.topk.is_none(), "{sql}");
+        }
+        // The largest LIMIT: guarded without sliding (its window cannot double).
+        let sql = "SELECT id, v FROM t ORDER BY v LIMIT 9223372036854775807 OFFSET 1";
+        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
+        let mut g = Guard::new(a.topk.clone().expect("guarded"));
+        g.capture(&conn).unwrap();
+        assert!(g.slide(&conn, &key(1)).unwrap().is_none());
+        // A column added under `SELECT *`: the kept result columns are stale.
+        let sql = "SELECT * FROM t ORDER BY v LIMIT 1";
+        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
+        let mut g = Guard::new(a.topk.clone().expect("guarded"));
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
+             INSERT INTO t SELECT i, i, i FROM n;",
+        )
+        .unwrap();
+        g.capture(&conn).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE t ADD COLUMN z INTEGER DEFAULT 5; UPDATE t SET v = 0 WHERE id = 2",
+        )
+        .unwrap();
+        assert!(g.affected(&conn, &key(2)).unwrap());
+        assert!(g.slide(&conn, &key(2)).unwrap().is_none(), "re-run");
     }
 
     #[test]

@@ -74,6 +74,8 @@ const QUERIES: &[(&str, bool)] = &[
     ("SELECT DISTINCT x FROM a", false),
     ("SELECT x, count(*) FROM a GROUP BY x", false),
     ("SELECT count(*), sum(z) FROM b", false),
+    // A quoted function name is the same function.
+    ("SELECT \"count\"(*), \"SUM\"(z) FROM b", false),
     ("SELECT * FROM a ORDER BY x DESC, id LIMIT 3", false),
     ("SELECT id, x FROM a ORDER BY x LIMIT 2", false),
     ("SELECT id, y FROM a WHERE x IS NOT NULL ORDER BY y DESC NULLS FIRST, id LIMIT 2 OFFSET 1", false),

@@ -92,7 +92,7 @@ const TIME_FUNCTIONS: &[&str] = &[
     "timediff",
 ];
 fn fn_name(f: &sqlparser::ast::Function) -> String {
-    f.name.to_string().to_ascii_lowercase()
+    crate::analyze::function_name(f)
 }
 
 fn arg_count(f: &sqlparser::ast::Function) -> usize {
