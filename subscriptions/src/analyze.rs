@@ -93,8 +93,8 @@ pub struct Analysis {
     pub query: Option<Query>,
     /// Set when the query belongs to a parameter family (see [`crate::family`]).
     pub family: Option<crate::family::FamilyInfo>,
-    /// Set for a re-run `ORDER BY … LIMIT` over one table: re-run only when a change reaches
-    /// its window (see [`crate::topk`]).
+    /// Set for an `ORDER BY … LIMIT` over one table: kept by a window slid by the changed rows,
+    /// re-run only when the window cannot say the result (see [`crate::topk`]).
     pub topk: Option<std::sync::Arc<crate::topk::TopKPlan>>,
 }
 
@@ -380,7 +380,9 @@ pub fn analyze(
     };
     let plan = match (plan, &topk) {
         (Plan::Recompute { reason }, Some(_)) => Plan::Recompute {
-            reason: format!("{reason}; only when a change reaches its ORDER BY … LIMIT window"),
+            reason: format!(
+                "{reason}; kept by sliding its ORDER BY … LIMIT window, re-run only to refill it or at a tie"
+            ),
         },
         (plan, _) => plan,
     };
