@@ -14,7 +14,7 @@
 //!   maintains it.
 //! - [`recompute`]: everything else (other aggregates, LIMIT, subqueries, joins under
 //!   aggregates, compound selects…): re-run and diff the result as a multiset.
-//! - [`topk`]: re-run `ORDER BY … LIMIT` only when a change reaches its window.
+//! - [`topk`]: `ORDER BY … LIMIT` kept by a window slid by the changed rows.
 //! - [`matview`]: the common interface over both, and row changes.
 //! - [`pack`], [`stmt`]: the packed primary-key format and client statements (shared with the
 //!   server).
