@@ -40,18 +40,17 @@ impl Recompute {
         self
     }
 
-    /// After `changes`: a re-run, unless the guard shows none of them can change the result.
+    /// After `changes`: a re-run, unless the guard's window says the result.
     pub fn refresh(
         &mut self,
         conn: &Connection,
         changes: &crate::matview::Changes,
     ) -> Result<Vec<RowChange>> {
         if let Some(g) = &mut self.guard {
-            if !g.affected(conn, changes)? {
-                return Ok(vec![]);
-            }
-            if let Some(fresh) = g.slide(conn, changes)? {
-                return Ok(self.diff(fresh));
+            match g.refresh(conn, changes)? {
+                crate::topk::Outcome::Unchanged => return Ok(vec![]),
+                crate::topk::Outcome::Slid(fresh) => return Ok(self.diff(fresh)),
+                crate::topk::Outcome::Rerun => {}
             }
         }
         self.recompute(conn)

@@ -32,10 +32,10 @@ use sqlparser::ast::{
 };
 use std::ops::ControlFlow;
 
-/// At most this many `IN` subqueries become joins (each adds a join to every round).
+/// At most this many `IN`/`EXISTS` subqueries become joins (each adds a join to every round).
 const MAX_JOINS: usize = 4;
 
-/// The query with its qualifying `IN (SELECT pk …)` predicates turned into joins, or `None`
+/// The query with its qualifying `IN (SELECT pk …)` and `EXISTS` predicates turned into joins, or `None`
 /// when there is none or the rewrite could change the result.
 /// `rowid_key(table)` says whether the table's primary key is its rowid.
 pub fn rewrite(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool) -> Option<Query> {
@@ -47,7 +47,7 @@ pub fn rewrite(q: &Query, schema: &dyn Schema, rowid_key: &dyn Fn(&str) -> bool)
         return None;
     };
     let (outer_ref, outer_cols) = single_table(sel, schema)?;
-    // Split the WHERE conjunction into the IN predicates to turn into joins and the rest.
+    // Split the WHERE conjunction into the predicates to turn into joins and the rest.
     let mut conjuncts = Vec::new();
     split_and(sel.selection.take()?, &mut conjuncts);
     let mut keep = Vec::new();

@@ -7,16 +7,18 @@
 //! the table has fewer rows: every row is in the window). The invariant: every row outside
 //! the window that passes the filter sorts strictly after the boundary.
 //!
-//! - A change set none of whose rows was in the window and none of which now passes the
-//!   filter at or before the boundary leaves the result as it is ([`Guard::affected`]).
-//! - Otherwise the changed rows are read by key ([`Guard::slide`]); the window keeps its
-//!   other rows as they were read (sort keys and result columns). Those that pass the filter
-//!   at or before the boundary are, by the invariant, every such row of the table, so when at least `LIMIT + OFFSET` remain, sorted, rows `OFFSET ..
-//!   LIMIT + OFFSET` are the result, and they become the window (rows that moved past the
-//!   boundary leave it). A tie across the `OFFSET` or the `LIMIT + OFFSET` cut would leave
-//!   the choice to SQLite's scan order, which only a run of the query reproduces: re-run.
+//! [`Guard::refresh`] reads each changed row once, by key:
+//! - When none of them was in the window and none now passes the filter at or before the
+//!   boundary, the result is as it was.
+//! - Otherwise the window keeps its other rows as they were read (sort keys and result
+//!   columns) and takes the changed rows as they are now. Its rows at or before the boundary
+//!   are, by the invariant, every such row of the table, so when at least `LIMIT + OFFSET`
+//!   remain, sorted, rows `OFFSET .. LIMIT + OFFSET` are the result; rows that moved past the
+//!   boundary leave the window. A tie across the `OFFSET` or the `LIMIT + OFFSET` cut would
+//!   leave the choice to SQLite's scan order, which only a run of the query reproduces:
+//!   re-run.
 //! - Re-run too when fewer rows remain (more rows left the window than its slack), or when
-//!   the state is unknown.
+//!   the window is unknown.
 //!
 //! Sort keys are compared as SQLite's `ORDER BY` does under the BINARY collation (queries
 //! with `COLLATE` are not guarded).
@@ -218,12 +220,7 @@ pub fn detect(conn: &Connection, q: &Query, schema: &dyn Schema) -> Option<TopKP
         offset,
     };
     // Sort expressions naming result aliases do not resolve against the table: not guarded.
-    for sql in [
-        plan.window_sql(),
-        plan.ties_sql(),
-        plan.key_sql(),
-        plan.row_sql(),
-    ] {
+    for sql in [plan.window_sql(), plan.ties_sql(), plan.row_sql()] {
         conn.prepare(&sql).ok()?;
     }
     Some(plan)
@@ -324,12 +321,6 @@ impl TopKPlan {
         )
     }
 
-    /// The sort key of one row, if it passes the filter (primary key bound as `?1..`).
-    fn key_sql(&self) -> String {
-        let cond = crate::analyze::key_condition(&self.reference, &self.pk);
-        self.select(&self.keys(), &cond)
-    }
-
     /// The sort key and the result columns of one row, if it passes the filter (primary key
     /// bound as `?1..`).
     fn row_sql(&self) -> String {
@@ -386,7 +377,18 @@ struct Member {
     cells: Vec<Value>,
 }
 
-/// Decides whether a change set can change an `ORDER BY … LIMIT` result.
+/// What a change set does to an `ORDER BY … LIMIT` result ([`Guard::refresh`]).
+#[derive(Debug)]
+pub enum Outcome {
+    /// None of its rows was in the window or now is: the result is as it was.
+    Unchanged,
+    /// The new result, read from the window, which has slid.
+    Slid(Vec<Vec<Value>>),
+    /// Only a run of the query can say; the window is unknown until [`Guard::capture`].
+    Rerun,
+}
+
+/// Keeps an `ORDER BY … LIMIT` result from its window.
 #[derive(Debug)]
 pub struct Guard {
     plan: Arc<TopKPlan>,
@@ -449,77 +451,65 @@ impl Guard {
         Ok(())
     }
 
-    /// Whether `changes` can change the result (the query reads only the plan's table).
-    pub fn affected(&self, conn: &Connection, changes: &crate::matview::Changes) -> Result<bool> {
-        let Some(w) = &self.window else {
-            return Ok(true);
-        };
-        let Some(keys) = changes.get(&self.plan.table) else {
-            return Ok(false);
-        };
-        if schema_version(conn)? != w.schema {
-            return Ok(true);
-        }
-        let mut stmt = conn.prepare_cached(&self.plan.key_sql())?;
-        for pk in keys {
-            if w.members.contains_key(pk) {
-                return Ok(true);
-            }
-            let vals = pack::unpack(pk)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let now = read_rows(&mut stmt, &vals)?;
-            let Some(key) = now.first() else {
-                continue; // gone or filtered out, and it was not in the window
-            };
-            if !w.full || self.plan.cmp(key, &w.boundary) != Ordering::Greater {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// The result after `changes` (which [`Guard::affected`] found can change it), from the
-    /// window's rows and the changed rows alone, when that is exact (module docs); slides the
-    /// window. `None`: re-run (the window is then unknown until the re-run records one).
-    pub fn slide(
+    /// What `changes` do to the result (the query reads only the plan's table), in one pass
+    /// over the changed rows: each is read once, by key.
+    pub fn refresh(
         &mut self,
         conn: &Connection,
         changes: &crate::matview::Changes,
-    ) -> Result<Option<Vec<Vec<Value>>>> {
+    ) -> Result<Outcome> {
+        let Some(w) = &self.window else {
+            return Ok(Outcome::Rerun);
+        };
         let Some(changed) = changes.get(&self.plan.table) else {
-            return Ok(None);
+            return Ok(Outcome::Unchanged);
         };
-        let Some(mut w) = self.window.take() else {
-            return Ok(None);
-        };
-        if !self.plan.slides()
-            || w.members.len() + changed.len() > MAX_WINDOW
-            || schema_version(conn)? != w.schema
-        {
-            return Ok(None);
+        if schema_version(conn)? != w.schema {
+            self.window = None;
+            return Ok(Outcome::Rerun);
         }
         let plan = &self.plan;
         let n = plan.order.len();
+        // Each changed row as it is now, if it passes the filter at or before the boundary
+        // (rows past it may sort after rows outside the window).
         let mut stmt = conn.prepare_cached(&plan.row_sql())?;
+        let mut reached = false;
+        let mut now = Vec::with_capacity(changed.len());
         for pk in changed {
-            w.members.remove(pk);
+            reached |= w.members.contains_key(pk);
             let vals = pack::unpack(pk)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let Some(mut key) = read_rows(&mut stmt, &vals)?.into_iter().next() else {
-                continue; // gone, or filtered out
-            };
-            let cells = key.split_off(n);
-            if w.full && plan.cmp(&key, &w.boundary) == Ordering::Greater {
-                continue; // past the boundary: rows outside the window may come first
-            }
-            w.members.insert(pk.clone(), Member { key, cells });
+            let row = read_rows(&mut stmt, &vals)?
+                .into_iter()
+                .next()
+                .and_then(|mut key| {
+                    let cells = key.split_off(n);
+                    let within = !w.full || plan.cmp(&key, &w.boundary) != Ordering::Greater;
+                    within.then_some(Member { key, cells })
+                });
+            reached |= row.is_some();
+            now.push((pk, row));
         }
         drop(stmt);
+        if !reached {
+            return Ok(Outcome::Unchanged);
+        }
+        // From here on the window is unknown unless it slides.
+        let mut w = self.window.take().expect("checked above");
+        if !plan.slides() || w.members.len() + now.len() > MAX_WINDOW {
+            return Ok(Outcome::Rerun);
+        }
+        for (pk, row) in now {
+            w.members.remove(pk);
+            if let Some(m) = row {
+                w.members.insert(pk.clone(), m);
+            }
+        }
         let mut rows: Vec<(&Vec<u8>, &Member)> = w.members.iter().collect();
         rows.sort_by(|a, b| plan.cmp(&a.1.key, &b.1.key));
         let (window, offset) = (plan.window as usize, plan.offset as usize);
         if w.full && rows.len() < window {
-            return Ok(None); // more rows left than the slack: refill from the table
+            return Ok(Outcome::Rerun); // more rows left than the slack: refill from the table
         }
         let tied = |i: usize| {
             i > 0
@@ -527,7 +517,7 @@ impl Guard {
                 && plan.cmp(&rows[i - 1].1.key, &rows[i].1.key) == Ordering::Equal
         };
         if tied(window) || tied(offset) {
-            return Ok(None);
+            return Ok(Outcome::Rerun);
         }
         let result: Vec<Vec<Value>> = rows[offset.min(rows.len())..window.min(rows.len())]
             .iter()
@@ -553,7 +543,7 @@ impl Guard {
             w.boundary = boundary;
         }
         self.window = Some(w);
-        Ok(Some(result))
+        Ok(Outcome::Slid(result))
     }
 }
 
@@ -562,233 +552,5 @@ fn schema_version(conn: &Connection) -> Result<i64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::matview::Changes;
-    use crate::stmt::Statement;
-
-    struct S;
-    impl Schema for S {
-        fn primary_key(&self, _: &str) -> Option<Vec<String>> {
-            Some(vec!["id".into()])
-        }
-    }
-
-    fn key(id: i64) -> Changes {
-        let mut c = Changes::new();
-        c.entry("t".into())
-            .or_default()
-            .insert(pack::pack_owned(&[Value::Integer(id)]));
-        c
-    }
-
-    #[test]
-    fn only_changes_that_reach_the_window_rerun() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER);
-             INSERT INTO t VALUES (1, 10), (2, 20), (3, 30), (4, 30), (5, 50);
-             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 15)
-             INSERT INTO t SELECT 100 + i, 100 + i FROM n;",
-        )
-        .unwrap();
-        let a = crate::analyze(
-            &conn,
-            &Statement::new("SELECT id, v FROM t ORDER BY v DESC LIMIT 2"),
-            &S,
-        )
-        .unwrap();
-        let plan = a.topk.clone().expect("guarded");
-        let mut g = Guard::new(plan);
-        assert!(
-            g.affected(&conn, &key(1)).unwrap(),
-            "unknown window: re-run"
-        );
-        g.capture(&conn).unwrap();
-        // Window (LIMIT 2 and a slack of 16): the 16 rows above 50, 5 (50) and one of the
-        // tied 30s: both 30s are in it.
-        assert!(!g.affected(&conn, &key(1)).unwrap(), "10 → 10, far below");
-        assert!(g.affected(&conn, &key(3)).unwrap(), "a tied boundary row");
-        conn.execute("UPDATE t SET v = 25 WHERE id = 1", [])
-            .unwrap();
-        assert!(!g.affected(&conn, &key(1)).unwrap(), "25 stays below 30");
-        conn.execute("UPDATE t SET v = 30 WHERE id = 1", [])
-            .unwrap();
-        assert!(
-            g.affected(&conn, &key(1)).unwrap(),
-            "ties with the boundary"
-        );
-        conn.execute("DELETE FROM t WHERE id = 2", []).unwrap();
-        assert!(
-            !g.affected(&conn, &key(2)).unwrap(),
-            "was outside, now gone"
-        );
-        assert!(!g.affected(&conn, &Changes::new()).unwrap());
-        // Fewer rows than the window: every change counts.
-        conn.execute("DELETE FROM t WHERE id > 1", []).unwrap();
-        g.capture(&conn).unwrap();
-        conn.execute("INSERT INTO t VALUES (9, 1)", []).unwrap();
-        assert!(g.affected(&conn, &key(9)).unwrap());
-    }
-
-    /// Found in review: each of these would slide to a wrong result or fail.
-    #[test]
-    fn queries_the_window_cannot_follow_are_not_slid() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, w INTEGER);
-             INSERT INTO t VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3);",
-        )
-        .unwrap();
-        for sql in [
-            // ORDER BY finds the alias `v` (`-v`), the window would read the column.
-            "SELECT id, -v AS v FROM t ORDER BY v LIMIT 2",
-            "SELECT id, -v AS \"V\" FROM t ORDER BY (v) LIMIT 2",
-            // Result column positions, however written.
-            "SELECT id, v, w FROM t ORDER BY (3), id LIMIT 2",
-            "SELECT id, v FROM t ORDER BY +2 LIMIT 2",
-            // Quoted names are the same functions: an aggregate, a volatile one.
-            "SELECT id, \"json_group_array\"(v) FROM t ORDER BY id LIMIT 1",
-            "SELECT id, [random]() FROM t ORDER BY id LIMIT 1",
-        ] {
-            let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
-            assert!(a.topk.is_none(), "{sql}");
-        }
-        // The largest LIMIT: guarded without sliding (its window cannot double).
-        let sql = "SELECT id, v FROM t ORDER BY v LIMIT 9223372036854775807 OFFSET 1";
-        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
-        let mut g = Guard::new(a.topk.clone().expect("guarded"));
-        g.capture(&conn).unwrap();
-        assert!(g.slide(&conn, &key(1)).unwrap().is_none());
-        // A column added under `SELECT *`: the kept result columns are stale.
-        let sql = "SELECT * FROM t ORDER BY v LIMIT 1";
-        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
-        let mut g = Guard::new(a.topk.clone().expect("guarded"));
-        conn.execute_batch(
-            "WITH RECURSIVE n(i) AS (SELECT 10 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
-             INSERT INTO t SELECT i, i, i FROM n;",
-        )
-        .unwrap();
-        g.capture(&conn).unwrap();
-        conn.execute_batch(
-            "ALTER TABLE t ADD COLUMN z INTEGER DEFAULT 5; UPDATE t SET v = 0 WHERE id = 2",
-        )
-        .unwrap();
-        assert!(g.affected(&conn, &key(2)).unwrap());
-        assert!(g.slide(&conn, &key(2)).unwrap().is_none(), "re-run");
-    }
-
-    #[test]
-    fn a_window_grown_by_entering_rows_is_cut_where_rows_differ() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER);
-             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 99)
-             INSERT INTO t SELECT i, 100 + i FROM n;",
-        )
-        .unwrap();
-        let sql = "SELECT id, v FROM t ORDER BY v LIMIT 1";
-        let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
-        let mut g = Guard::new(a.topk.clone().expect("guarded"));
-        g.capture(&conn).unwrap();
-        let captured = g.plan.captured() as usize;
-        // Rows entering below the boundary, lowest last: each is the new first row.
-        for i in 0..60i64 {
-            let id = 1000 + i;
-            conn.execute("INSERT INTO t VALUES (?1, ?2)", [id, 99 - i])
-                .unwrap();
-            assert!(g.affected(&conn, &key(id)).unwrap());
-            let r = g.slide(&conn, &key(id)).unwrap().expect("slid");
-            assert_eq!(r, vec![vec![Value::Integer(id), Value::Integer(99 - i)]]);
-            let w = g.window.as_ref().expect("a window");
-            assert!(
-                w.full && w.members.len() <= 2 * captured,
-                "{}",
-                w.members.len()
-            );
-        }
-        // The first rows to enter were cut off with the rest past the new boundary.
-        conn.execute("UPDATE t SET v = 98 WHERE id = 1000", [])
-            .unwrap();
-        assert!(!g.affected(&conn, &key(1000)).unwrap(), "cut off: outside");
-        conn.execute("UPDATE t SET v = 0 WHERE id = 1000", [])
-            .unwrap();
-        assert!(g.affected(&conn, &key(1000)).unwrap());
-        let r = g.slide(&conn, &key(1000)).unwrap().expect("slid");
-        assert_eq!(r, vec![vec![Value::Integer(1000), Value::Integer(0)]]);
-    }
-
-    /// Random single-row writes (ties, NULLs, deletes, inserts): after each, the slid window's
-    /// result, or a re-run where it declines, equals a fresh run of the query.
-    #[test]
-    fn the_slid_window_gives_the_fresh_result() {
-        // (query, rows, a value that sorts after every other)
-        for (sql, rows, last) in [
-            ("SELECT id, v FROM t ORDER BY v DESC LIMIT 3", 40, -100),
-            (
-                "SELECT id, v * 2 AS w FROM t WHERE v IS NOT NULL ORDER BY v, id LIMIT 2 OFFSET 2",
-                40,
-                100,
-            ),
-            ("SELECT * FROM t ORDER BY v NULLS LAST LIMIT 4", 6, 100),
-        ] {
-            let conn = Connection::open_in_memory().unwrap();
-            conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
-                .unwrap();
-            for i in 0..rows {
-                conn.execute("INSERT INTO t VALUES (?1, ?2)", [i, i * 7 % 23])
-                    .unwrap();
-            }
-            let a = crate::analyze(&conn, &Statement::new(sql), &S).unwrap();
-            let mut g = Guard::new(a.topk.clone().expect("guarded"));
-            g.capture(&conn).unwrap();
-            let fresh = || {
-                let mut stmt = conn.prepare(sql).unwrap();
-                let mut r = read_rows(&mut stmt, &[]).unwrap();
-                r.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-                r
-            };
-            let mut held = fresh();
-            let mut seed: u64 = 7;
-            let mut slid = 0;
-            for k in 0..600 {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let mut id = (seed >> 33) as i64 % (rows + 5);
-                let v = (seed >> 45) as i64 % 30;
-                match (seed >> 20) % 6 {
-                    0 => conn.execute("DELETE FROM t WHERE id = ?1", [id]),
-                    1 => conn.execute("UPDATE t SET v = NULL WHERE id = ?1", [id]),
-                    // A row of the result moves past every other: the window drains.
-                    2 | 3 if k % 200 > 150 && !held.is_empty() => {
-                        let Value::Integer(first) = held[0][0] else {
-                            panic!("an id")
-                        };
-                        id = first;
-                        conn.execute("UPDATE t SET v = ?1 WHERE id = ?2", [last, id])
-                    }
-                    _ => conn.execute("INSERT OR REPLACE INTO t VALUES (?1, ?2)", [id, v]),
-                }
-                .unwrap();
-                if !g.affected(&conn, &key(id)).unwrap() {
-                    assert_eq!(held, fresh(), "{sql}: skipped a change that mattered");
-                    continue;
-                }
-                match g.slide(&conn, &key(id)).unwrap() {
-                    Some(mut r) => {
-                        slid += 1;
-                        r.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-                        assert_eq!(r, fresh(), "{sql}: slid to a wrong result");
-                        held = r;
-                    }
-                    None => {
-                        g.capture(&conn).unwrap();
-                        held = fresh();
-                    }
-                }
-            }
-            assert!(slid > 50, "{sql}: the window slid only {slid} times");
-        }
-    }
-}
+#[path = "topk_tests.rs"]
+mod tests;

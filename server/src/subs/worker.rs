@@ -282,6 +282,7 @@ impl Worker {
             let taken = if whole {
                 Taken::Missing
             } else {
+                // Two statements: the log's lock is let go before the images are built.
                 let needed = super::lock(&core.images).take(table, from, to);
                 needed.images()
             };
